@@ -1,0 +1,179 @@
+//! The acknowledgement policy: at which stage of its journey a host write is
+//! answered (the patent's spoof-packet triggers), with an optional delay, a
+//! master switch for spoofing, and the dirty-cache threshold below which the
+//! host waits for the true acknowledgement.
+//!
+//! Spoofing (answering at any stage before `remote-stored`) is in force only
+//! while the host's last reported dirty % is at or above the threshold. Until
+//! the host reports a dirty %, spoofing is off unless the threshold is 0: the
+//! safe answer is the default one.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The stages a write passes through, in order; each can be the trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Trigger {
+    /// In the primary DTU's memory.
+    Received = 0,
+    /// Durable in the primary's nvbuf.
+    Buffered = 1,
+    /// Handed to the link.
+    Sent = 2,
+    /// The remote DTU says it has the write in memory.
+    RemoteReceived = 3,
+    /// Written and synced on the replica: the true acknowledgement.
+    RemoteStored = 4,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 5] = [
+        Trigger::Received,
+        Trigger::Buffered,
+        Trigger::Sent,
+        Trigger::RemoteReceived,
+        Trigger::RemoteStored,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Received => "received",
+            Trigger::Buffered => "buffered",
+            Trigger::Sent => "sent",
+            Trigger::RemoteReceived => "remote-received",
+            Trigger::RemoteStored => "remote-stored",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// True when answering at this stage is a spoof ack.
+    pub fn is_spoof(self) -> bool {
+        self != Trigger::RemoteStored
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A trigger name that is not one of the five.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown trigger {0:?}: expected received, buffered, sent, remote-received or remote-stored"
+)]
+pub struct UnknownTrigger(pub String);
+
+impl FromStr for Trigger {
+    type Err = UnknownTrigger;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Trigger::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| UnknownTrigger(s.to_string()))
+    }
+}
+
+/// The user's choice of when to answer the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AckPolicy {
+    pub trigger: Trigger,
+    /// Wait this long after the trigger before answering.
+    pub delay: Duration,
+    /// Off: every write waits for `remote-stored`, whatever the trigger.
+    pub spoofing: bool,
+    /// Spoof only while the host's dirty % is at or above this (0..=100).
+    pub dirty_threshold: f64,
+}
+
+impl Default for AckPolicy {
+    fn default() -> Self {
+        AckPolicy {
+            trigger: Trigger::Buffered,
+            delay: Duration::ZERO,
+            spoofing: true,
+            dirty_threshold: 75.0,
+        }
+    }
+}
+
+impl AckPolicy {
+    /// Whether spoof acks are in force given the host's last dirty report.
+    pub fn spoofing_active(&self, dirty_pct: Option<f64>) -> bool {
+        if !self.spoofing || !self.trigger.is_spoof() {
+            return false;
+        }
+        match dirty_pct {
+            Some(d) => d >= self.dirty_threshold,
+            None => self.dirty_threshold <= 0.0,
+        }
+    }
+
+    /// The stage that answers a write now, and the delay after it. The delay
+    /// belongs to the chosen trigger; the fallback to `remote-stored` below
+    /// the threshold answers as soon as the replica has the write.
+    pub fn effective(&self, dirty_pct: Option<f64>) -> (Trigger, Duration) {
+        if self.spoofing_active(dirty_pct) || self.trigger == Trigger::RemoteStored {
+            (self.trigger, self.delay)
+        } else {
+            (Trigger::RemoteStored, Duration::ZERO)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for t in Trigger::ALL {
+            assert_eq!(t.name().parse::<Trigger>(), Ok(t));
+        }
+        assert!("stored".parse::<Trigger>().is_err());
+    }
+
+    #[test]
+    fn effective_trigger_table() {
+        for trigger in Trigger::ALL {
+            for spoofing in [false, true] {
+                for (dirty, above) in [
+                    (None, false),
+                    (Some(10.0), false),
+                    (Some(75.0), true),
+                    (Some(99.0), true),
+                ] {
+                    let p = AckPolicy {
+                        trigger,
+                        spoofing,
+                        ..AckPolicy::default()
+                    };
+                    let expect = if spoofing && above {
+                        trigger
+                    } else {
+                        Trigger::RemoteStored
+                    };
+                    assert_eq!(
+                        p.effective(dirty).0,
+                        expect,
+                        "{trigger} spoofing={spoofing} dirty={dirty:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threshold_zero_spoofs_without_a_report() {
+        let p = AckPolicy {
+            dirty_threshold: 0.0,
+            ..AckPolicy::default()
+        };
+        assert_eq!(p.effective(None).0, Trigger::Buffered);
+    }
+}

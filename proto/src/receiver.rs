@@ -1,0 +1,496 @@
+//! The remote's state machine: chunks arrive out of order from parallel
+//! lanes and leave strictly in seq order for the replica.
+//!
+//! A Write frame is first *received* (the receiver notes the chunk and hands
+//! it to a decode worker), then *decoded* (the worker reports plaintext or a
+//! checksum/decode failure, which becomes a Nack and leaves the chunk
+//! missing), then *released* once it and every earlier seq are complete, then
+//! *applied* by the driver to the replica, and finally *stored* when a sync
+//! covers it. Received acks go out as soon as the contiguous frontier moves;
+//! Stored acks are cumulative and follow each sync. Duplicates (a seq already
+//! released, or a chunk already held) are dropped, which makes every resend
+//! by the primary harmless.
+//!
+//! On a Hello the receiver checks the peer (see [`crate::handshake`]) and
+//! forgets everything not yet released: the primary resends every seq after
+//! the stored one on each connection, and a new primary epoch may carry
+//! different data under seqs the remote held only in memory.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::codec::CodecError;
+use crate::frame::{
+    Ack, AckKind, Checkpoint, Flush, Frame, Hello, Nack, NackReason, ReadRequest, Role, Trim, Write,
+};
+use crate::handshake::{self, HandshakeError};
+use crate::rtt::{Heartbeats, RttEstimate};
+use crate::{Epoch, Seq};
+
+/// One operation, in order, for the replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Apply {
+    /// The chunks of one write, each with its volume offset, in order.
+    Write {
+        seq: Seq,
+        chunks: Vec<(u64, Bytes)>,
+    },
+    Flush {
+        seq: Seq,
+    },
+    Trim {
+        seq: Seq,
+        offset: u64,
+        length: u64,
+    },
+    Checkpoint {
+        seq: Seq,
+        label: String,
+    },
+}
+
+impl Apply {
+    pub fn seq(&self) -> Seq {
+        match self {
+            Apply::Write { seq, .. }
+            | Apply::Flush { seq }
+            | Apply::Trim { seq, .. }
+            | Apply::Checkpoint { seq, .. } => *seq,
+        }
+    }
+
+    /// Payload bytes carried.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Apply::Write { chunks, .. } => chunks.iter().map(|(_, b)| b.len() as u64).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// What the driver must do with an inbound frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// Decode this chunk (on a worker) and report with [`Receiver::on_decoded`].
+    Decode(Write),
+    /// Already held or applied: drop it.
+    Duplicate,
+    /// Taken care of (a control operation queued, a heartbeat answered).
+    Handled,
+    /// Serve this read once [`Receiver::applied_upto`] reaches its `after_seq`.
+    Read(ReadRequest),
+    /// The peer said goodbye.
+    Closed(crate::frame::Goodbye),
+    /// A frame the remote does not expect from a primary.
+    Unexpected(&'static str),
+}
+
+/// Counters for the status display.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    pub chunks: u64,
+    pub duplicates: u64,
+    pub checksum_failures: u64,
+    pub decode_failures: u64,
+    pub applied_ops: u64,
+    pub applied_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Slot {
+    Missing,
+    Decoding(Epoch),
+    Done(u64, Bytes),
+}
+
+#[derive(Debug)]
+enum Pending {
+    Write {
+        count: u32,
+        slots: Vec<Slot>,
+        missing: u32,
+        undecoded: u32,
+    },
+    Ready(Apply),
+}
+
+impl Pending {
+    /// Every chunk has arrived (decoded or not).
+    fn all_received(&self) -> bool {
+        match self {
+            Pending::Write { missing, .. } => *missing == 0,
+            Pending::Ready(_) => true,
+        }
+    }
+    fn all_decoded(&self) -> bool {
+        match self {
+            Pending::Write {
+                missing, undecoded, ..
+            } => *missing == 0 && *undecoded == 0,
+            Pending::Ready(_) => true,
+        }
+    }
+}
+
+/// The remote side of the protocol.
+#[derive(Debug)]
+pub struct Receiver {
+    epoch_seen: Epoch,
+    stored_upto: Seq,
+    applied_upto: Seq,
+    released_upto: Seq,
+    received_upto: Seq,
+    ack_received_due: bool,
+    ack_stored_due: bool,
+    pending: BTreeMap<Seq, Pending>,
+    pending_bytes: u64,
+    /// Chunks refused by a decode worker and not yet received again; their
+    /// Nacks are repeated with each heartbeat in case one was lost.
+    nacked: BTreeMap<(Seq, u32), NackReason>,
+    apply: VecDeque<Apply>,
+    transmits: VecDeque<Frame>,
+    heartbeats: Heartbeats,
+    stats: ReceiverStats,
+}
+
+impl Receiver {
+    /// A receiver whose replica holds every seq up to `stored_upto`, having
+    /// last seen a primary of `epoch_seen` (both from the remote's state).
+    pub fn new(
+        stored_upto: Seq,
+        epoch_seen: Epoch,
+        heartbeat_interval: Duration,
+        now: Instant,
+    ) -> Self {
+        Receiver {
+            epoch_seen,
+            stored_upto,
+            applied_upto: stored_upto,
+            released_upto: stored_upto,
+            received_upto: stored_upto,
+            ack_received_due: false,
+            ack_stored_due: false,
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            nacked: BTreeMap::new(),
+            apply: VecDeque::new(),
+            transmits: VecDeque::new(),
+            heartbeats: Heartbeats::new(now, heartbeat_interval),
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    /// Checks the primary's Hello and returns this side's answer. `ours` is
+    /// this remote's Hello template (volume, size, block size, features).
+    pub fn on_hello(
+        &mut self,
+        ours: &Hello,
+        theirs: &Hello,
+        now: Instant,
+    ) -> Result<Hello, HandshakeError> {
+        handshake::check(ours, theirs)?;
+        if theirs.role != Role::Primary {
+            return Err(HandshakeError::SameRole(theirs.role));
+        }
+        if theirs.epoch < self.epoch_seen {
+            return Err(HandshakeError::StaleEpoch {
+                seen: self.epoch_seen,
+                theirs: theirs.epoch,
+            });
+        }
+        if theirs.epoch > self.epoch_seen && theirs.stored_seq < self.released_upto {
+            return Err(HandshakeError::PrimaryBehind {
+                stored: self.released_upto,
+                primary: theirs.stored_seq,
+            });
+        }
+        self.epoch_seen = theirs.epoch;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.nacked.clear();
+        self.received_upto = self.released_upto;
+        self.heartbeats.connected(now);
+        Ok(Hello {
+            epoch: theirs.epoch,
+            stored_seq: self.stored_upto,
+            ..ours.clone()
+        })
+    }
+
+    pub fn on_disconnected(&mut self) {
+        self.heartbeats.disconnected();
+    }
+
+    /// A frame from the primary, on a lane or the control stream.
+    pub fn on_frame(&mut self, frame: Frame, now: Instant) -> Inbound {
+        self.heartbeats.heard(now);
+        match frame {
+            Frame::Write(w) => self.on_write(w),
+            Frame::Flush(Flush { seq, .. }) => self.on_ready(seq, Apply::Flush { seq }),
+            Frame::Trim(Trim {
+                seq,
+                offset,
+                length,
+                ..
+            }) => self.on_ready(
+                seq,
+                Apply::Trim {
+                    seq,
+                    offset,
+                    length,
+                },
+            ),
+            Frame::Checkpoint(Checkpoint { seq, label, .. }) => {
+                self.on_ready(seq, Apply::Checkpoint { seq, label })
+            }
+            Frame::Heartbeat(hb) => {
+                if let Some(reply) = self.heartbeats.on_heartbeat(&hb, now) {
+                    self.transmits.push_back(reply);
+                    // Repeat acks and nacks with each heartbeat so a lost one heals.
+                    self.ack_received_due = true;
+                    self.ack_stored_due = true;
+                    for (&(seq, index), &reason) in &self.nacked {
+                        self.transmits
+                            .push_back(Frame::Nack(Nack { seq, index, reason }));
+                    }
+                }
+                Inbound::Handled
+            }
+            Frame::ReadRequest(r) => Inbound::Read(r),
+            Frame::Goodbye(g) => Inbound::Closed(g),
+            other => Inbound::Unexpected(other.kind_name()),
+        }
+    }
+
+    fn on_write(&mut self, w: Write) -> Inbound {
+        let seq = w.id.seq;
+        if seq <= self.released_upto {
+            self.stats.duplicates += 1;
+            return Inbound::Duplicate;
+        }
+        let entry = self.pending.entry(seq).or_insert_with(|| Pending::Write {
+            count: w.count,
+            slots: vec![Slot::Missing; w.count as usize],
+            missing: w.count,
+            undecoded: 0,
+        });
+        let Pending::Write {
+            count,
+            slots,
+            missing,
+            undecoded,
+        } = entry
+        else {
+            // A seq that is a control operation cannot also carry chunks.
+            self.stats.duplicates += 1;
+            return Inbound::Duplicate;
+        };
+        if *count != w.count || w.id.index >= *count {
+            self.stats.decode_failures += 1;
+            self.transmits.push_back(Frame::Nack(Nack {
+                seq,
+                index: w.id.index,
+                reason: NackReason::Decode,
+            }));
+            return Inbound::Handled;
+        }
+        let slot = &mut slots[w.id.index as usize];
+        if !matches!(slot, Slot::Missing) {
+            self.stats.duplicates += 1;
+            return Inbound::Duplicate;
+        }
+        *slot = Slot::Decoding(w.id.epoch);
+        self.nacked.remove(&(seq, w.id.index));
+        *missing -= 1;
+        *undecoded += 1;
+        self.stats.chunks += 1;
+        self.advance_received();
+        Inbound::Decode(w)
+    }
+
+    fn on_ready(&mut self, seq: Seq, op: Apply) -> Inbound {
+        if seq <= self.released_upto || self.pending.contains_key(&seq) {
+            self.stats.duplicates += 1;
+            return Inbound::Duplicate;
+        }
+        self.pending.insert(seq, Pending::Ready(op));
+        self.advance_received();
+        self.release();
+        Inbound::Handled
+    }
+
+    /// A decode worker's result for a chunk handed out by [`Inbound::Decode`].
+    /// `offset` is the chunk's volume offset.
+    pub fn on_decoded(&mut self, w: &Write, result: Result<Bytes, CodecError>) {
+        let seq = w.id.seq;
+        let Some(Pending::Write {
+            slots,
+            missing,
+            undecoded,
+            ..
+        }) = self.pending.get_mut(&seq)
+        else {
+            return; // forgotten by a reconnect meanwhile
+        };
+        let Some(slot) = slots.get_mut(w.id.index as usize) else {
+            return;
+        };
+        if !matches!(slot, Slot::Decoding(e) if *e == w.id.epoch) {
+            return;
+        }
+        *undecoded -= 1;
+        match result {
+            Ok(data) => {
+                self.pending_bytes += data.len() as u64;
+                *slot = Slot::Done(w.offset, data);
+                self.release();
+            }
+            Err(e) => {
+                *slot = Slot::Missing;
+                *missing += 1;
+                let reason = match e {
+                    CodecError::Checksum { .. } => {
+                        self.stats.checksum_failures += 1;
+                        NackReason::Checksum
+                    }
+                    _ => {
+                        self.stats.decode_failures += 1;
+                        NackReason::Decode
+                    }
+                };
+                self.nacked.insert((seq, w.id.index), reason);
+                self.transmits.push_back(Frame::Nack(Nack {
+                    seq,
+                    index: w.id.index,
+                    reason,
+                }));
+            }
+        }
+    }
+
+    /// Moves the received frontier over seqs whose every chunk has arrived.
+    fn advance_received(&mut self) {
+        let before = self.received_upto;
+        while let Some(p) = self.pending.get(&(self.received_upto + 1)) {
+            if !p.all_received() {
+                break;
+            }
+            self.received_upto += 1;
+        }
+        if self.received_upto > before {
+            self.ack_received_due = true;
+        }
+    }
+
+    /// Releases complete seqs, in order, to the apply queue.
+    fn release(&mut self) {
+        loop {
+            let next = self.released_upto + 1;
+            match self.pending.get(&next) {
+                Some(p) if p.all_decoded() => {}
+                _ => break,
+            }
+            let op = match self.pending.remove(&next).expect("checked above") {
+                Pending::Ready(op) => op,
+                Pending::Write { slots, .. } => Apply::Write {
+                    seq: next,
+                    chunks: slots
+                        .into_iter()
+                        .map(|s| match s {
+                            Slot::Done(off, data) => (off, data),
+                            _ => unreachable!("all chunks decoded"),
+                        })
+                        .collect(),
+                },
+            };
+            self.pending_bytes -= op.bytes();
+            self.released_upto = next;
+            self.received_upto = self.received_upto.max(next);
+            self.apply.push_back(op);
+        }
+    }
+
+    /// The next operation to apply to the replica, in seq order.
+    pub fn poll_apply(&mut self) -> Option<Apply> {
+        self.apply.pop_front()
+    }
+
+    /// The driver wrote `seq` to the replica (not yet synced).
+    pub fn on_applied(&mut self, op: &Apply) {
+        self.applied_upto = self.applied_upto.max(op.seq());
+        self.stats.applied_ops += 1;
+        self.stats.applied_bytes += op.bytes();
+    }
+
+    /// A sync made every applied seq up to `upto` durable on the replica.
+    pub fn on_synced(&mut self, upto: Seq) {
+        let upto = upto.min(self.applied_upto);
+        if upto > self.stored_upto {
+            self.stored_upto = upto;
+            self.ack_stored_due = true;
+        }
+    }
+
+    /// The next frame for the primary: Nacks, heartbeat replies, acks.
+    pub fn poll_transmit(&mut self) -> Option<Frame> {
+        if let Some(f) = self.transmits.pop_front() {
+            return Some(f);
+        }
+        if self.ack_received_due {
+            self.ack_received_due = false;
+            return Some(Frame::Ack(Ack {
+                kind: AckKind::Received,
+                upto: self.received_upto,
+            }));
+        }
+        if self.ack_stored_due {
+            self.ack_stored_due = false;
+            return Some(Frame::Ack(Ack {
+                kind: AckKind::Stored,
+                upto: self.stored_upto,
+            }));
+        }
+        None
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.heartbeats.poll_timeout()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(hb) = self.heartbeats.on_timeout(now) {
+            self.transmits.push_back(hb);
+        }
+    }
+
+    pub fn epoch_seen(&self) -> Epoch {
+        self.epoch_seen
+    }
+    pub fn stored_upto(&self) -> Seq {
+        self.stored_upto
+    }
+    pub fn applied_upto(&self) -> Seq {
+        self.applied_upto
+    }
+    pub fn released_upto(&self) -> Seq {
+        self.released_upto
+    }
+    pub fn received_upto(&self) -> Seq {
+        self.received_upto
+    }
+    /// Decoded bytes waiting for an earlier seq.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+    }
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+    pub fn rtt(&self) -> RttEstimate {
+        self.heartbeats.rtt
+    }
+    pub fn peer_silent_for(&self, now: Instant) -> Option<Duration> {
+        self.heartbeats.silent_for(now)
+    }
+}

@@ -1,0 +1,575 @@
+//! The primary's state machine: one record per mirrored operation, from the
+//! moment the host hands it over until the remote has stored it.
+//!
+//! The sender assigns seqs, follows each operation through the stages
+//! received → buffered → sent → remote-received → remote-stored, decides
+//! which seq a lane should send next (new writes and retransmits, within an
+//! in-flight window that bounds the remote's memory), reacts to the remote's
+//! cumulative Acks and its Nacks, and computes when each host operation is
+//! answered under the [`AckPolicy`] in force.
+//!
+//! Host operations are answered strictly in seq order. That makes a flush
+//! trivially correct (it is answered once every earlier write is) and means
+//! the acknowledged writes always form a prefix of the stream, the property
+//! the remote's in-order apply preserves on the replica.
+//!
+//! The sender holds no data: payloads live in the nvbuf, and the driver
+//! fetches the records of the seq that [`Sender::poll_send`] names. It never
+//! reads a clock; every event carries `now`.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::frame::{Ack, AckKind, Frame, Nack};
+use crate::policy::{AckPolicy, Trigger};
+use crate::rtt::{Heartbeats, RttEstimate};
+use crate::{Epoch, Seq};
+
+/// What a seq stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    Write,
+    Flush,
+    Trim,
+    Checkpoint,
+}
+
+/// Sender settings.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    pub policy: AckPolicy,
+    /// Payload bytes that may be sent and not yet stored by the remote.
+    pub max_inflight_bytes: u64,
+    /// Resend a seq the remote has not acknowledged as received after this
+    /// long. `None` relies on the transport's own reliability (QUIC); a
+    /// reconnect resends everything unstored either way.
+    pub retransmit_timeout: Option<Duration>,
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            policy: AckPolicy::default(),
+            max_inflight_bytes: 64 << 20,
+            retransmit_timeout: None,
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A host operation answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    pub seq: Seq,
+    pub kind: OpKind,
+    /// The stage that answered it.
+    pub trigger: Trigger,
+    /// Time from submission to answer.
+    pub latency: Duration,
+}
+
+/// Why the sender refuses an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SenderError {
+    #[error("remote acknowledged seq {acked} as {kind:?}, but only seqs up to {highest} exist")]
+    AckBeyondHighest {
+        kind: AckKind,
+        acked: Seq,
+        highest: Seq,
+    },
+    #[error("recovered seq {got} does not follow seq {expected_after}")]
+    RecoveryOutOfOrder { got: Seq, expected_after: Seq },
+}
+
+/// Counters for the status display.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SenderStats {
+    /// Host operations answered by each trigger, indexed by [`Trigger::index`].
+    pub answered_by: [u64; 5],
+    /// Seqs sent again (after a Nack, a timeout or a reconnect).
+    pub retransmits: u64,
+    pub nacks: u64,
+    pub sent_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    kind: OpKind,
+    bytes: u64,
+    submitted: Instant,
+    /// When each stage was first reached.
+    stage_at: [Option<Instant>; 5],
+    answered: bool,
+    queued: bool,
+    in_flight: bool,
+    last_sent: Option<Instant>,
+}
+
+/// The primary side of the protocol.
+#[derive(Debug)]
+pub struct Sender {
+    cfg: SenderConfig,
+    epoch: Epoch,
+    /// Seq of `ops[0]`.
+    base: Seq,
+    ops: VecDeque<Op>,
+    answered_upto: Seq,
+    buffered_upto: Seq,
+    received_upto: Seq,
+    stored_upto: Seq,
+    queue: BTreeSet<Seq>,
+    inflight_bytes: u64,
+    connected: bool,
+    dirty: Option<f64>,
+    completions: VecDeque<Completion>,
+    transmits: VecDeque<Frame>,
+    answer_timer: Option<Instant>,
+    heartbeats: Heartbeats,
+    stats: SenderStats,
+}
+
+impl Sender {
+    /// A sender whose next seq is `next_seq` (1 for a new volume, or one past
+    /// the last record recovered from the nvbuf).
+    pub fn new(cfg: SenderConfig, epoch: Epoch, next_seq: Seq, now: Instant) -> Self {
+        let next_seq = next_seq.max(1);
+        Sender {
+            heartbeats: Heartbeats::new(now, cfg.heartbeat_interval),
+            cfg,
+            epoch,
+            base: next_seq,
+            ops: VecDeque::new(),
+            answered_upto: next_seq - 1,
+            buffered_upto: next_seq - 1,
+            received_upto: next_seq - 1,
+            stored_upto: next_seq - 1,
+            queue: BTreeSet::new(),
+            inflight_bytes: 0,
+            connected: false,
+            dirty: None,
+            completions: VecDeque::new(),
+            transmits: VecDeque::new(),
+            answer_timer: None,
+            stats: SenderStats::default(),
+        }
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The seq the next submitted operation gets.
+    pub fn next_seq(&self) -> Seq {
+        self.base + self.ops.len() as Seq
+    }
+
+    /// The highest seq assigned so far (0: none).
+    pub fn highest_seq(&self) -> Seq {
+        self.next_seq() - 1
+    }
+
+    fn op_mut(&mut self, seq: Seq) -> Option<&mut Op> {
+        seq.checked_sub(self.base)
+            .and_then(|i| self.ops.get_mut(i as usize))
+    }
+
+    fn op(&self, seq: Seq) -> Option<&Op> {
+        seq.checked_sub(self.base)
+            .and_then(|i| self.ops.get(i as usize))
+    }
+
+    /// A host operation arrives; `bytes` is its payload size (0 for a flush).
+    /// Returns its seq. It has reached the `received` stage.
+    pub fn submit(&mut self, kind: OpKind, bytes: u64, now: Instant) -> Seq {
+        let seq = self.next_seq();
+        let mut stage_at = [None; 5];
+        stage_at[Trigger::Received.index()] = Some(now);
+        self.ops.push_back(Op {
+            kind,
+            bytes,
+            submitted: now,
+            stage_at,
+            answered: false,
+            queued: false,
+            in_flight: false,
+            last_sent: None,
+        });
+        self.advance(now);
+        seq
+    }
+
+    /// Re-adds an operation recovered from the nvbuf after a restart: it is
+    /// buffered already and no host is waiting for it. Must be called in seq
+    /// order before any `submit`.
+    pub fn recover(
+        &mut self,
+        seq: Seq,
+        kind: OpKind,
+        bytes: u64,
+        now: Instant,
+    ) -> Result<(), SenderError> {
+        if self.ops.is_empty() {
+            // The first recovered record sets where the stream resumes.
+            self.base = seq;
+            self.answered_upto = seq - 1;
+            self.buffered_upto = seq - 1;
+            self.received_upto = seq - 1;
+            self.stored_upto = seq - 1;
+        }
+        if seq != self.next_seq() {
+            return Err(SenderError::RecoveryOutOfOrder {
+                got: seq,
+                expected_after: self.highest_seq(),
+            });
+        }
+        let mut stage_at = [None; 5];
+        stage_at[Trigger::Received.index()] = Some(now);
+        stage_at[Trigger::Buffered.index()] = Some(now);
+        self.ops.push_back(Op {
+            kind,
+            bytes,
+            submitted: now,
+            stage_at,
+            answered: true,
+            queued: true,
+            in_flight: false,
+            last_sent: None,
+        });
+        self.queue.insert(seq);
+        self.buffered_upto = seq;
+        self.answered_upto = seq;
+        Ok(())
+    }
+
+    /// Every seq up to `upto` is durable in the nvbuf.
+    pub fn on_buffered(&mut self, upto: Seq, now: Instant) {
+        let upto = upto.min(self.highest_seq());
+        while self.buffered_upto < upto {
+            let seq = self.buffered_upto + 1;
+            self.buffered_upto = seq;
+            let stored = seq <= self.stored_upto;
+            if let Some(op) = self.op_mut(seq) {
+                op.stage_at[Trigger::Buffered.index()].get_or_insert(now);
+                if !stored && !op.in_flight && !op.queued {
+                    op.queued = true;
+                    self.queue.insert(seq);
+                }
+            }
+        }
+        self.advance(now);
+    }
+
+    /// The next seq a lane should send, if the link is up and the window has
+    /// room. The driver sends that seq's records and calls [`Sender::on_sent`].
+    pub fn poll_send(&mut self, _now: Instant) -> Option<Seq> {
+        if !self.connected {
+            return None;
+        }
+        let seq = *self.queue.first()?;
+        let bytes = self.op(seq).map_or(0, |op| op.bytes);
+        if self.inflight_bytes > 0 && self.inflight_bytes + bytes > self.cfg.max_inflight_bytes {
+            return None;
+        }
+        self.queue.pop_first();
+        let resend;
+        {
+            let op = self.op_mut(seq).expect("queued seqs are tracked");
+            op.queued = false;
+            op.in_flight = true;
+            resend = op.last_sent.is_some();
+        }
+        if resend {
+            self.stats.retransmits += 1;
+        }
+        self.inflight_bytes += bytes;
+        Some(seq)
+    }
+
+    /// The records of `seq` have been handed to the link.
+    pub fn on_sent(&mut self, seq: Seq, now: Instant) {
+        if let Some(op) = self.op_mut(seq) {
+            op.stage_at[Trigger::Sent.index()].get_or_insert(now);
+            op.last_sent = Some(now);
+            let bytes = op.bytes;
+            self.stats.sent_bytes += bytes;
+        }
+        self.advance(now);
+    }
+
+    /// A frame from the remote on the control stream.
+    pub fn on_frame(&mut self, frame: &Frame, now: Instant) -> Result<(), SenderError> {
+        self.heartbeats.heard(now);
+        match frame {
+            Frame::Ack(a) => self.on_ack(*a, now)?,
+            Frame::Nack(n) => self.on_nack(*n, now),
+            Frame::Heartbeat(hb) => {
+                if let Some(reply) = self.heartbeats.on_heartbeat(hb, now) {
+                    self.transmits.push_back(reply);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, ack: Ack, now: Instant) -> Result<(), SenderError> {
+        if ack.upto > self.highest_seq() {
+            return Err(SenderError::AckBeyondHighest {
+                kind: ack.kind,
+                acked: ack.upto,
+                highest: self.highest_seq(),
+            });
+        }
+        match ack.kind {
+            AckKind::Received => {
+                self.mark_range(self.received_upto, ack.upto, Trigger::RemoteReceived, now);
+                self.received_upto = self.received_upto.max(ack.upto);
+            }
+            AckKind::Stored => {
+                self.mark_range(self.stored_upto, ack.upto, Trigger::RemoteStored, now);
+                for seq in self.stored_upto + 1..=ack.upto {
+                    let mut freed = 0;
+                    if let Some(op) = self.op_mut(seq) {
+                        if op.in_flight {
+                            op.in_flight = false;
+                            freed = op.bytes;
+                        }
+                        op.queued = false;
+                    }
+                    self.inflight_bytes -= freed;
+                    self.queue.remove(&seq);
+                }
+                self.stored_upto = self.stored_upto.max(ack.upto);
+                self.received_upto = self.received_upto.max(ack.upto);
+                self.buffered_upto = self.buffered_upto.max(ack.upto);
+            }
+        }
+        self.advance(now);
+        Ok(())
+    }
+
+    /// Marks `stage` (and every earlier stage not yet reached) on the seqs
+    /// in `(from, to]`: a later stage implies the earlier ones.
+    fn mark_range(&mut self, from: Seq, to: Seq, stage: Trigger, now: Instant) {
+        let start = (from + 1).max(self.base);
+        for seq in start..=to {
+            if let Some(op) = self.op_mut(seq) {
+                for t in &mut op.stage_at[..=stage.index()] {
+                    t.get_or_insert(now);
+                }
+            }
+        }
+    }
+
+    fn on_nack(&mut self, nack: Nack, now: Instant) {
+        self.stats.nacks += 1;
+        if nack.seq <= self.stored_upto {
+            return;
+        }
+        self.requeue(nack.seq);
+        self.advance(now);
+    }
+
+    fn requeue(&mut self, seq: Seq) {
+        let Some(op) = self.op_mut(seq) else { return };
+        if op.queued || op.stage_at[Trigger::Buffered.index()].is_none() {
+            return;
+        }
+        let freed = if op.in_flight { op.bytes } else { 0 };
+        op.in_flight = false;
+        op.queued = true;
+        self.inflight_bytes -= freed;
+        self.queue.insert(seq);
+    }
+
+    /// The connection is up and the remote has stored every seq up to
+    /// `remote_stored`. Everything after it that is buffered will be (re)sent.
+    pub fn on_connected(&mut self, remote_stored: Seq, now: Instant) -> Result<(), SenderError> {
+        self.connected = true;
+        self.heartbeats.connected(now);
+        if remote_stored > self.stored_upto {
+            self.on_ack(
+                Ack {
+                    kind: AckKind::Stored,
+                    upto: remote_stored,
+                },
+                now,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The connection is gone: whatever was in flight must be sent again.
+    pub fn on_disconnected(&mut self, now: Instant) {
+        self.connected = false;
+        self.heartbeats.disconnected();
+        let in_flight: Vec<Seq> = self
+            .ops
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| op.in_flight)
+            .map(|(i, _)| self.base + i as Seq)
+            .collect();
+        for seq in in_flight {
+            self.requeue(seq);
+        }
+        self.advance(now);
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// The host's dirty cache share, 0..=100.
+    pub fn report_dirty(&mut self, pct: f64, now: Instant) {
+        self.dirty = Some(pct.clamp(0.0, 100.0));
+        self.advance(now);
+    }
+
+    /// Changes the policy; it applies to every operation not yet answered.
+    pub fn set_policy(&mut self, policy: AckPolicy, now: Instant) {
+        self.cfg.policy = policy;
+        self.advance(now);
+    }
+
+    pub fn policy(&self) -> AckPolicy {
+        self.cfg.policy
+    }
+
+    pub fn dirty(&self) -> Option<f64> {
+        self.dirty
+    }
+
+    /// Whether spoof acks are in force right now.
+    pub fn spoofing_active(&self) -> bool {
+        self.cfg.policy.spoofing_active(self.dirty)
+    }
+
+    /// Answers host operations, in seq order, whose trigger has been reached.
+    fn advance(&mut self, now: Instant) {
+        self.answer_timer = None;
+        let (trigger, delay) = self.cfg.policy.effective(self.dirty);
+        while self.answered_upto < self.highest_seq() {
+            let seq = self.answered_upto + 1;
+            let op = self.op_mut(seq).expect("unanswered seqs are tracked");
+            if !op.answered {
+                let Some(reached) = op.stage_at[trigger.index()] else {
+                    break;
+                };
+                let due = reached + delay;
+                if now < due {
+                    self.answer_timer = Some(due);
+                    break;
+                }
+                op.answered = true;
+                let done = Completion {
+                    seq,
+                    kind: op.kind,
+                    trigger,
+                    latency: now.saturating_duration_since(op.submitted),
+                };
+                self.stats.answered_by[trigger.index()] += 1;
+                self.completions.push_back(done);
+            }
+            self.answered_upto = seq;
+        }
+        // Forget operations that are both answered and stored.
+        while self.base <= self.answered_upto.min(self.stored_upto) {
+            self.ops.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// The next answered host operation.
+    pub fn poll_completion(&mut self) -> Option<Completion> {
+        self.completions.pop_front()
+    }
+
+    /// The next control frame to send (heartbeats and their replies).
+    pub fn poll_transmit(&mut self) -> Option<Frame> {
+        self.transmits.pop_front()
+    }
+
+    /// When [`Sender::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let rto = self.cfg.retransmit_timeout.and_then(|rto| {
+            self.ops
+                .iter()
+                .filter(|op| op.in_flight && op.stage_at[Trigger::RemoteReceived.index()].is_none())
+                .filter_map(|op| op.last_sent)
+                .min()
+                .map(|t| t + rto)
+        });
+        [self.answer_timer, self.heartbeats.poll_timeout(), rto]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(hb) = self.heartbeats.on_timeout(now) {
+            self.transmits.push_back(hb);
+        }
+        if let Some(rto) = self.cfg.retransmit_timeout {
+            let late: Vec<Seq> = self
+                .ops
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| {
+                    op.in_flight
+                        && op.stage_at[Trigger::RemoteReceived.index()].is_none()
+                        && op.last_sent.is_some_and(|t| t + rto <= now)
+                })
+                .map(|(i, _)| self.base + i as Seq)
+                .collect();
+            for seq in late {
+                self.requeue(seq);
+            }
+        }
+        self.advance(now);
+    }
+
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    pub fn rtt(&self) -> RttEstimate {
+        self.heartbeats.rtt
+    }
+
+    /// How long the remote has been silent.
+    pub fn peer_silent_for(&self, now: Instant) -> Option<Duration> {
+        self.heartbeats.silent_for(now)
+    }
+
+    /// Progress frontiers for the status display.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            highest: self.highest_seq(),
+            answered: self.answered_upto,
+            buffered: self.buffered_upto,
+            remote_received: self.received_upto,
+            remote_stored: self.stored_upto,
+            inflight_bytes: self.inflight_bytes,
+            queued: self.queue.len(),
+        }
+    }
+
+    /// When the oldest operation the remote has not stored was submitted.
+    pub fn oldest_unstored(&self) -> Option<Instant> {
+        self.op(self.stored_upto + 1).map(|op| op.submitted)
+    }
+}
+
+/// Where the stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub highest: Seq,
+    pub answered: Seq,
+    pub buffered: Seq,
+    pub remote_received: Seq,
+    pub remote_stored: Seq,
+    pub inflight_bytes: u64,
+    pub queued: usize,
+}

@@ -1,0 +1,298 @@
+//! The acknowledgement policy, end to end through the sender: for each
+//! trigger, with spoofing on and off and the dirty % above and below the
+//! threshold, the exact stage at which a host write is answered.
+
+use std::time::{Duration, Instant};
+
+use dtu_proto::frame::{Ack, AckKind, Frame, Nack, NackReason};
+use dtu_proto::sender::{Completion, OpKind, Sender, SenderConfig};
+use dtu_proto::{AckPolicy, Trigger};
+
+fn sender(policy: AckPolicy, now: Instant) -> Sender {
+    let mut s = Sender::new(
+        SenderConfig {
+            policy,
+            ..SenderConfig::default()
+        },
+        1,
+        1,
+        now,
+    );
+    s.on_connected(0, now).unwrap();
+    s
+}
+
+/// Walks one write through every stage; returns the stage after which it
+/// was answered and the answer.
+fn answered_at(s: &mut Sender, now: Instant) -> (Trigger, Completion) {
+    let seq = s.submit(OpKind::Write, 4096, now);
+    let mut stage = Trigger::Received;
+    loop {
+        if let Some(c) = s.poll_completion() {
+            assert_eq!(c.seq, seq);
+            assert!(s.poll_completion().is_none(), "answered twice");
+            return (stage, c);
+        }
+        stage = match stage {
+            Trigger::Received => {
+                s.on_buffered(seq, now);
+                Trigger::Buffered
+            }
+            Trigger::Buffered => {
+                assert_eq!(s.poll_send(now), Some(seq));
+                s.on_sent(seq, now);
+                Trigger::Sent
+            }
+            Trigger::Sent => {
+                s.on_frame(
+                    &Frame::Ack(Ack {
+                        kind: AckKind::Received,
+                        upto: seq,
+                    }),
+                    now,
+                )
+                .unwrap();
+                Trigger::RemoteReceived
+            }
+            Trigger::RemoteReceived => {
+                s.on_frame(
+                    &Frame::Ack(Ack {
+                        kind: AckKind::Stored,
+                        upto: seq,
+                    }),
+                    now,
+                )
+                .unwrap();
+                Trigger::RemoteStored
+            }
+            Trigger::RemoteStored => panic!("never answered"),
+        };
+    }
+}
+
+#[test]
+fn each_trigger_answers_at_its_stage() {
+    let now = Instant::now();
+    for trigger in Trigger::ALL {
+        for spoofing in [true, false] {
+            for dirty in [None, Some(0.0), Some(74.9), Some(75.0), Some(100.0)] {
+                let policy = AckPolicy {
+                    trigger,
+                    spoofing,
+                    ..AckPolicy::default()
+                };
+                let mut s = sender(policy, now);
+                if let Some(d) = dirty {
+                    s.report_dirty(d, now);
+                }
+                let above = dirty.is_some_and(|d| d >= 75.0);
+                let expect = if spoofing && above {
+                    trigger
+                } else {
+                    Trigger::RemoteStored
+                };
+                let (stage, c) = answered_at(&mut s, now);
+                assert_eq!(
+                    stage, expect,
+                    "trigger {trigger}, spoofing {spoofing}, dirty {dirty:?}"
+                );
+                assert_eq!(c.trigger, expect);
+                assert_eq!(s.stats().answered_by[expect.index()], 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn threshold_zero_spoofs_always() {
+    let now = Instant::now();
+    for trigger in Trigger::ALL {
+        let mut s = sender(
+            AckPolicy {
+                trigger,
+                dirty_threshold: 0.0,
+                ..AckPolicy::default()
+            },
+            now,
+        );
+        assert_eq!(answered_at(&mut s, now).0, trigger);
+    }
+}
+
+#[test]
+fn delay_holds_the_answer_after_the_trigger() {
+    let t0 = Instant::now();
+    let delay = Duration::from_millis(30);
+    let mut s = sender(
+        AckPolicy {
+            trigger: Trigger::Buffered,
+            delay,
+            dirty_threshold: 0.0,
+            ..AckPolicy::default()
+        },
+        t0,
+    );
+    let seq = s.submit(OpKind::Write, 10, t0);
+    let t1 = t0 + Duration::from_millis(5);
+    s.on_buffered(seq, t1);
+    assert!(s.poll_completion().is_none());
+    let due = s.poll_timeout().unwrap();
+    assert!(due <= t1 + delay, "timer must cover the delay");
+    s.handle_timeout(t1 + delay - Duration::from_millis(1));
+    assert!(s.poll_completion().is_none(), "answered before the delay");
+    s.handle_timeout(t1 + delay);
+    let c = s.poll_completion().expect("answered after the delay");
+    assert_eq!(c.trigger, Trigger::Buffered);
+    assert_eq!(c.latency, Duration::from_millis(35));
+}
+
+#[test]
+fn a_policy_change_applies_to_unanswered_writes() {
+    let now = Instant::now();
+    let mut s = sender(AckPolicy::default(), now); // buffered, but dirty unreported
+    let a = s.submit(OpKind::Write, 10, now);
+    let b = s.submit(OpKind::Write, 10, now);
+    s.on_buffered(b, now);
+    assert!(
+        s.poll_completion().is_none(),
+        "below threshold: waits for remote-stored"
+    );
+    s.report_dirty(90.0, now);
+    assert_eq!(
+        s.poll_completion().map(|c| (c.seq, c.trigger)),
+        Some((a, Trigger::Buffered))
+    );
+    assert_eq!(s.poll_completion().map(|c| c.seq), Some(b));
+    assert!(s.spoofing_active());
+    s.report_dirty(10.0, now);
+    assert!(!s.spoofing_active());
+}
+
+#[test]
+fn a_flush_waits_for_every_earlier_write() {
+    let now = Instant::now();
+    let mut s = sender(
+        AckPolicy {
+            trigger: Trigger::Sent,
+            dirty_threshold: 0.0,
+            ..AckPolicy::default()
+        },
+        now,
+    );
+    let w1 = s.submit(OpKind::Write, 10, now);
+    let w2 = s.submit(OpKind::Write, 10, now);
+    let f = s.submit(OpKind::Flush, 0, now);
+    s.on_buffered(f, now);
+    // Send w2 and the flush, but not w1 yet: nothing may be answered, since
+    // answers go in seq order.
+    let first = s.poll_send(now).unwrap();
+    assert_eq!(first, w1);
+    let second = s.poll_send(now).unwrap();
+    let third = s.poll_send(now).unwrap();
+    s.on_sent(second, now);
+    s.on_sent(third, now);
+    assert!(s.poll_completion().is_none());
+    s.on_sent(first, now);
+    let order: Vec<_> = std::iter::from_fn(|| s.poll_completion())
+        .map(|c| (c.seq, c.kind))
+        .collect();
+    assert_eq!(
+        order,
+        vec![(w1, OpKind::Write), (w2, OpKind::Write), (f, OpKind::Flush)]
+    );
+}
+
+#[test]
+fn nack_and_reconnect_resend() {
+    let now = Instant::now();
+    let mut s = sender(AckPolicy::default(), now);
+    let a = s.submit(OpKind::Write, 10, now);
+    let b = s.submit(OpKind::Write, 10, now);
+    s.on_buffered(b, now);
+    assert_eq!(s.poll_send(now), Some(a));
+    assert_eq!(s.poll_send(now), Some(b));
+    s.on_sent(a, now);
+    s.on_sent(b, now);
+    assert_eq!(s.poll_send(now), None);
+    s.on_frame(
+        &Frame::Nack(Nack {
+            seq: b,
+            index: 0,
+            reason: NackReason::Checksum,
+        }),
+        now,
+    )
+    .unwrap();
+    assert_eq!(s.poll_send(now), Some(b));
+    s.on_sent(b, now);
+    assert_eq!(s.stats().retransmits, 1);
+    // The link drops; the remote had stored `a` only.
+    s.on_disconnected(now);
+    assert_eq!(s.poll_send(now), None, "nothing is sent while disconnected");
+    s.on_connected(a, now).unwrap();
+    assert_eq!(s.poll_send(now), Some(b));
+    assert_eq!(s.poll_send(now), None);
+    assert_eq!(s.progress().remote_stored, a);
+}
+
+#[test]
+fn the_window_bounds_bytes_in_flight() {
+    let now = Instant::now();
+    let mut s = Sender::new(
+        SenderConfig {
+            max_inflight_bytes: 100,
+            ..SenderConfig::default()
+        },
+        1,
+        1,
+        now,
+    );
+    s.on_connected(0, now).unwrap();
+    for _ in 0..5 {
+        s.submit(OpKind::Write, 40, now);
+    }
+    s.on_buffered(5, now);
+    assert_eq!(s.poll_send(now), Some(1));
+    assert_eq!(s.poll_send(now), Some(2));
+    assert_eq!(s.poll_send(now), None, "a third 40-byte write exceeds 100");
+    s.on_frame(
+        &Frame::Ack(Ack {
+            kind: AckKind::Stored,
+            upto: 1,
+        }),
+        now,
+    )
+    .unwrap();
+    assert_eq!(s.poll_send(now), Some(3));
+}
+
+#[test]
+fn an_ack_for_an_unknown_seq_is_an_error() {
+    let now = Instant::now();
+    let mut s = sender(AckPolicy::default(), now);
+    s.submit(OpKind::Write, 1, now);
+    assert!(s
+        .on_frame(
+            &Frame::Ack(Ack {
+                kind: AckKind::Stored,
+                upto: 9
+            }),
+            now
+        )
+        .is_err());
+}
+
+#[test]
+fn recovered_operations_are_resent_but_not_answered() {
+    let now = Instant::now();
+    let mut s = Sender::new(SenderConfig::default(), 2, 10, now);
+    for seq in 10..13 {
+        s.recover(seq, OpKind::Write, 100, now).unwrap();
+    }
+    assert!(s.recover(20, OpKind::Write, 1, now).is_err());
+    assert_eq!(s.next_seq(), 13);
+    s.on_connected(10, now).unwrap();
+    assert_eq!(s.poll_send(now), Some(11));
+    assert_eq!(s.poll_send(now), Some(12));
+    assert!(s.poll_completion().is_none());
+}
