@@ -1,0 +1,148 @@
+//! Scheduled outages: the link is down from `start` for `duration`, once or
+//! repeating every `every`. Times are on the link's own clock (the same
+//! arbitrary origin as the `now` given to the model; for the relay, its
+//! start). Text form: `10s..12s` (down from 10 s to 12 s), `10s+2s` (the
+//! same), with an optional `/30s` suffix to repeat every 30 s.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::config::ConfigError;
+use crate::units;
+
+/// One (possibly repeating) outage window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outage {
+    pub start: Duration,
+    pub duration: Duration,
+    /// Period of repetition; `None` for a single outage.
+    pub every: Option<Duration>,
+}
+
+impl Outage {
+    /// A single outage from `start` to `end`.
+    pub fn between(start: Duration, end: Duration) -> Self {
+        Self {
+            start,
+            duration: end.saturating_sub(start),
+            every: None,
+        }
+    }
+
+    /// Whether the link is down at `t`.
+    pub fn is_down(&self, t: Duration) -> bool {
+        if t < self.start || self.duration.is_zero() {
+            return false;
+        }
+        let since = t - self.start;
+        match self.every {
+            None => since < self.duration,
+            Some(p) => {
+                let phase = since.as_nanos() % p.as_nanos().max(1);
+                phase < self.duration.as_nanos()
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.duration.is_zero() {
+            return Err(ConfigError::Invalid {
+                field: "outage",
+                msg: format!("{self}: the outage must last longer than 0"),
+            });
+        }
+        if let Some(p) = self.every {
+            if p < self.duration {
+                return Err(ConfigError::Invalid {
+                    field: "outage",
+                    msg: format!("{self}: the period must be at least the outage's length"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Outage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}..{}",
+            units::format_duration(self.start),
+            units::format_duration(self.start + self.duration)
+        )?;
+        if let Some(p) = self.every {
+            write!(f, "/{}", units::format_duration(p))?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Outage {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::Invalid {
+            field: "outage",
+            msg: format!(
+                "`{s}`: expected START..END or START+LENGTH, optionally /PERIOD, e.g. 10s..12s/60s"
+            ),
+        };
+        let (window, every) = match s.split_once('/') {
+            Some((w, p)) => (w, Some(units::parse_duration(p)?)),
+            None => (s, None),
+        };
+        let o = if let Some((a, b)) = window.split_once("..") {
+            let (a, b) = (units::parse_duration(a)?, units::parse_duration(b)?);
+            if b <= a {
+                return Err(bad());
+            }
+            Outage {
+                start: a,
+                duration: b - a,
+                every,
+            }
+        } else if let Some((a, b)) = window.split_once('+') {
+            Outage {
+                start: units::parse_duration(a)?,
+                duration: units::parse_duration(b)?,
+                every,
+            }
+        } else {
+            return Err(bad());
+        };
+        o.validate()?;
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: f64) -> Duration {
+        Duration::from_secs_f64(x)
+    }
+
+    #[test]
+    fn single_and_repeating() {
+        let o: Outage = "10s..12s".parse().unwrap();
+        assert!(!o.is_down(s(9.999)));
+        assert!(o.is_down(s(10.0)));
+        assert!(o.is_down(s(11.999)));
+        assert!(!o.is_down(s(12.0)));
+        assert!(!o.is_down(s(70.5)));
+        let r: Outage = "10s+2s/60s".parse().unwrap();
+        assert!(r.is_down(s(70.5)));
+        assert!(!r.is_down(s(72.5)));
+        assert_eq!(r.to_string(), "10s..12s/60s");
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        assert!("12s..10s".parse::<Outage>().is_err());
+        assert!("10s".parse::<Outage>().is_err());
+        assert!("0s+5s/1s".parse::<Outage>().is_err());
+    }
+}
