@@ -16,6 +16,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+pub mod histogram;
 pub mod policy;
 pub mod receiver;
 pub mod rtt;

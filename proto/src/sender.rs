@@ -21,6 +21,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::frame::{Ack, AckKind, Frame, Nack};
+use crate::histogram::Histogram;
 use crate::policy::{AckPolicy, Trigger};
 use crate::rtt::{Heartbeats, RttEstimate};
 use crate::{Epoch, Seq};
@@ -91,6 +92,11 @@ pub struct SenderStats {
     pub retransmits: u64,
     pub nacks: u64,
     pub sent_bytes: u64,
+    /// From submission to `remote-stored`, for host operations: the
+    /// primary→replica delay.
+    pub replication_delay: Histogram,
+    /// From submission to the host's answer.
+    pub answer_latency: Histogram,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +110,8 @@ struct Op {
     queued: bool,
     in_flight: bool,
     last_sent: Option<Instant>,
+    /// Recovered from the nvbuf after a restart: no host waits for it.
+    recovered: bool,
 }
 
 /// The primary side of the protocol.
@@ -194,6 +202,7 @@ impl Sender {
             queued: false,
             in_flight: false,
             last_sent: None,
+            recovered: false,
         });
         self.advance(now);
         seq
@@ -235,6 +244,7 @@ impl Sender {
             queued: true,
             in_flight: false,
             last_sent: None,
+            recovered: true,
         });
         self.queue.insert(seq);
         self.buffered_upto = seq;
@@ -330,7 +340,11 @@ impl Sender {
                 self.mark_range(self.stored_upto, ack.upto, Trigger::RemoteStored, now);
                 for seq in self.stored_upto + 1..=ack.upto {
                     let mut freed = 0;
+                    let mut delay = None;
                     if let Some(op) = self.op_mut(seq) {
+                        if !op.recovered {
+                            delay = Some(now.saturating_duration_since(op.submitted));
+                        }
                         if op.in_flight {
                             op.in_flight = false;
                             freed = op.bytes;
@@ -339,6 +353,9 @@ impl Sender {
                     }
                     self.inflight_bytes -= freed;
                     self.queue.remove(&seq);
+                    if let Some(d) = delay {
+                        self.stats.replication_delay.record(d);
+                    }
                 }
                 self.stored_upto = self.stored_upto.max(ack.upto);
                 self.received_upto = self.received_upto.max(ack.upto);
@@ -470,6 +487,7 @@ impl Sender {
                     latency: now.saturating_duration_since(op.submitted),
                 };
                 self.stats.answered_by[trigger.index()] += 1;
+                self.stats.answer_latency.record(done.latency);
                 self.completions.push_back(done);
             }
             self.answered_upto = seq;
