@@ -1,1 +1,8 @@
-//! Placeholder until the first module lands.
+//! The data transfer unit (being assembled; see the final lib.rs).
+pub mod config;
+pub mod nvbuf;
+pub mod replica;
+pub mod workers;
+
+/// Human units, shared with the link emulator.
+pub use dtu_sim::units;

@@ -1,0 +1,687 @@
+//! Configuration: the TOML files `dtu init` writes and `dtu primary` /
+//! `dtu remote` read, with their defaults and their validation.
+//!
+//! Sizes, rates and durations are written the way people say them (`1GiB`,
+//! `1.544Mbit`, `40ms`); relative paths are relative to the config file.
+//! Every field has a default except the ones only the user can know (the
+//! volume's identity, the peer's address and certificate fingerprint), and
+//! every error names the file and the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dtu_proto::{AckPolicy, Trigger, VolumeId};
+use serde::{Deserialize, Serialize};
+
+use crate::units;
+
+/// Why a config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {field}: {message}")]
+    Field {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The mirrored volume, identical on both sides.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSection {
+    /// 32 hex digits; `dtu init` picks a random one.
+    pub id: String,
+    /// Bytes in the volume, e.g. `"10GiB"`.
+    pub size: String,
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    /// File holding the 256-bit sealing key (64 hex digits). Without it,
+    /// payloads are not sealed (QUIC still encrypts the link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+fn default_block_size() -> u32 {
+    4096
+}
+
+/// This side's certificate and the peer's pinned fingerprint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `sha256:` + 64 hex digits of the peer's certificate.
+    pub peer_fingerprint: String,
+}
+
+/// The link as the user knows it; it sizes QUIC's windows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSection {
+    /// Primary: the remote's (or the link emulator's) UDP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// Remote: the UDP address to listen on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The name in the remote's certificate.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Link rate, e.g. `"1.544Mbit"`, `"1Gbit"`.
+    #[serde(default = "default_rate")]
+    pub rate: String,
+    /// Round-trip time, e.g. `"40ms"`.
+    #[serde(default = "default_rtt")]
+    pub rtt: String,
+    /// `bbr`, `cubic` or `newreno`.
+    #[serde(default = "default_congestion")]
+    pub congestion: String,
+    /// Parallel QUIC streams carrying writes.
+    #[serde(default = "default_lanes")]
+    pub lanes: usize,
+}
+
+fn default_server_name() -> String {
+    "dtu-remote".into()
+}
+fn default_rate() -> String {
+    "1Gbit".into()
+}
+fn default_rtt() -> String {
+    "20ms".into()
+}
+fn default_congestion() -> String {
+    "cubic".into()
+}
+fn default_lanes() -> usize {
+    4
+}
+
+impl Default for LinkSection {
+    fn default() -> Self {
+        LinkSection {
+            remote: None,
+            listen: None,
+            server_name: default_server_name(),
+            rate: default_rate(),
+            rtt: default_rtt(),
+            congestion: default_congestion(),
+            lanes: default_lanes(),
+        }
+    }
+}
+
+/// The primary's non-volatile buffer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NvbufSection {
+    pub path: PathBuf,
+    #[serde(default = "default_nvbuf_size")]
+    pub size: String,
+}
+
+fn default_nvbuf_size() -> String {
+    "1GiB".into()
+}
+
+/// Worker pools and the payload codec.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Encode (primary) or decode (remote) workers; 0 = one per core.
+    #[serde(default)]
+    pub workers: usize,
+    #[serde(default = "default_chunk")]
+    pub chunk_size: String,
+    #[serde(default = "default_true")]
+    pub compress: bool,
+}
+
+fn default_chunk() -> String {
+    "64KiB".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        PipelineSection {
+            workers: 0,
+            chunk_size: default_chunk(),
+            compress: true,
+        }
+    }
+}
+
+/// When the host is answered (see DESIGN.md, "Acknowledgement triggers").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// received | buffered | sent | remote-received | remote-stored
+    #[serde(default = "default_trigger")]
+    pub trigger: String,
+    #[serde(default = "default_zero")]
+    pub delay: String,
+    #[serde(default = "default_true")]
+    pub spoofing: bool,
+    /// Spoof only while the host's dirty % is at or above this.
+    #[serde(default = "default_threshold")]
+    pub dirty_threshold: f64,
+}
+
+fn default_trigger() -> String {
+    "buffered".into()
+}
+fn default_zero() -> String {
+    "0ms".into()
+}
+fn default_threshold() -> f64 {
+    75.0
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        PolicySection {
+            trigger: default_trigger(),
+            delay: default_zero(),
+            spoofing: true,
+            dirty_threshold: default_threshold(),
+        }
+    }
+}
+
+/// NBD front end (primary) or read-only export (remote).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NbdSection {
+    /// TCP address, e.g. `"127.0.0.1:10809"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    /// Unix socket path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<PathBuf>,
+    #[serde(default = "default_export")]
+    pub export: String,
+    /// Primary only: keep a local copy of the volume too (reads are served
+    /// from it), like DRBD's local disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<PathBuf>,
+}
+
+fn default_export() -> String {
+    "dtu".into()
+}
+
+/// Control socket and metrics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Unix socket for `dtu status`, `dtu policy`, `dtu dirty`.
+    pub control: PathBuf,
+    /// Prometheus text endpoint, e.g. `"127.0.0.1:9101"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+}
+
+/// The remote's replica.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaSection {
+    pub path: PathBuf,
+    /// State file; defaults to the replica path plus `.state`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<PathBuf>,
+}
+
+/// `primary.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrimaryFile {
+    pub volume: VolumeSection,
+    pub identity: IdentitySection,
+    pub link: LinkSection,
+    pub nvbuf: NvbufSection,
+    #[serde(default)]
+    pub pipeline: PipelineSection,
+    #[serde(default)]
+    pub policy: PolicySection,
+    #[serde(default)]
+    pub nbd: NbdSection,
+    pub admin: AdminSection,
+}
+
+/// `remote.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteFile {
+    pub volume: VolumeSection,
+    pub identity: IdentitySection,
+    pub link: LinkSection,
+    pub replica: ReplicaSection,
+    #[serde(default)]
+    pub pipeline: PipelineSection,
+    /// Read-only export of the replica.
+    #[serde(default)]
+    pub nbd: NbdSection,
+    pub admin: AdminSection,
+}
+
+/// Congestion controller for QUIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionChoice {
+    Bbr,
+    Cubic,
+    NewReno,
+}
+
+/// A link section, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    pub addr: SocketAddr,
+    pub server_name: String,
+    pub rate_bps: u64,
+    pub rtt: Duration,
+    pub congestion: CongestionChoice,
+    pub lanes: usize,
+}
+
+/// The volume, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    pub id: VolumeId,
+    pub size: u64,
+    pub block_size: u32,
+    pub key: Option<[u8; 32]>,
+}
+
+/// A pipeline section, parsed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pipeline {
+    pub workers: usize,
+    pub chunk_size: usize,
+    pub compress: bool,
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    dir: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: &'static str, message: impl ToString) -> ConfigError {
+        ConfigError::Field {
+            path: self.path.to_path_buf(),
+            field,
+            message: message.to_string(),
+        }
+    }
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+    fn addr(&self, field: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+        s.parse().map_err(|_| {
+            self.err(
+                field,
+                format!("{s:?} is not an address like 127.0.0.1:7000"),
+            )
+        })
+    }
+}
+
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn ctx(path: &Path) -> Ctx<'_> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ctx { path, dir }
+}
+
+/// Parses a volume id from 32 hex digits.
+pub fn parse_volume_id(s: &str) -> Option<VolumeId> {
+    let bytes = hex::decode(s.trim()).ok()?;
+    bytes.try_into().ok()
+}
+
+/// Reads a 256-bit key file (64 hex digits, whitespace ignored).
+pub fn read_key(path: &Path) -> Result<[u8; 32], String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = hex::decode(text.trim())
+        .map_err(|_| format!("{} does not hold hex digits", path.display()))?;
+    bytes.try_into().map_err(|_| {
+        format!(
+            "{} must hold exactly 64 hex digits (256 bits)",
+            path.display()
+        )
+    })
+}
+
+fn volume(c: &Ctx<'_>, v: &VolumeSection) -> Result<Volume, ConfigError> {
+    let id = parse_volume_id(&v.id).ok_or_else(|| c.err("volume.id", "must be 32 hex digits"))?;
+    let size = units::parse_bytes(&v.size).map_err(|e| c.err("volume.size", e))?;
+    if size == 0 || size % v.block_size as u64 != 0 {
+        return Err(c.err(
+            "volume.size",
+            format!(
+                "{size} bytes is not a positive multiple of the {}-byte block size",
+                v.block_size
+            ),
+        ));
+    }
+    if !v.block_size.is_power_of_two() || !(512..=65536).contains(&v.block_size) {
+        return Err(c.err(
+            "volume.block_size",
+            "must be a power of two from 512 to 65536",
+        ));
+    }
+    let key = match &v.key {
+        Some(p) => Some(read_key(&c.resolve(p)).map_err(|e| c.err("volume.key", e))?),
+        None => None,
+    };
+    Ok(Volume {
+        id,
+        size,
+        block_size: v.block_size,
+        key,
+    })
+}
+
+fn link(
+    c: &Ctx<'_>,
+    l: &LinkSection,
+    addr: &str,
+    field: &'static str,
+) -> Result<Link, ConfigError> {
+    let rate_bps = units::parse_rate(&l.rate).map_err(|e| c.err("link.rate", e))?;
+    let rtt = units::parse_duration(&l.rtt).map_err(|e| c.err("link.rtt", e))?;
+    let congestion = match l.congestion.as_str() {
+        "bbr" => CongestionChoice::Bbr,
+        "cubic" => CongestionChoice::Cubic,
+        "newreno" => CongestionChoice::NewReno,
+        other => {
+            return Err(c.err(
+                "link.congestion",
+                format!("{other:?}: expected bbr, cubic or newreno"),
+            ))
+        }
+    };
+    if l.lanes == 0 || l.lanes > 64 {
+        return Err(c.err("link.lanes", "must be between 1 and 64"));
+    }
+    Ok(Link {
+        addr: c.addr(field, addr)?,
+        server_name: l.server_name.clone(),
+        rate_bps,
+        rtt,
+        congestion,
+        lanes: l.lanes,
+    })
+}
+
+fn pipeline(c: &Ctx<'_>, p: &PipelineSection) -> Result<Pipeline, ConfigError> {
+    let chunk_size =
+        units::parse_bytes(&p.chunk_size).map_err(|e| c.err("pipeline.chunk_size", e))? as usize;
+    if !(4096..=(1 << 20)).contains(&chunk_size) {
+        return Err(c.err("pipeline.chunk_size", "must be between 4KiB and 1MiB"));
+    }
+    let workers = if p.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        p.workers.min(256)
+    };
+    Ok(Pipeline {
+        workers,
+        chunk_size,
+        compress: p.compress,
+    })
+}
+
+/// Parses a policy section.
+pub fn policy(p: &PolicySection) -> Result<AckPolicy, String> {
+    let trigger: Trigger = p
+        .trigger
+        .parse()
+        .map_err(|e: dtu_proto::policy::UnknownTrigger| e.to_string())?;
+    let delay = units::parse_duration(&p.delay).map_err(|e| e.to_string())?;
+    if !(0.0..=100.0).contains(&p.dirty_threshold) {
+        return Err(format!(
+            "dirty_threshold {} is not a percentage from 0 to 100",
+            p.dirty_threshold
+        ));
+    }
+    Ok(AckPolicy {
+        trigger,
+        delay,
+        spoofing: p.spoofing,
+        dirty_threshold: p.dirty_threshold,
+    })
+}
+
+/// Everything `dtu primary` needs, parsed and with absolute paths.
+#[derive(Debug, Clone)]
+pub struct PrimaryConfig {
+    pub volume: Volume,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub peer_fingerprint: String,
+    pub link: Link,
+    pub nvbuf_path: PathBuf,
+    pub nvbuf_size: u64,
+    pub pipeline: Pipeline,
+    pub policy: AckPolicy,
+    pub nbd_tcp: Option<SocketAddr>,
+    pub nbd_unix: Option<PathBuf>,
+    pub export: String,
+    pub local: Option<PathBuf>,
+    pub control: PathBuf,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Everything `dtu remote` needs, parsed and with absolute paths.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    pub volume: Volume,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub peer_fingerprint: String,
+    pub link: Link,
+    pub replica: PathBuf,
+    pub state: PathBuf,
+    pub pipeline: Pipeline,
+    pub nbd_tcp: Option<SocketAddr>,
+    pub nbd_unix: Option<PathBuf>,
+    pub export: String,
+    pub control: PathBuf,
+    pub metrics: Option<SocketAddr>,
+}
+
+impl PrimaryConfig {
+    pub fn load(path: &Path) -> Result<PrimaryConfig, ConfigError> {
+        let f: PrimaryFile = read_toml(path)?;
+        Self::from_file(path, &f)
+    }
+
+    pub fn from_file(path: &Path, f: &PrimaryFile) -> Result<PrimaryConfig, ConfigError> {
+        let c = ctx(path);
+        let remote = f
+            .link
+            .remote
+            .as_deref()
+            .ok_or_else(|| c.err("link.remote", "the primary needs the remote's address"))?;
+        let nvbuf_size = units::parse_bytes(&f.nvbuf.size).map_err(|e| c.err("nvbuf.size", e))?;
+        Ok(PrimaryConfig {
+            volume: volume(&c, &f.volume)?,
+            cert: c.resolve(&f.identity.cert),
+            key: c.resolve(&f.identity.key),
+            peer_fingerprint: f.identity.peer_fingerprint.clone(),
+            link: link(&c, &f.link, remote, "link.remote")?,
+            nvbuf_path: c.resolve(&f.nvbuf.path),
+            nvbuf_size,
+            pipeline: pipeline(&c, &f.pipeline)?,
+            policy: policy(&f.policy).map_err(|e| c.err("policy", e))?,
+            nbd_tcp: f
+                .nbd
+                .tcp
+                .as_deref()
+                .map(|a| c.addr("nbd.tcp", a))
+                .transpose()?,
+            nbd_unix: f.nbd.unix.as_deref().map(|p| c.resolve(p)),
+            export: f.nbd.export.clone(),
+            local: f.nbd.local.as_deref().map(|p| c.resolve(p)),
+            control: c.resolve(&f.admin.control),
+            metrics: f
+                .admin
+                .metrics
+                .as_deref()
+                .map(|a| c.addr("admin.metrics", a))
+                .transpose()?,
+        })
+    }
+}
+
+impl RemoteConfig {
+    pub fn load(path: &Path) -> Result<RemoteConfig, ConfigError> {
+        let f: RemoteFile = read_toml(path)?;
+        Self::from_file(path, &f)
+    }
+
+    pub fn from_file(path: &Path, f: &RemoteFile) -> Result<RemoteConfig, ConfigError> {
+        let c = ctx(path);
+        let listen = f
+            .link
+            .listen
+            .as_deref()
+            .ok_or_else(|| c.err("link.listen", "the remote needs an address to listen on"))?;
+        let replica = c.resolve(&f.replica.path);
+        let state = match &f.replica.state {
+            Some(p) => c.resolve(p),
+            None => {
+                let mut s = replica.clone().into_os_string();
+                s.push(".state");
+                PathBuf::from(s)
+            }
+        };
+        Ok(RemoteConfig {
+            volume: volume(&c, &f.volume)?,
+            cert: c.resolve(&f.identity.cert),
+            key: c.resolve(&f.identity.key),
+            peer_fingerprint: f.identity.peer_fingerprint.clone(),
+            link: link(&c, &f.link, listen, "link.listen")?,
+            replica,
+            state,
+            pipeline: pipeline(&c, &f.pipeline)?,
+            nbd_tcp: f
+                .nbd
+                .tcp
+                .as_deref()
+                .map(|a| c.addr("nbd.tcp", a))
+                .transpose()?,
+            nbd_unix: f.nbd.unix.as_deref().map(|p| c.resolve(p)),
+            export: f.nbd.export.clone(),
+            control: c.resolve(&f.admin.control),
+            metrics: f
+                .admin
+                .metrics
+                .as_deref()
+                .map(|a| c.addr("admin.metrics", a))
+                .transpose()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_primary() -> PrimaryFile {
+        PrimaryFile {
+            volume: VolumeSection {
+                id: "00112233445566778899aabbccddeeff".into(),
+                size: "64MiB".into(),
+                block_size: 4096,
+                key: None,
+            },
+            identity: IdentitySection {
+                cert: "primary.crt".into(),
+                key: "primary.key".into(),
+                peer_fingerprint: "sha256:00".into(),
+            },
+            link: LinkSection {
+                remote: Some("127.0.0.1:7000".into()),
+                ..LinkSection::default()
+            },
+            nvbuf: NvbufSection {
+                path: "primary.nvbuf".into(),
+                size: "64MiB".into(),
+            },
+            pipeline: PipelineSection::default(),
+            policy: PolicySection::default(),
+            nbd: NbdSection::default(),
+            admin: AdminSection {
+                control: "primary.ctl".into(),
+                metrics: None,
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_through_toml_and_resolves_paths() {
+        let f = sample_primary();
+        let text = toml::to_string(&f).unwrap();
+        let back: PrimaryFile = toml::from_str(&text).unwrap();
+        assert_eq!(back, f);
+        let c = PrimaryConfig::from_file(Path::new("/etc/dtu/primary.toml"), &f).unwrap();
+        assert_eq!(c.nvbuf_path, PathBuf::from("/etc/dtu/primary.nvbuf"));
+        assert_eq!(c.volume.size, 64 << 20);
+        assert_eq!(c.policy, AckPolicy::default());
+        assert_eq!(c.link.rate_bps, 1_000_000_000);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut f = sample_primary();
+        f.policy.trigger = "eventually".into();
+        let e = PrimaryConfig::from_file(Path::new("p.toml"), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("policy") && e.contains("eventually"), "{e}");
+        let mut f = sample_primary();
+        f.volume.size = "1000".into();
+        let e = PrimaryConfig::from_file(Path::new("p.toml"), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("volume.size"), "{e}");
+        let e = toml::from_str::<PrimaryFile>("[volume]\nid='x'\nsize='1'\nbogus=1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,795 @@
+//! The live ring: [`Nvbuf`] with append, group-commit `sync_to`, release,
+//! read-back, backpressure and statistics, plus create / open (which runs the
+//! recovery scan). Locking: the store sits in a `RwLock` (appends and
+//! superblock writes copy under the write lock; msync and reads run under the
+//! read lock), bookkeeping in a `Mutex` taken after it, and superblock updates
+//! are serialised by their own mutex taken before both.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use super::error::NvbufError;
+use super::format::{
+    encode_wrap, max_payload, record_size, RawHeader, SbProblem, Superblock, FORMAT_VERSION,
+    MIN_SIZE, REC_HEADER_LEN, REC_MAGIC, RING_OFFSET, SB_SLOT_LEN,
+};
+use super::recovery::scan;
+use super::store::{Flusher, MmapStore, NvStore, PAGE};
+use super::{Lsn, NvbufConfig, NvbufStats, RecordHeader, Recovery, Seq};
+
+/// A flusher also persists the superblock once this fraction of the ring is
+/// released but not yet reusable.
+const SB_LAZY_DIVISOR: u64 = 8;
+
+/// The non-volatile buffer. `Send + Sync`; share it as `Arc<Nvbuf>`.
+pub struct Nvbuf<S: NvStore = MmapStore> {
+    store: RwLock<S>,
+    /// Flushes without the store lock when the store offers it.
+    flusher: Option<Arc<dyn Flusher>>,
+    state: Mutex<State>,
+    /// Appenders waiting for space.
+    space_cv: Condvar,
+    /// `sync_to` callers waiting for the current flusher.
+    flush_cv: Condvar,
+    /// Generation of the last durable superblock; held while writing one.
+    sb_writer: Mutex<u64>,
+    label: PathBuf,
+    volume_id: [u8; 16],
+    instance: u32,
+    epoch: u32,
+    base_seq: Seq,
+    ring_len: u64,
+    file_size: u64,
+    max_payload: usize,
+}
+
+struct Entry {
+    hdr: RecordHeader,
+    start: Lsn,
+    end: Lsn,
+    payload_len: u32,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    head: Lsn,
+    durable: Lsn,
+    flushing: bool,
+    index: VecDeque<Entry>,
+    /// (seq, chunk_index, chunk_count) of the last appended record.
+    last: Option<(Seq, u32, u32)>,
+    next_seq: Seq,
+    last_complete_seq: Option<Seq>,
+    durable_seq: Option<Seq>,
+    /// Just past the last released record, and the first unreleased seq.
+    released_tail: Lsn,
+    released_tail_seq: Seq,
+    /// Tail recorded in the durable superblock: space before it + ring is free.
+    sb_tail: Lsn,
+    unreleased_seqs: u64,
+    appended_records: u64,
+    appended_bytes: u64,
+    durable_records: u64,
+    flushes: u64,
+    flushed_records: u64,
+    full_waits: u64,
+    waiting: u64,
+    sb_writes: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+fn rlock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+fn wlock<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Nvbuf<MmapStore> {
+    /// Creates a new nvbuf file of `cfg.size` bytes (preallocated, zeroed,
+    /// exclusively locked). Refuses a non-empty existing file unless
+    /// `cfg.overwrite`.
+    pub fn create(path: &Path, cfg: &NvbufConfig) -> Result<Nvbuf, NvbufError> {
+        let size = checked_size(cfg.size)?;
+        let store = MmapStore::create(path, size, cfg.overwrite)?;
+        Nvbuf::format(store, cfg, path.to_path_buf())
+    }
+
+    /// Opens an existing nvbuf for `volume_id`, recovers its records, and bumps
+    /// and persists the epoch. A second open of the same file while the first
+    /// is open is refused.
+    pub fn open(path: &Path, volume_id: [u8; 16]) -> Result<(Nvbuf, Recovery), NvbufError> {
+        let store = MmapStore::open(path)?;
+        Nvbuf::recover(store, volume_id, path.to_path_buf())
+    }
+
+    /// Opens the file if it exists and is not empty, else creates it.
+    pub fn open_or_create(path: &Path, cfg: &NvbufConfig) -> Result<(Nvbuf, Recovery), NvbufError> {
+        let exists = std::fs::metadata(path)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
+        if exists {
+            Nvbuf::open(path, cfg.volume_id)
+        } else {
+            let nv = Nvbuf::create(path, cfg)?;
+            let rec = nv.fresh_recovery();
+            Ok((nv, rec))
+        }
+    }
+
+    /// The mapped file.
+    pub fn path(&self) -> &Path {
+        &self.label
+    }
+}
+
+fn checked_size(size: u64) -> Result<u64, NvbufError> {
+    let size = size / PAGE as u64 * PAGE as u64;
+    if size < MIN_SIZE {
+        return Err(NvbufError::TooSmall {
+            size,
+            min: MIN_SIZE,
+        });
+    }
+    Ok(size)
+}
+
+impl<S: NvStore> Nvbuf<S> {
+    /// Formats `store` (e.g. a [`super::MemStore`]) as a new, empty nvbuf using
+    /// all of it. Refuses a store that already holds a valid nvbuf unless
+    /// `cfg.overwrite`.
+    pub fn create_in(mut store: S, cfg: &NvbufConfig) -> Result<Nvbuf<S>, NvbufError> {
+        let len = store.len() as u64;
+        checked_size(len)?;
+        if !cfg.overwrite {
+            if let Some(sb) = read_slots(&store).into_iter().find_map(|s| s.ok()) {
+                return Err(NvbufError::Exists {
+                    path: PathBuf::from("<store>"),
+                    what: format!(
+                        "it already holds an nvbuf for volume {}",
+                        hex::encode(sb.volume_id)
+                    ),
+                });
+            }
+        }
+        let zeros = vec![0u8; 1 << 20];
+        let mut off = 0usize;
+        while off < store.len() {
+            let n = zeros.len().min(store.len() - off);
+            store.write(off, &zeros[..n]);
+            off += n;
+        }
+        store
+            .flush_range(0, store.len())
+            .map_err(io("<store>", "flush"))?;
+        Nvbuf::format(store, cfg, PathBuf::from("<store>"))
+    }
+
+    /// Opens an nvbuf held in `store` and recovers it, as [`Nvbuf::open`].
+    pub fn open_in(store: S, volume_id: [u8; 16]) -> Result<(Nvbuf<S>, Recovery), NvbufError> {
+        Nvbuf::recover(store, volume_id, PathBuf::from("<store>"))
+    }
+
+    fn format(store: S, cfg: &NvbufConfig, label: PathBuf) -> Result<Nvbuf<S>, NvbufError> {
+        let file_size = store.len() as u64;
+        let ring_len = file_size - RING_OFFSET as u64;
+        let nv = Nvbuf {
+            flusher: store.flusher(),
+            store: RwLock::new(store),
+            state: Mutex::new(State {
+                next_seq: cfg.first_seq,
+                released_tail_seq: cfg.first_seq,
+                ..State::default()
+            }),
+            space_cv: Condvar::new(),
+            flush_cv: Condvar::new(),
+            sb_writer: Mutex::new(0),
+            label,
+            volume_id: cfg.volume_id,
+            instance: rand::random(),
+            epoch: 1,
+            base_seq: cfg.first_seq,
+            ring_len,
+            file_size,
+            max_payload: max_payload(ring_len),
+        };
+        nv.persist_superblock()?;
+        Ok(nv)
+    }
+
+    fn recover(
+        store: S,
+        volume_id: [u8; 16],
+        label: PathBuf,
+    ) -> Result<(Nvbuf<S>, Recovery), NvbufError> {
+        let len = store.len() as u64;
+        if len < RING_OFFSET as u64 {
+            return Err(NvbufError::TooSmall {
+                size: len,
+                min: MIN_SIZE,
+            });
+        }
+        let slots = read_slots(&store);
+        if let Some(v) = slots.iter().find_map(|s| match s {
+            Err(SbProblem::UnknownVersion(v)) => Some(*v),
+            _ => None,
+        }) {
+            return Err(NvbufError::UnknownVersion {
+                found: v,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let sb = match slots
+            .iter()
+            .filter_map(|s| s.as_ref().ok())
+            .max_by_key(|sb| sb.generation)
+        {
+            Some(sb) => *sb,
+            None => {
+                let describe = |s: &Result<Superblock, SbProblem>| match s {
+                    Ok(_) => "valid".to_string(),
+                    Err(SbProblem::NoMagic) => "no superblock magic".to_string(),
+                    Err(SbProblem::BadCrc) => "checksum mismatch".to_string(),
+                    Err(SbProblem::UnknownVersion(v)) => format!("unknown version {v}"),
+                    Err(SbProblem::Inconsistent(w)) => format!("inconsistent {w}"),
+                };
+                return Err(NvbufError::NoValidSuperblock {
+                    slot0: describe(&slots[0]),
+                    slot1: describe(&slots[1]),
+                });
+            }
+        };
+        if sb.volume_id != volume_id {
+            return Err(NvbufError::WrongVolume {
+                expected: hex::encode(volume_id),
+                found: hex::encode(sb.volume_id),
+            });
+        }
+        if sb.file_size != len {
+            return Err(NvbufError::SizeMismatch {
+                actual: len,
+                expected: sb.file_size,
+            });
+        }
+        let sc = scan(&store, &sb);
+        let epoch = sb
+            .epoch
+            .max(sc.max_epoch)
+            .checked_add(1)
+            .ok_or(NvbufError::EpochExhausted)?;
+        let now = Instant::now();
+        let mut st = State {
+            head: sc.end_lsn,
+            durable: sc.end_lsn,
+            next_seq: sb.tail_seq,
+            released_tail: sb.tail_lsn,
+            released_tail_seq: sb.tail_seq,
+            sb_tail: sb.tail_lsn,
+            durable_seq: sb.tail_seq.checked_sub(1).filter(|s| *s >= sb.base_seq),
+            ..State::default()
+        };
+        let mut records = Vec::with_capacity(sc.records.len());
+        for f in sc.records {
+            let h = f.hdr;
+            st.index.push_back(Entry {
+                hdr: h,
+                start: f.start,
+                end: f.end,
+                payload_len: f.payload.len() as u32,
+                at: now,
+            });
+            if h.chunk_index + 1 == h.chunk_count {
+                st.unreleased_seqs += 1;
+                st.next_seq = h.seq + 1;
+                st.last_complete_seq = Some(h.seq);
+                st.durable_seq = Some(h.seq);
+            }
+            st.last = Some((h.seq, h.chunk_index, h.chunk_count));
+            records.push((h, f.payload));
+        }
+        let ring_len = sb.ring_len;
+        let nv = Nvbuf {
+            flusher: store.flusher(),
+            store: RwLock::new(store),
+            state: Mutex::new(st),
+            space_cv: Condvar::new(),
+            flush_cv: Condvar::new(),
+            sb_writer: Mutex::new(sb.generation),
+            label,
+            volume_id,
+            instance: sb.instance,
+            epoch,
+            base_seq: sb.base_seq,
+            ring_len,
+            file_size: sb.file_size,
+            max_payload: max_payload(ring_len),
+        };
+        // Erase the header slot where the log now ends, so a torn or dropped
+        // tail is reported once, not again on every later open.
+        {
+            let pos = sc.end_lsn % ring_len;
+            let at = if ring_len - pos < REC_HEADER_LEN as u64 {
+                0
+            } else {
+                pos
+            };
+            wlock(&nv.store).write(RING_OFFSET + at as usize, &[0u8; REC_HEADER_LEN]);
+        }
+        // What we just read may only be in the page cache of a process that
+        // died: make it durable before anyone treats it as buffered.
+        nv.flush(0, len as usize).map_err(io(&nv.label, "flush"))?;
+        nv.persist_superblock()?;
+        let rec = Recovery {
+            first_seq: records.first().map(|r| r.0.seq),
+            last_seq: records.last().map(|r| r.0.seq),
+            records,
+            stopped: sc.stopped,
+            end: sc.end,
+            dropped_incomplete: sc.dropped_incomplete,
+            previous_epoch: sb.epoch,
+            epoch,
+            superblock_generation: sb.generation,
+            scanned_bytes: sc.scanned,
+        };
+        Ok((nv, rec))
+    }
+
+    fn fresh_recovery(&self) -> Recovery {
+        Recovery {
+            end: "new nvbuf".into(),
+            previous_epoch: 0,
+            epoch: self.epoch,
+            ..Recovery::default()
+        }
+    }
+
+    /// Epoch of this primary incarnation: bumped and persisted on every open.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The volume this nvbuf belongs to.
+    pub fn volume_id(&self) -> [u8; 16] {
+        self.volume_id
+    }
+
+    /// Ring capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.ring_len
+    }
+
+    /// Size of the whole file (superblocks + ring).
+    pub fn file_size(&self) -> u64 {
+        self.file_size
+    }
+
+    /// Largest payload one record may carry (half the ring less a header).
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Seq the next new record must carry (with chunk 0): one past the
+    /// highest seq begun so far; after recovery, last complete seq + 1.
+    pub fn next_seq(&self) -> Seq {
+        lock(&self.state).next_seq
+    }
+
+    /// Copies one record into the ring (not yet durable). Records must follow
+    /// each other: same seq and chunk index + 1, or [`Nvbuf::next_seq`] with
+    /// chunk 0 (else `OutOfOrder`), carrying this nvbuf's epoch. Blocks while
+    /// the ring is full until space is released or `deadline` passes (then
+    /// `Full`; chunks of the seq appended before stay, and the seq continues
+    /// with the chunk that failed). Returns the log position just past the
+    /// record, to hand to [`Nvbuf::sync_to`].
+    pub fn append(
+        &self,
+        hdr: &RecordHeader,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<Lsn, NvbufError> {
+        if hdr.chunk_count == 0 || hdr.chunk_index >= hdr.chunk_count {
+            return Err(NvbufError::InvalidHeader(format!(
+                "chunk index {} of chunk count {}",
+                hdr.chunk_index, hdr.chunk_count
+            )));
+        }
+        if hdr.epoch != self.epoch {
+            return Err(NvbufError::WrongEpoch {
+                got: hdr.epoch,
+                current: self.epoch,
+            });
+        }
+        if payload.len() > self.max_payload {
+            return Err(NvbufError::TooLarge {
+                len: payload.len(),
+                max: self.max_payload,
+            });
+        }
+        let size = record_size(payload.len());
+        let mut waiting = false;
+        let res = loop {
+            let mut store = wlock(&self.store);
+            let mut st = lock(&self.state);
+            if let Err(e) = check_order(&st, hdr) {
+                break Err(e);
+            }
+            let r = self.ring_len;
+            let head = st.head;
+            let pos = head % r;
+            let rem = r - pos;
+            let start = if size <= rem { head } else { head + rem };
+            let end = start + size;
+            if end - st.sb_tail <= r {
+                if start != head && rem >= REC_HEADER_LEN as u64 {
+                    let wrap = encode_wrap(self.epoch, head, self.instance);
+                    store.write(RING_OFFSET + pos as usize, &wrap);
+                }
+                let raw = RawHeader {
+                    magic: REC_MAGIC,
+                    epoch: hdr.epoch,
+                    lsn: start,
+                    seq: hdr.seq,
+                    offset: hdr.offset,
+                    length: hdr.length,
+                    flags: hdr.flags,
+                    chunk_index: hdr.chunk_index,
+                    chunk_count: hdr.chunk_count,
+                    payload_len: payload.len() as u32,
+                    instance: self.instance,
+                    crc: 0,
+                }
+                .encode_record(payload);
+                let off = RING_OFFSET + (start % r) as usize;
+                store.write(off, &raw);
+                store.write(off + REC_HEADER_LEN, payload);
+                drop(store);
+                st.head = end;
+                st.index.push_back(Entry {
+                    hdr: *hdr,
+                    start,
+                    end,
+                    payload_len: payload.len() as u32,
+                    at: Instant::now(),
+                });
+                if hdr.chunk_index == 0 {
+                    st.next_seq = hdr.seq + 1;
+                    st.unreleased_seqs += 1;
+                }
+                if hdr.chunk_index + 1 == hdr.chunk_count {
+                    st.last_complete_seq = Some(hdr.seq);
+                }
+                st.last = Some((hdr.seq, hdr.chunk_index, hdr.chunk_count));
+                st.appended_records += 1;
+                st.appended_bytes += payload.len() as u64;
+                if waiting {
+                    st.waiting -= 1;
+                }
+                return Ok(end);
+            }
+            drop(store);
+            if end - st.released_tail <= r && st.released_tail > st.sb_tail {
+                // The space is released, just not yet recorded durably.
+                drop(st);
+                if let Err(e) = self.persist_superblock() {
+                    break Err(e);
+                }
+                continue;
+            }
+            if !waiting {
+                waiting = true;
+                st.full_waits += 1;
+                st.waiting += 1;
+            }
+            let now = Instant::now();
+            match deadline {
+                Some(d) if now >= d => {
+                    break Err(NvbufError::Full {
+                        needed: size,
+                        used: st.head - st.released_tail,
+                        capacity: r,
+                    });
+                }
+                Some(d) => {
+                    drop(
+                        self.space_cv
+                            .wait_timeout(st, d - now)
+                            .unwrap_or_else(|p| p.into_inner()),
+                    );
+                }
+                None => {
+                    drop(self.space_cv.wait(st).unwrap_or_else(|p| p.into_inner()));
+                }
+            }
+        };
+        if waiting {
+            lock(&self.state).waiting -= 1;
+        }
+        res
+    }
+
+    /// Group commit: returns once every byte up to `lsn` is durable. One
+    /// caller flushes everything appended so far; the others wait for it.
+    pub fn sync_to(&self, lsn: Lsn) -> Result<(), NvbufError> {
+        let mut st = lock(&self.state);
+        if lsn > st.head {
+            return Err(NvbufError::BeyondHead { lsn, head: st.head });
+        }
+        loop {
+            if st.durable >= lsn {
+                return Ok(());
+            }
+            if st.flushing {
+                st = self.flush_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.flushing = true;
+            let from = st.durable;
+            let to = st.head;
+            let records = st.appended_records;
+            let complete = st.last_complete_seq;
+            drop(st);
+            let res = self.flush_log(from, to);
+            st = lock(&self.state);
+            st.flushing = false;
+            self.flush_cv.notify_all();
+            res?;
+            st.durable = st.durable.max(to);
+            if complete > st.durable_seq {
+                st.durable_seq = complete;
+            }
+            st.flushes += 1;
+            st.flushed_records += records - st.durable_records;
+            st.durable_records = records;
+            let lazy = st.released_tail - st.sb_tail >= self.ring_len / SB_LAZY_DIVISOR;
+            if lazy && st.durable >= lsn {
+                drop(st);
+                if let Err(e) = self.persist_superblock() {
+                    // The data is durable; only space reuse is delayed, and the
+                    // next appender that needs the space retries and reports.
+                    tracing::warn!(error = %e, "nvbuf superblock update failed");
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    fn flush_log(&self, from: Lsn, to: Lsn) -> Result<(), NvbufError> {
+        let r = self.ring_len;
+        let len = to - from;
+        let pos = from % r;
+        let res = if len >= r {
+            self.flush(RING_OFFSET, r as usize)
+        } else if pos + len <= r {
+            self.flush(RING_OFFSET + pos as usize, len as usize)
+        } else {
+            self.flush(RING_OFFSET + pos as usize, (r - pos) as usize)
+                .and_then(|_| self.flush(RING_OFFSET, (len - (r - pos)) as usize))
+        };
+        res.map_err(io(&self.label, "flush"))
+    }
+
+    /// msync a byte range of the store; appends continue meanwhile when the
+    /// store has a detached flusher.
+    fn flush(&self, off: usize, len: usize) -> std::io::Result<()> {
+        match &self.flusher {
+            Some(f) => f.flush_range(off, len),
+            None => rlock(&self.store).flush_range(off, len),
+        }
+    }
+
+    /// Log position up to which everything is durable.
+    pub fn durable_lsn(&self) -> Lsn {
+        lock(&self.state).durable
+    }
+
+    /// Log position just past the last appended record.
+    pub fn head_lsn(&self) -> Lsn {
+        lock(&self.state).head
+    }
+
+    /// Highest seq whose every chunk is durable (what the pipeline reports as
+    /// `buffered`); `None` until one is.
+    pub fn durable_seq(&self) -> Option<Seq> {
+        lock(&self.state).durable_seq
+    }
+
+    /// First seq not yet released.
+    pub fn first_unreleased_seq(&self) -> Seq {
+        lock(&self.state).released_tail_seq
+    }
+
+    /// Frees all records with seq <= `seq` (the remote's Stored ack). Only
+    /// whole, fully appended seqs are freed. The space becomes reusable once a
+    /// superblock with the new tail is durable, which happens lazily.
+    pub fn release_through(&self, seq: Seq) {
+        let mut st = lock(&self.state);
+        let Some(limit) = st.last_complete_seq.map(|c| c.min(seq)) else {
+            return;
+        };
+        let mut released = false;
+        while st.index.front().is_some_and(|e| e.hdr.seq <= limit) {
+            let Some(e) = st.index.pop_front() else { break };
+            st.released_tail = e.end;
+            if e.hdr.chunk_index + 1 == e.hdr.chunk_count {
+                st.released_tail_seq = e.hdr.seq + 1;
+                st.unreleased_seqs -= 1;
+            }
+            released = true;
+        }
+        let waiters = st.waiting > 0;
+        drop(st);
+        if released && waiters {
+            self.space_cv.notify_all();
+        }
+    }
+
+    /// Makes released space reusable now by writing and flushing a superblock
+    /// with the current tail (also useful before a clean shutdown).
+    pub fn checkpoint(&self) -> Result<(), NvbufError> {
+        self.persist_superblock()
+    }
+
+    /// Copies out the records (all chunks present, in order) of one
+    /// unreleased seq. The seq is complete once `next_seq() > seq` and no
+    /// append of it is in progress.
+    pub fn read_seq(&self, seq: Seq) -> Result<Vec<(RecordHeader, Vec<u8>)>, NvbufError> {
+        let store = rlock(&self.store);
+        let picked: Vec<(RecordHeader, Lsn, u32)> = {
+            let st = lock(&self.state);
+            let i = st.index.partition_point(|e| e.hdr.seq < seq);
+            st.index
+                .range(i..)
+                .take_while(|e| e.hdr.seq == seq)
+                .map(|e| (e.hdr, e.start, e.payload_len))
+                .collect()
+        };
+        if picked.is_empty() {
+            return Err(NvbufError::NotFound { seq });
+        }
+        // Holding the read lock keeps the space from being reused meanwhile.
+        Ok(picked
+            .into_iter()
+            .map(|(h, start, plen)| {
+                let mut buf = vec![0u8; plen as usize];
+                let off = RING_OFFSET + (start % self.ring_len) as usize + REC_HEADER_LEN;
+                store.read(off, &mut buf);
+                (h, buf)
+            })
+            .collect())
+    }
+
+    /// Levels and counters for the status.
+    pub fn stats(&self) -> NvbufStats {
+        let st = lock(&self.state);
+        let used = st.head - st.released_tail;
+        NvbufStats {
+            capacity: self.ring_len,
+            used_bytes: used,
+            fill_pct: used as f64 * 100.0 / self.ring_len as f64,
+            reclaimable_bytes: st.released_tail - st.sb_tail,
+            records: st.index.len() as u64,
+            unreleased_seqs: st.unreleased_seqs,
+            first_unreleased_seq: st.index.front().map(|e| e.hdr.seq),
+            oldest_unreleased_age: st.index.front().map(|e| e.at.elapsed()),
+            epoch: self.epoch,
+            next_seq: st.next_seq,
+            durable_seq: st.durable_seq,
+            head_lsn: st.head,
+            durable_lsn: st.durable,
+            appended_records: st.appended_records,
+            appended_bytes: st.appended_bytes,
+            flushes: st.flushes,
+            flushed_records: st.flushed_records,
+            full_waits: st.full_waits,
+            waiting_appenders: st.waiting,
+            superblock_writes: st.sb_writes,
+        }
+    }
+
+    /// Read access to the store, e.g. to take a [`super::MemStore`] crash
+    /// image. Appends wait while the guard is held.
+    pub fn store(&self) -> RwLockReadGuard<'_, S> {
+        rlock(&self.store)
+    }
+
+    /// Gives the store back (e.g. to reopen a MemStore in a test).
+    pub fn into_store(self) -> S {
+        self.store.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the next superblock generation into the older slot and flushes
+    /// it; only then is the new tail used for space accounting.
+    fn persist_superblock(&self) -> Result<(), NvbufError> {
+        let mut gen = lock(&self.sb_writer);
+        let next = *gen + 1;
+        let slot = (next % 2) as usize * SB_SLOT_LEN;
+        let tail = {
+            let mut store = wlock(&self.store);
+            let st = lock(&self.state);
+            let sb = Superblock {
+                volume_id: self.volume_id,
+                epoch: self.epoch,
+                instance: self.instance,
+                generation: next,
+                file_size: self.file_size,
+                ring_offset: RING_OFFSET as u64,
+                ring_len: self.ring_len,
+                tail_lsn: st.released_tail,
+                tail_seq: st.released_tail_seq,
+                head_lsn: st.head,
+                next_seq: st.next_seq,
+                base_seq: self.base_seq,
+            };
+            store.write(slot, &sb.encode());
+            sb.tail_lsn
+        };
+        self.flush(slot, SB_SLOT_LEN)
+            .map_err(io(&self.label, "flush superblock"))?;
+        *gen = next;
+        let mut st = lock(&self.state);
+        st.sb_tail = st.sb_tail.max(tail);
+        st.sb_writes += 1;
+        let waiters = st.waiting > 0;
+        drop(st);
+        if waiters {
+            self.space_cv.notify_all();
+        }
+        Ok(())
+    }
+}
+
+fn check_order(st: &State, hdr: &RecordHeader) -> Result<(), NvbufError> {
+    match st.last {
+        Some((seq, idx, count)) if idx + 1 < count => {
+            if hdr.seq == seq && hdr.chunk_index == idx + 1 {
+                if hdr.chunk_count != count {
+                    return Err(NvbufError::InvalidHeader(format!(
+                        "seq {seq} chunk count changed from {count} to {}",
+                        hdr.chunk_count
+                    )));
+                }
+                Ok(())
+            } else {
+                Err(NvbufError::OutOfOrder {
+                    expected: format!("seq {seq} chunk {}", idx + 1),
+                    seq: hdr.seq,
+                    chunk_index: hdr.chunk_index,
+                })
+            }
+        }
+        _ if hdr.seq == st.next_seq && hdr.chunk_index == 0 => Ok(()),
+        _ => Err(NvbufError::OutOfOrder {
+            expected: format!("seq {} chunk 0", st.next_seq),
+            seq: hdr.seq,
+            chunk_index: hdr.chunk_index,
+        }),
+    }
+}
+
+fn read_slots<S: NvStore + ?Sized>(store: &S) -> [Result<Superblock, SbProblem>; 2] {
+    [0, 1].map(|i| {
+        let off = i * SB_SLOT_LEN;
+        if store.len() < off + SB_SLOT_LEN {
+            return Err(SbProblem::NoMagic);
+        }
+        let mut b = vec![0u8; SB_SLOT_LEN];
+        store.read(off, &mut b);
+        Superblock::decode(&b)
+    })
+}
+
+fn io<'a>(
+    label: impl AsRef<Path> + 'a,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> NvbufError + 'a {
+    move |source| NvbufError::Io {
+        path: label.as_ref().to_path_buf(),
+        what,
+        source,
+    }
+}
