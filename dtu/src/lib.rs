@@ -1,5 +1,6 @@
 //! The data transfer unit (being assembled; see the final lib.rs).
 pub mod config;
+pub mod nbd;
 pub mod nvbuf;
 pub mod replica;
 pub mod workers;
