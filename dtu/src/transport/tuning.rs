@@ -1,0 +1,293 @@
+//! QUIC transport parameters derived from what the user says about the link
+//! (rate, round-trip time, congestion controller).
+//!
+//! quinn's defaults are tuned for 100 Mbit/s at 100 ms: a 1.25 MB stream
+//! receive window and a 10 MB connection send window. A sender may have at
+//! most one window of unacknowledged data per round trip, so one stream tops
+//! out at window / RTT: 1.25 MB / 80 ms = 125 Mbit/s on a transatlantic
+//! gigabit link, whatever the congestion controller does. Long fat links
+//! (rate × RTT larger than those windows) therefore need windows sized from
+//! the bandwidth-delay product, which is what [`transport_config`] does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::congestion::ControllerFactory;
+use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+
+pub use crate::config::CongestionChoice as Congestion;
+use crate::config::Link;
+
+/// Windows are this many bandwidth-delay products. One BDP only fills the
+/// pipe while nothing is lost: after a loss the receiver cannot release data
+/// past the hole, so its credit stalls for the retransmission's round trip
+/// while the sender still has a window in flight. Four BDPs ride through a
+/// loss recovery (and a second loss inside it) plus RTT jitter without the
+/// flow control, rather than the congestion controller, setting the pace.
+pub const WINDOW_HEADROOM: u64 = 4;
+/// Smallest receive windows. Receive credit costs no memory until the peer
+/// uses it, and a window of at least one largest frame
+/// ([`dtu_proto::DEFAULT_MAX_FRAME`]) lets a frame cross without waiting
+/// for a credit update.
+pub const RECEIVE_WINDOW_FLOOR: u64 = 4 << 20;
+/// Smallest send window. On a slow link (a T1 carries 4 MiB in 22 s)
+/// anything beyond what the link drains in a few round trips is better kept
+/// in the nvbuf, where it is durable and counted, than in QUIC's buffers.
+pub const SEND_WINDOW_FLOOR: u64 = 1 << 20;
+/// Largest window: bounds what one connection can make the peer buffer.
+/// 512 MiB covers 10 Gbit/s at 100 ms with the headroom above.
+pub const WINDOW_CAP: u64 = 512 << 20;
+/// Link rate assumed when the user gives none (`rate = 0`): fast, so that
+/// the windows never limit a link faster than what the user wrote down.
+pub const UNKNOWN_RATE_BPS: u64 = 10_000_000_000;
+/// quinn's default initial congestion window for Cubic/NewReno (10 packets
+/// of 1472 bytes, RFC 9002 §7.2); the floor of ours.
+const MIN_INITIAL_CWND: u64 = 14_720;
+/// Cap on the initial congestion window.
+const MAX_INITIAL_CWND: u64 = 16 << 20;
+
+/// What the user says about the link, plus connection liveness settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkTuning {
+    /// Link rate in bits per second (0: unknown, see [`UNKNOWN_RATE_BPS`]).
+    pub rate_bps: u64,
+    /// Round-trip time of the link when idle.
+    pub rtt: Duration,
+    pub congestion: Congestion,
+    /// Interval of QUIC keep-alive pings; they also keep NAT bindings open.
+    pub keep_alive: Duration,
+    /// A connection that hears nothing for this long is declared lost (at
+    /// least three keep-alive intervals, so one lost ping is not fatal).
+    pub idle_timeout: Duration,
+    /// Probe for a larger path MTU than 1200 bytes (with black-hole
+    /// detection). Switch off for paths that drop probes in odd ways.
+    pub mtu_discovery: bool,
+}
+
+impl Default for LinkTuning {
+    /// 1 Gbit/s, 50 ms, cubic, keep-alive 2 s, idle timeout 15 s.
+    fn default() -> Self {
+        LinkTuning {
+            rate_bps: 1_000_000_000,
+            rtt: Duration::from_millis(50),
+            congestion: Congestion::Cubic,
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(15),
+            mtu_discovery: true,
+        }
+    }
+}
+
+impl LinkTuning {
+    /// Tuning from a config file's `[link]` section; an unknown rate (0)
+    /// becomes [`UNKNOWN_RATE_BPS`] so that callers sizing their own
+    /// buffers from `rate_bps` see the same assumption.
+    pub fn from_link(l: &Link) -> LinkTuning {
+        LinkTuning {
+            rate_bps: if l.rate_bps == 0 {
+                UNKNOWN_RATE_BPS
+            } else {
+                l.rate_bps
+            },
+            rtt: l.rtt,
+            congestion: l.congestion,
+            ..LinkTuning::default()
+        }
+    }
+
+    fn effective_rate_bps(&self) -> u64 {
+        if self.rate_bps == 0 {
+            UNKNOWN_RATE_BPS
+        } else {
+            self.rate_bps
+        }
+    }
+
+    /// Bytes in flight needed to fill the link (rate × RTT; an RTT under
+    /// 1 ms counts as 1 ms).
+    pub fn bdp(&self) -> u64 {
+        let rtt = self.rtt.max(Duration::from_millis(1));
+        (self.effective_rate_bps() as u128 * rtt.as_nanos() / 8 / 1_000_000_000) as u64
+    }
+
+    /// Stream and connection receive window.
+    pub fn receive_window(&self) -> u64 {
+        self.bdp()
+            .saturating_mul(WINDOW_HEADROOM)
+            .clamp(RECEIVE_WINDOW_FLOOR, WINDOW_CAP)
+    }
+
+    /// Connection send window (application bytes quinn keeps until acked).
+    pub fn send_window(&self) -> u64 {
+        self.bdp()
+            .saturating_mul(WINDOW_HEADROOM)
+            .clamp(SEND_WINDOW_FLOOR, WINDOW_CAP)
+    }
+
+    /// Initial congestion window: half a BDP. Slow start from 10 packets
+    /// needs log2(BDP / 14 KB) round trips to fill the link (about ten on a
+    /// gigabit transatlantic link), which a reconnecting DTU pays every time
+    /// the link comes back. quinn paces a window over the RTT, so this goes
+    /// out at about half the configured rate, not as a burst.
+    pub fn initial_cwnd(&self) -> u64 {
+        (self.bdp() / 2).clamp(MIN_INITIAL_CWND, MAX_INITIAL_CWND)
+    }
+
+    /// The idle timeout actually used: never under three keep-alives.
+    pub fn effective_idle_timeout(&self) -> Duration {
+        self.idle_timeout.max(self.keep_alive * 3)
+    }
+}
+
+/// QUIC transport parameters for a link, used by both sides.
+pub fn transport_config(t: &LinkTuning) -> TransportConfig {
+    let rwnd =
+        VarInt::from_u64(t.receive_window()).expect("window is capped below the varint limit");
+    let mut c = TransportConfig::default();
+    // Both the per-stream and the connection window: the smaller of the two
+    // applies, and one lane may carry most of the traffic for a while.
+    c.stream_receive_window(rwnd);
+    c.receive_window(rwnd);
+    c.send_window(t.send_window());
+    // The default (333 ms) makes the first loss timers far too slow on a
+    // LAN and too fast on a satellite hop.
+    c.initial_rtt(t.rtt.max(Duration::from_millis(1)));
+    // Lanes are long-lived uni streams and reads are short bidi streams;
+    // 256 of each leaves room for many lanes and deep read queues.
+    c.max_concurrent_uni_streams(VarInt::from_u32(256));
+    c.max_concurrent_bidi_streams(VarInt::from_u32(256));
+    c.keep_alive_interval(Some(t.keep_alive));
+    let idle = IdleTimeout::try_from(t.effective_idle_timeout())
+        .unwrap_or_else(|_| IdleTimeout::from(VarInt::MAX));
+    c.max_idle_timeout(Some(idle));
+    // Start at the 1200-byte minimum every QUIC path carries and let MTU
+    // discovery find more (up to 1452, quinn's default bound).
+    c.mtu_discovery_config(t.mtu_discovery.then(MtuDiscoveryConfig::default));
+    // dtu uses streams only; unreliable datagrams would just reserve memory.
+    c.datagram_receive_buffer_size(None);
+    c.congestion_controller_factory(congestion_factory(t));
+    c
+}
+
+/// The congestion controller for a link, starting at [`LinkTuning::initial_cwnd`].
+///
+/// quinn's BBR is an experimental BBRv1; cubic is the default for that
+/// reason, and BBR stays selectable for lossy links where loss-based control
+/// collapses.
+pub fn congestion_factory(t: &LinkTuning) -> Arc<dyn ControllerFactory + Send + Sync> {
+    let initial = t.initial_cwnd();
+    match t.congestion {
+        Congestion::Bbr => {
+            let mut cc = quinn::congestion::BbrConfig::default();
+            cc.initial_window(initial);
+            Arc::new(cc)
+        }
+        Congestion::Cubic => {
+            let mut cc = quinn::congestion::CubicConfig::default();
+            cc.initial_window(initial);
+            Arc::new(cc)
+        }
+        Congestion::NewReno => {
+            let mut cc = quinn::congestion::NewRenoConfig::default();
+            cc.initial_window(initial);
+            Arc::new(cc)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(rate_bps: u64, rtt_ms: u64) -> LinkTuning {
+        LinkTuning {
+            rate_bps,
+            rtt: Duration::from_millis(rtt_ms),
+            ..LinkTuning::default()
+        }
+    }
+
+    #[test]
+    fn windows_follow_the_bandwidth_delay_product() {
+        let atlantic = link(1_000_000_000, 80);
+        assert_eq!(atlantic.bdp(), 10_000_000);
+        assert_eq!(atlantic.receive_window(), 40_000_000);
+        assert_eq!(atlantic.send_window(), 40_000_000);
+        assert_eq!(atlantic.initial_cwnd(), 5_000_000);
+
+        let twice_the_rtt = link(1_000_000_000, 160);
+        assert_eq!(
+            twice_the_rtt.receive_window(),
+            2 * atlantic.receive_window()
+        );
+        let twice_the_rate = link(2_000_000_000, 80);
+        assert_eq!(twice_the_rate.send_window(), 2 * atlantic.send_window());
+        // Well above quinn's 1.25 MB default stream window.
+        assert!(atlantic.receive_window() > 30 * 1_250_000);
+    }
+
+    #[test]
+    fn slow_links_keep_the_floors_and_huge_ones_the_cap() {
+        let t1 = link(1_544_000, 20);
+        assert_eq!(t1.bdp(), 3_860);
+        assert_eq!(t1.receive_window(), RECEIVE_WINDOW_FLOOR);
+        assert_eq!(t1.send_window(), SEND_WINDOW_FLOOR);
+        assert_eq!(t1.initial_cwnd(), MIN_INITIAL_CWND);
+        let huge = link(100_000_000_000, 300);
+        assert_eq!(huge.receive_window(), WINDOW_CAP);
+        assert_eq!(huge.initial_cwnd(), MAX_INITIAL_CWND);
+        let unknown = link(0, 10);
+        assert_eq!(unknown.bdp(), UNKNOWN_RATE_BPS / 8 / 100);
+        let lan = link(10_000_000_000, 0);
+        assert_eq!(lan.bdp(), 1_250_000, "sub-millisecond RTT counts as 1 ms");
+    }
+
+    #[test]
+    fn idle_timeout_outlasts_three_keep_alives() {
+        let t = LinkTuning {
+            keep_alive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(5),
+            ..LinkTuning::default()
+        };
+        assert_eq!(t.effective_idle_timeout(), Duration::from_secs(30));
+        assert_eq!(
+            LinkTuning::default().effective_idle_timeout(),
+            Duration::from_secs(15)
+        );
+    }
+
+    #[test]
+    fn congestion_choice_picks_the_controller_and_its_initial_window() {
+        use quinn::congestion::{Bbr, Cubic, NewReno};
+        let t = |congestion| LinkTuning {
+            congestion,
+            ..LinkTuning::default()
+        };
+        let build = |t: &LinkTuning| congestion_factory(t).build(std::time::Instant::now(), 1200);
+        let bbr = build(&t(Congestion::Bbr));
+        assert_eq!(bbr.initial_window(), t(Congestion::Bbr).initial_cwnd());
+        assert!(bbr.into_any().downcast::<Bbr>().is_ok());
+        let cubic = build(&t(Congestion::Cubic));
+        assert_eq!(cubic.initial_window(), 3_125_000);
+        assert!(cubic.into_any().downcast::<Cubic>().is_ok());
+        assert!(build(&t(Congestion::NewReno))
+            .into_any()
+            .downcast::<NewReno>()
+            .is_ok());
+    }
+
+    #[test]
+    fn transport_config_carries_the_windows() {
+        let dbg = format!("{:?}", transport_config(&LinkTuning::default()));
+        for field in [
+            "stream_receive_window: 25000000",
+            "receive_window: 25000000",
+            "send_window: 25000000",
+            "initial_rtt: 50ms",
+            "max_concurrent_uni_streams: 256",
+            "keep_alive_interval: Some(2s)",
+        ] {
+            assert!(dbg.contains(field), "{field} missing in {dbg}");
+        }
+    }
+}
