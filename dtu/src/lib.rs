@@ -1,11 +1,25 @@
-//! The data transfer unit (being assembled; see the final lib.rs).
+//! The data transfer unit: everything a primary or a remote DTU does with
+//! files, sockets, threads and clocks, around the sans-I/O protocol of
+//! `dtu-proto`.
+//!
+//! One module per noun of the design: the [`nvbuf`] journal, the
+//! [`primary`] and [`remote`] pipelines, the [`replica`], the QUIC
+//! [`transport`] and peer [`identity`], the [`nbd`] front end, the
+//! [`control`] socket, the [`status`] display, the [`config`] files and the
+//! [`cli`].
+
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod identity;
 pub mod nbd;
 pub mod nvbuf;
+pub mod primary;
+pub mod remote;
 pub mod replica;
+pub mod status;
 pub mod transport;
 pub mod workers;
 
-/// Human units, shared with the link emulator.
+/// Human units (`1GiB`, `1.544Mbit`, `40ms`), shared with the link emulator.
 pub use dtu_sim::units;

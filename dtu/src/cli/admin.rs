@@ -1,0 +1,165 @@
+//! The administrative subcommands: they talk to a running DTU over its
+//! control socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::Target;
+use crate::control::{request, Request, Response};
+
+/// `dtu status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every N seconds until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+    pub watch: Option<f64>,
+}
+
+/// `dtu policy ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PolicyAction {
+    /// Set one or more parts of the policy; the rest stays.
+    Set(PolicySetArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicySetArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// received | buffered | sent | remote-received | remote-stored
+    #[arg(long)]
+    pub trigger: Option<String>,
+    /// Wait this long after the trigger before answering, e.g. 5ms.
+    #[arg(long)]
+    pub delay: Option<String>,
+    /// on: spoof acks allowed; off: every write waits for remote-stored.
+    #[arg(long, value_parser = parse_on_off)]
+    pub spoofing: Option<bool>,
+    /// Spoof only while the host's dirty % is at or above this (0-100).
+    #[arg(long)]
+    pub dirty_threshold: Option<f64>,
+}
+
+/// `dtu dirty PCT`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DirtyArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The host's dirty cache share, 0-100.
+    pub pct: f64,
+}
+
+/// `dtu checkpoint LABEL`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckpointArgs {
+    #[command(flatten)]
+    pub target: Target,
+    pub label: String,
+}
+
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
+}
+
+/// The control socket a target names.
+pub fn control_path(t: &Target) -> Result<PathBuf> {
+    if let Some(c) = &t.control {
+        return Ok(c.clone());
+    }
+    let Some(config) = &t.config else {
+        bail!("say which DTU: --config FILE or --control SOCKET");
+    };
+    // Either role's file names its control socket in [admin].
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let value: toml::Value =
+        toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
+    let control = value
+        .get("admin")
+        .and_then(|a| a.get("control"))
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| anyhow!("{} has no admin.control", config.display()))?;
+    let p = PathBuf::from(control);
+    Ok(if p.is_absolute() {
+        p
+    } else {
+        config.parent().map(|d| d.join(&p)).unwrap_or(p)
+    })
+}
+
+fn ask(t: &Target, req: Request) -> Result<Response> {
+    Ok(request(&control_path(t)?, &req)?)
+}
+
+fn print_ok(resp: Response) -> Result<()> {
+    match resp {
+        Response::Ok { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Response::Error { message } => bail!("{message}"),
+        Response::Status(_) => bail!("unexpected status answer"),
+    }
+}
+
+pub fn status(a: StatusArgs) -> Result<()> {
+    loop {
+        let status = match ask(&a.target, Request::Status)? {
+            Response::Status(s) => s,
+            Response::Error { message } => bail!("{message}"),
+            Response::Ok { message } => bail!("unexpected answer: {message}"),
+        };
+        if a.watch.is_some() && !a.json {
+            // Clear the screen for a steady display.
+            print!("\x1b[2J\x1b[H");
+        }
+        if a.json {
+            println!("{}", serde_json::to_string(&status)?);
+        } else {
+            print!("{status}");
+        }
+        match a.watch {
+            Some(secs) => std::thread::sleep(Duration::from_secs_f64(secs.max(0.1))),
+            None => return Ok(()),
+        }
+    }
+}
+
+pub fn policy(action: PolicyAction) -> Result<()> {
+    let PolicyAction::Set(a) = action;
+    if a.trigger.is_none()
+        && a.delay.is_none()
+        && a.spoofing.is_none()
+        && a.dirty_threshold.is_none()
+    {
+        bail!("nothing to set: give --trigger, --delay, --spoofing or --dirty-threshold");
+    }
+    print_ok(ask(
+        &a.target,
+        Request::SetPolicy {
+            trigger: a.trigger,
+            delay: a.delay,
+            spoofing: a.spoofing,
+            dirty_threshold: a.dirty_threshold,
+        },
+    )?)
+}
+
+pub fn dirty(a: DirtyArgs) -> Result<()> {
+    print_ok(ask(&a.target, Request::Dirty { pct: a.pct })?)
+}
+
+pub fn checkpoint(a: CheckpointArgs) -> Result<()> {
+    print_ok(ask(&a.target, Request::Checkpoint { label: a.label })?)
+}

@@ -1,0 +1,181 @@
+//! `dtu init`: everything a new pair needs, in one directory: a key pair
+//! and self-signed certificate per side, each side pinning the other's
+//! fingerprint, a volume id, a sealing key, and the two config files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rand::RngCore;
+
+use crate::config::*;
+use crate::identity::{fingerprint, Identity};
+
+/// What `dtu init` is asked for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitArgs {
+    /// Directory for the keys, certificates and config files.
+    #[arg(long, default_value = "dtu-pair")]
+    pub dir: PathBuf,
+    /// Size of the mirrored volume.
+    #[arg(long, default_value = "1GiB")]
+    pub volume_size: String,
+    /// Where the remote listens (UDP).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub remote_listen: String,
+    /// Where the primary sends to: the remote's address, or a link
+    /// emulator in front of it. Defaults to --remote-listen.
+    #[arg(long)]
+    pub remote_addr: Option<String>,
+    /// Size of the primary's nvbuf.
+    #[arg(long, default_value = "1GiB")]
+    pub nvbuf_size: String,
+    /// Link rate, sizes QUIC's windows (e.g. 1.544Mbit, 100Mbit, 1Gbit).
+    #[arg(long, default_value = "1Gbit")]
+    pub link_rate: String,
+    /// Link round-trip time (e.g. 40ms).
+    #[arg(long, default_value = "20ms")]
+    pub link_rtt: String,
+    /// The primary's NBD export over TCP.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub nbd_tcp: String,
+    /// Do not seal payloads with a volume key (QUIC still encrypts the link).
+    #[arg(long)]
+    pub no_seal: bool,
+    /// Replace files from an earlier `dtu init` in the same directory.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Paths `dtu init` wrote.
+pub struct Pair {
+    pub primary: PathBuf,
+    pub remote: PathBuf,
+}
+
+pub fn run(a: &InitArgs) -> Result<Pair> {
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let primary_toml = a.dir.join("primary.toml");
+    let remote_toml = a.dir.join("remote.toml");
+    for p in [&primary_toml, &remote_toml] {
+        if p.exists() && !a.force {
+            bail!(
+                "{} exists; pass --force to replace this pair (its nvbuf and replica stay)",
+                p.display()
+            );
+        }
+    }
+    crate::units::parse_bytes(&a.volume_size).context("--volume-size")?;
+    crate::units::parse_bytes(&a.nvbuf_size).context("--nvbuf-size")?;
+
+    let primary_id = Identity::generate("dtu-primary")?;
+    let remote_id = Identity::generate("dtu-remote")?;
+    primary_id.save(&a.dir.join("primary.crt"), &a.dir.join("primary.key"))?;
+    remote_id.save(&a.dir.join("remote.crt"), &a.dir.join("remote.key"))?;
+
+    let mut rng = rand::thread_rng();
+    let mut volume_id = [0u8; 16];
+    rng.fill_bytes(&mut volume_id);
+    let key = if a.no_seal {
+        None
+    } else {
+        let mut k = [0u8; 32];
+        rng.fill_bytes(&mut k);
+        write_private(&a.dir.join("volume.key"), &format!("{}\n", hex::encode(k)))?;
+        Some(PathBuf::from("volume.key"))
+    };
+    let volume = VolumeSection {
+        id: hex::encode(volume_id),
+        size: a.volume_size.clone(),
+        block_size: 4096,
+        key,
+    };
+    let link = LinkSection {
+        rate: a.link_rate.clone(),
+        rtt: a.link_rtt.clone(),
+        ..LinkSection::default()
+    };
+    let primary = PrimaryFile {
+        volume: volume.clone(),
+        identity: IdentitySection {
+            cert: "primary.crt".into(),
+            key: "primary.key".into(),
+            peer_fingerprint: fingerprint(remote_id.cert_der()).to_string(),
+        },
+        link: LinkSection {
+            remote: Some(
+                a.remote_addr
+                    .clone()
+                    .unwrap_or_else(|| a.remote_listen.clone()),
+            ),
+            ..link.clone()
+        },
+        nvbuf: NvbufSection {
+            path: "primary.nvbuf".into(),
+            size: a.nvbuf_size.clone(),
+        },
+        pipeline: PipelineSection::default(),
+        policy: PolicySection::default(),
+        nbd: NbdSection {
+            tcp: Some(a.nbd_tcp.clone()),
+            unix: Some("primary.nbd.sock".into()),
+            ..NbdSection::default()
+        },
+        admin: AdminSection {
+            control: "primary.ctl".into(),
+            metrics: None,
+        },
+    };
+    let remote = RemoteFile {
+        volume,
+        identity: IdentitySection {
+            cert: "remote.crt".into(),
+            key: "remote.key".into(),
+            peer_fingerprint: fingerprint(primary_id.cert_der()).to_string(),
+        },
+        link: LinkSection {
+            listen: Some(a.remote_listen.clone()),
+            ..link
+        },
+        replica: ReplicaSection {
+            path: "replica.img".into(),
+            state: None,
+        },
+        pipeline: PipelineSection::default(),
+        nbd: NbdSection::default(),
+        admin: AdminSection {
+            control: "remote.ctl".into(),
+            metrics: None,
+        },
+    };
+    let header =
+        "# Written by `dtu init`. Every option is described in `dtu --help` and the README.\n";
+    std::fs::write(
+        &primary_toml,
+        format!("{header}{}", toml::to_string(&primary)?),
+    )?;
+    std::fs::write(
+        &remote_toml,
+        format!("{header}{}", toml::to_string(&remote)?),
+    )?;
+    // Both must parse back: an init that writes a config dtu cannot read is a bug.
+    PrimaryConfig::load(&primary_toml)?;
+    RemoteConfig::load(&remote_toml)?;
+    Ok(Pair {
+        primary: primary_toml,
+        remote: remote_toml,
+    })
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}

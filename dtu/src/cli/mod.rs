@@ -1,0 +1,110 @@
+//! The `dtu` command line: `init`, `primary`, `remote`, `status`, `policy`,
+//! `dirty`, `checkpoint` and `demo`. Each subcommand's flags are documented
+//! in `dtu <subcommand> --help`; config-file options can be overridden on
+//! the command line.
+
+pub mod admin;
+pub mod demo;
+pub mod init;
+pub mod run;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// dtu: synchronous remote mirroring over slow, lossy, long links.
+#[derive(Debug, Parser)]
+#[command(name = "dtu", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `dtu=debug`.
+    #[arg(long, global = true, env = "DTU_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create keys, certificates and the two config files for a new pair.
+    Init(init::InitArgs),
+    /// Run the primary DTU: NBD front end, nvbuf, link to the remote.
+    Primary(run::PrimaryArgs),
+    /// Run the remote DTU: receives writes and applies them to the replica.
+    Remote(run::RemoteArgs),
+    /// Show a running DTU's status.
+    Status(admin::StatusArgs),
+    /// Change the running primary's acknowledgement policy.
+    Policy {
+        #[command(subcommand)]
+        action: admin::PolicyAction,
+    },
+    /// Report the host's dirty cache share (0-100) to the running primary.
+    Dirty(admin::DirtyArgs),
+    /// Mark a named checkpoint in the write stream.
+    Checkpoint(admin::CheckpointArgs),
+    /// Run a primary and a remote over an emulated link with a bursty host
+    /// workload, show live status, and verify the replica.
+    Demo(demo::DemoArgs),
+}
+
+/// Where to find a running DTU's control socket.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The DTU's config file (its control socket is named there).
+    #[arg(long, short, conflicts_with = "control")]
+    pub config: Option<PathBuf>,
+    /// The control socket itself.
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+}
+
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Entry point of the `dtu` binary.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init(a) => {
+            let pair = init::run(&a)?;
+            println!(
+                "wrote {} and {}",
+                pair.primary.display(),
+                pair.remote.display()
+            );
+            println!(
+                "start the remote:  dtu remote --config {}",
+                pair.remote.display()
+            );
+            println!(
+                "start the primary: dtu primary --config {}",
+                pair.primary.display()
+            );
+            Ok(())
+        }
+        Command::Primary(a) => {
+            init_tracing(&cli.log);
+            run::primary(a)
+        }
+        Command::Remote(a) => {
+            init_tracing(&cli.log);
+            run::remote(a)
+        }
+        Command::Status(a) => admin::status(a),
+        Command::Policy { action } => admin::policy(action),
+        Command::Dirty(a) => admin::dirty(a),
+        Command::Checkpoint(a) => admin::checkpoint(a),
+        Command::Demo(a) => {
+            init_tracing(if cli.log == "info" { "warn" } else { &cli.log });
+            demo::run(a)
+        }
+    }
+}

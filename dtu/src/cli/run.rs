@@ -1,0 +1,296 @@
+//! `dtu primary` and `dtu remote`: the long-running DTU processes, with
+//! their NBD front end or read-only export, control socket and metrics.
+//! They stop cleanly on SIGINT or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use super::admin::parse_on_off;
+use crate::config::{policy, PolicySection, PrimaryConfig, RemoteConfig};
+use crate::control::{self, Controlled};
+use crate::nbd::{Export, FileExport, NbdServer};
+use crate::primary::{Primary, PrimaryExport, PrimaryOptions};
+use crate::remote::{Remote, RemoteOptions};
+
+/// `dtu primary`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PrimaryArgs {
+    /// The primary's config file (see `dtu init`).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Override policy.trigger: received | buffered | sent | remote-received | remote-stored.
+    #[arg(long)]
+    pub trigger: Option<String>,
+    /// Override policy.delay, e.g. 5ms.
+    #[arg(long)]
+    pub delay: Option<String>,
+    /// Override policy.spoofing: on or off.
+    #[arg(long, value_parser = parse_on_off)]
+    pub spoofing: Option<bool>,
+    /// Override policy.dirty_threshold (0-100).
+    #[arg(long)]
+    pub dirty_threshold: Option<f64>,
+    /// Keep a local copy of the volume in this file and serve reads from it.
+    #[arg(long)]
+    pub local: Option<PathBuf>,
+    /// Serve NBD on this TCP address instead of the config's.
+    #[arg(long)]
+    pub nbd_tcp: Option<String>,
+    /// Serve NBD on this unix socket instead of the config's.
+    #[arg(long)]
+    pub nbd_unix: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9101.
+    #[arg(long)]
+    pub metrics: Option<String>,
+}
+
+/// `dtu remote`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteArgs {
+    /// The remote's config file (see `dtu init`).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Export the replica read-only over NBD on this TCP address.
+    #[arg(long)]
+    pub export_ro: Option<String>,
+    /// Export the replica read-only over NBD on this unix socket.
+    #[arg(long)]
+    pub export_ro_unix: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    pub metrics: Option<String>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("dtu-io")
+        .enable_all()
+        .build()?)
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn until_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Removes a unix socket file left by an earlier run.
+fn clear_socket(path: &Path) -> Result<()> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("{} is in use by a running process", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Starts the NBD listeners, the control socket and the metrics endpoint.
+async fn serve_admin_and_nbd(
+    target: Arc<dyn Controlled>,
+    control_path: PathBuf,
+    metrics: Option<String>,
+    export: Option<(String, Arc<dyn Export>)>,
+    tcp: Option<String>,
+    unix: Option<PathBuf>,
+) -> Result<(
+    Vec<tokio::task::JoinHandle<()>>,
+    tokio::sync::watch::Sender<bool>,
+)> {
+    let mut tasks = Vec::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    {
+        let path = control_path.clone();
+        let t = target.clone();
+        // Bind first so a clash is reported at start, not later.
+        clear_socket(&path)?;
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = control::serve(path.clone(), t).await {
+                tracing::error!("control socket {}: {e}", path.display());
+            }
+        }));
+    }
+    if let Some(addr) = metrics {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("metrics address {addr}"))?;
+        eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+        let t = target.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = control::serve_metrics(listener, t).await;
+        }));
+    }
+    if let Some((name, export)) = export {
+        let server = Arc::new(NbdServer::new(&name, export));
+        if let Some(addr) = tcp {
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("NBD address {addr}"))?;
+            eprintln!(
+                "NBD export {name:?} on nbd://{}/{name}",
+                listener.local_addr()?
+            );
+            let s = server.clone();
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = s.serve_tcp(listener, stop).await {
+                    tracing::error!("NBD over TCP: {e}");
+                }
+            }));
+        }
+        if let Some(path) = unix {
+            clear_socket(&path)?;
+            let listener = tokio::net::UnixListener::bind(&path)
+                .with_context(|| format!("NBD socket {}", path.display()))?;
+            eprintln!(
+                "NBD export {name:?} on nbd+unix:///{name}?socket={}",
+                path.display()
+            );
+            let s = server.clone();
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = s.serve_unix(listener, stop).await {
+                    tracing::error!("NBD over unix socket: {e}");
+                }
+            }));
+        }
+    }
+    Ok((tasks, stop_tx))
+}
+
+pub fn primary(a: PrimaryArgs) -> Result<()> {
+    let mut cfg = PrimaryConfig::load(&a.config)?;
+    let p = cfg.policy;
+    let section = PolicySection {
+        trigger: a.trigger.clone().unwrap_or_else(|| p.trigger.to_string()),
+        delay: a
+            .delay
+            .clone()
+            .unwrap_or_else(|| crate::units::format_duration(p.delay)),
+        spoofing: a.spoofing.unwrap_or(p.spoofing),
+        dirty_threshold: a.dirty_threshold.unwrap_or(p.dirty_threshold),
+    };
+    cfg.policy = policy(&section)
+        .map_err(anyhow::Error::msg)
+        .context("policy flags")?;
+    if let Some(l) = a.local {
+        cfg.local = Some(l);
+    }
+    if let Some(t) = &a.nbd_tcp {
+        cfg.nbd_tcp = Some(t.parse().with_context(|| format!("--nbd-tcp {t}"))?);
+    }
+    if let Some(u) = a.nbd_unix {
+        cfg.nbd_unix = Some(u);
+    }
+    let metrics = a.metrics.or(cfg.metrics.map(|m| m.to_string()));
+    let rt = runtime()?;
+    let primary = Arc::new(Primary::start_on(
+        PrimaryOptions::from_config(&cfg)?,
+        rt.handle().clone(),
+    )?);
+    let export: Arc<dyn Export> = Arc::new(PrimaryExport::new(primary.clone()));
+    let result = rt.block_on(async {
+        let (tasks, stop) = serve_admin_and_nbd(
+            primary.clone(),
+            cfg.control.clone(),
+            metrics,
+            Some((cfg.export.clone(), export)),
+            cfg.nbd_tcp.map(|a| a.to_string()),
+            cfg.nbd_unix.clone(),
+        )
+        .await?;
+        eprintln!("primary running; control socket {}", cfg.control.display());
+        until_signal().await;
+        eprintln!("stopping the primary");
+        let _ = stop.send(true);
+        for t in &tasks {
+            t.abort();
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    let _ = std::fs::remove_file(&cfg.control);
+    if let Some(u) = &cfg.nbd_unix {
+        let _ = std::fs::remove_file(u);
+    }
+    // The NBD connections held references; give them a moment to drop.
+    let primary = wait_unique(primary);
+    if let Some(p) = primary {
+        p.shutdown();
+    }
+    drop(rt);
+    result
+}
+
+pub fn remote(a: RemoteArgs) -> Result<()> {
+    let cfg = RemoteConfig::load(&a.config)?;
+    let rt = runtime()?;
+    let remote = Arc::new(Remote::start_on(
+        RemoteOptions::from_config(&cfg)?,
+        rt.handle().clone(),
+    )?);
+    let metrics = a.metrics.or(cfg.metrics.map(|m| m.to_string()));
+    let tcp = a.export_ro.or(cfg.nbd_tcp.map(|x| x.to_string()));
+    let unix = a.export_ro_unix.or(cfg.nbd_unix.clone());
+    let export: Option<(String, Arc<dyn Export>)> = if tcp.is_some() || unix.is_some() {
+        let fe = FileExport::open(&cfg.replica, cfg.volume.size, true)
+            .with_context(|| format!("read-only export of {}", cfg.replica.display()))?;
+        Some((cfg.export.clone(), Arc::new(fe)))
+    } else {
+        None
+    };
+    let result = rt.block_on(async {
+        let (tasks, stop) = serve_admin_and_nbd(
+            remote.clone(),
+            cfg.control.clone(),
+            metrics,
+            export,
+            tcp,
+            unix.clone(),
+        )
+        .await?;
+        eprintln!(
+            "remote running on {}; control socket {}",
+            remote.local_addr()?,
+            cfg.control.display()
+        );
+        until_signal().await;
+        eprintln!("stopping the remote");
+        let _ = stop.send(true);
+        for t in &tasks {
+            t.abort();
+        }
+        Ok::<_, anyhow::Error>(())
+    });
+    let _ = std::fs::remove_file(&cfg.control);
+    if let Some(u) = &unix {
+        let _ = std::fs::remove_file(u);
+    }
+    if let Some(r) = wait_unique(remote) {
+        r.shutdown();
+    }
+    drop(rt);
+    result
+}
+
+/// Takes sole ownership once the serving tasks have dropped their clones.
+fn wait_unique<T>(mut arc: Arc<T>) -> Option<T> {
+    for _ in 0..50 {
+        match Arc::try_unwrap(arc) {
+            Ok(t) => return Some(t),
+            Err(a) => {
+                arc = a;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+    tracing::warn!("shutting down with connections still open");
+    None
+}

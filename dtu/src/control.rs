@@ -1,0 +1,185 @@
+//! The control socket: how `dtu status`, `dtu policy set` and `dtu dirty`
+//! talk to a running DTU, and the Prometheus endpoint beside it.
+//!
+//! The control socket is a unix socket carrying one JSON request per line
+//! and one JSON response per line, so it can also be driven with `socat`.
+//! Only the DTU's owner can reach it (the socket is created mode 0600).
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+
+use crate::status::Status;
+
+/// What a client asks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    /// Changes the acknowledgement policy; absent fields stay as they are.
+    SetPolicy {
+        trigger: Option<String>,
+        delay: Option<String>,
+        spoofing: Option<bool>,
+        dirty_threshold: Option<f64>,
+    },
+    /// The host's dirty cache share, 0..=100.
+    Dirty {
+        pct: f64,
+    },
+    Checkpoint {
+        label: String,
+    },
+}
+
+/// What the DTU answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Response {
+    Status(Box<Status>),
+    Ok { message: String },
+    Error { message: String },
+}
+
+/// A DTU that can be controlled.
+pub trait Controlled: Send + Sync + 'static {
+    fn handle(&self, req: Request) -> Response;
+    fn status(&self) -> Status;
+}
+
+/// Why a control request failed on the client side.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot reach the DTU's control socket {path}: {source} (is the DTU running?)")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {path} sent an answer this build does not understand: {message}")]
+    Protocol { path: PathBuf, message: String },
+}
+
+/// Sends one request and waits for the answer.
+pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut s = UnixStream::connect(path).map_err(|source| ControlError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    let mut line = serde_json::to_string(req).expect("requests serialize");
+    line.push('\n');
+    s.write_all(line.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(|e| ControlError::Protocol {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Serves the control socket at `path` until the task is dropped. A stale
+/// socket file from an earlier run is replaced; a live one is refused.
+pub async fn serve(path: PathBuf, target: Arc<dyn Controlled>) -> std::io::Result<()> {
+    if path.exists() {
+        if UnixStream::connect(&path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "control socket {} is in use by a running DTU",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let target = target.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut lines = TokioBufReader::new(r.take(64 << 10)).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let resp = match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        let t = target.clone();
+                        tokio::task::spawn_blocking(move || t.handle(req))
+                            .await
+                            .unwrap_or_else(|e| Response::Error {
+                                message: format!("request failed: {e}"),
+                            })
+                    }
+                    Err(e) => Response::Error {
+                        message: format!("not a request: {e}"),
+                    },
+                };
+                let mut out = serde_json::to_string(&resp).expect("responses serialize");
+                out.push('\n');
+                if w.write_all(out.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Serves `GET /metrics` in the Prometheus text format.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    target: Arc<dyn Controlled>,
+) -> std::io::Result<()> {
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let target = target.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            // Read the request head (bounded); the body, if any, is ignored.
+            while n < buf.len() {
+                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf[n..])).await
+                {
+                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(k)) => {
+                        n += k;
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let (code, ctype, body) =
+                if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
+                    let t = target.clone();
+                    let body = tokio::task::spawn_blocking(move || t.status().prometheus())
+                        .await
+                        .unwrap_or_default();
+                    ("200 OK", "text/plain; version=0.0.4", body)
+                } else {
+                    ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+                };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+        });
+    }
+}

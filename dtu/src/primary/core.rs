@@ -1,0 +1,286 @@
+//! The primary's core: the sender state machine behind one lock, the host
+//! operations waiting for their answer, and the wake-ups that drive the
+//! lanes, the control stream and the timers.
+//!
+//! Every event (a write submitted, a flush of the nvbuf, a seq handed to the
+//! link, an ack from the remote, a timer) goes through [`Core::event`], which
+//! runs it against the [`Sender`], answers the host operations the sender
+//! completed, frees nvbuf space the remote has stored, and wakes whoever has
+//! new work. Critical sections are short: no I/O happens under the lock.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dtu_proto::sender::{Completion, OpKind, Sender};
+use dtu_proto::{Seq, Trigger};
+use tokio::sync::{oneshot, Notify};
+
+use crate::nvbuf::Nvbuf;
+use crate::status::{RateMeter, Rates};
+
+use super::{Answer, PrimaryError};
+
+/// The link as the status shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkState {
+    /// Trying to reach the remote; the last error if an attempt failed.
+    Connecting {
+        attempts: u64,
+        last_error: Option<String>,
+    },
+    Connected {
+        since: Instant,
+        peer: String,
+    },
+    /// The remote refused this primary; retrying will not help by itself.
+    Refused {
+        reason: String,
+    },
+}
+
+pub(crate) type Waiter = oneshot::Sender<Result<Answer, PrimaryError>>;
+
+pub(crate) struct State {
+    pub sender: Sender,
+    waiters: VecDeque<(Seq, Waiter)>,
+    pub link: LinkState,
+    pub conn: Option<quinn::Connection>,
+    /// Set when the pipeline failed for good (nvbuf I/O error).
+    pub failed: Option<String>,
+    /// The deadline the timer task sleeps until.
+    timer_armed: Option<Instant>,
+}
+
+/// Shared by the host-facing API, the ingest threads and the async tasks.
+pub(crate) struct Core {
+    state: Mutex<State>,
+    pub nvbuf: Arc<Nvbuf>,
+    /// New seqs to send, or the connection changed.
+    pub lanes_wake: Notify,
+    /// Control frames to send.
+    pub control_wake: Notify,
+    /// The next timeout may have moved.
+    pub timer_wake: Notify,
+    /// The connection came up or went down.
+    pub conn_wake: Notify,
+    pub shutdown: AtomicBool,
+    pub counters: Counters,
+    /// Link and host byte rates, and the UDP byte count across connections
+    /// (bytes of earlier connections, current connection id, its bytes).
+    rates: Mutex<(RateMeter, RateMeter, (u64, Option<usize>, u64))>,
+}
+
+/// Byte counters kept outside the lock.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Host payload bytes accepted.
+    pub plain_bytes: AtomicU64,
+    /// Encoded bytes appended to the nvbuf (what crosses the link).
+    pub encoded_bytes: AtomicU64,
+    /// Bytes written to lanes, retransmits included.
+    pub wire_bytes: AtomicU64,
+    pub writes: AtomicU64,
+    pub reads: AtomicU64,
+}
+
+impl Core {
+    pub fn new(sender: Sender, nvbuf: Arc<Nvbuf>) -> Core {
+        Core {
+            state: Mutex::new(State {
+                sender,
+                waiters: VecDeque::new(),
+                link: LinkState::Connecting {
+                    attempts: 0,
+                    last_error: None,
+                },
+                conn: None,
+                failed: None,
+                timer_armed: None,
+            }),
+            nvbuf,
+            lanes_wake: Notify::new(),
+            control_wake: Notify::new(),
+            timer_wake: Notify::new(),
+            conn_wake: Notify::new(),
+            shutdown: AtomicBool::new(false),
+            counters: Counters::default(),
+            rates: Mutex::new((RateMeter::default(), RateMeter::default(), (0, None, 0))),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Assigns a seq to a host operation and registers its waiter.
+    pub fn submit(
+        &self,
+        kind: OpKind,
+        bytes: u64,
+    ) -> Result<(Seq, oneshot::Receiver<Result<Answer, PrimaryError>>), PrimaryError> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.lock();
+        if let Some(why) = &st.failed {
+            return Err(PrimaryError::Failed(why.clone()));
+        }
+        if self.shutdown.load(Ordering::Relaxed) {
+            return Err(PrimaryError::ShuttingDown);
+        }
+        let seq = st.sender.submit(kind, bytes, Instant::now());
+        st.waiters.push_back((seq, tx));
+        let done = drain(&mut st);
+        drop(st);
+        answer(done);
+        Ok((seq, rx))
+    }
+
+    /// Runs one event against the sender and does what follows from it.
+    pub fn event<T>(&self, f: impl FnOnce(&mut Sender, Instant) -> T) -> T {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let out = f(&mut st.sender, now);
+        let done = drain(&mut st);
+        let progress = st.sender.progress();
+        let sendable = progress.queued > 0 && st.sender.is_connected();
+        // Wake the timer task only if it sleeps past the new deadline.
+        let retime = match (st.sender.poll_timeout(), st.timer_armed) {
+            (Some(t), Some(armed)) => t < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        drop(st);
+        answer(done);
+        // Space the remote has stored is free again.
+        if progress.remote_stored >= self.nvbuf.first_unreleased_seq() {
+            self.nvbuf.release_through(progress.remote_stored);
+        }
+        if sendable {
+            self.lanes_wake.notify_waiters();
+        }
+        self.control_wake.notify_waiters();
+        if retime {
+            self.timer_wake.notify_one();
+        }
+        out
+    }
+
+    /// The deadline the timer task should sleep until; remembered so that
+    /// events only wake it when they move the deadline earlier.
+    pub fn arm_timer(&self) -> Option<Instant> {
+        let mut st = self.lock();
+        let t = st.sender.poll_timeout();
+        st.timer_armed = t;
+        t
+    }
+
+    /// The pipeline cannot go on: fail every waiting host operation.
+    pub fn fail(&self, why: String) {
+        let mut st = self.lock();
+        st.failed = Some(why.clone());
+        let waiters: Vec<_> = st.waiters.drain(..).collect();
+        drop(st);
+        for (_, w) in waiters {
+            let _ = w.send(Err(PrimaryError::Failed(why.clone())));
+        }
+        self.lanes_wake.notify_waiters();
+    }
+
+    /// Samples the byte counters (once a second, from the timer task).
+    pub fn sample_rates(&self, now: Instant) {
+        // What QUIC put on the wire (UDP payload bytes), not what the lanes
+        // handed to QUIC: on a slow link the two differ by QUIC's buffer.
+        let udp = {
+            let st = self.lock();
+            st.conn.as_ref().map(|c| (c.stable_id(), c.stats().udp_tx.bytes))
+        };
+        let mut r = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((id, bytes)) = udp {
+            let (base, last_id, last) = &mut r.2;
+            if *last_id != Some(id) {
+                *base += *last;
+                *last_id = Some(id);
+            }
+            *last = bytes;
+        }
+        let udp_total = r.2 .0 + r.2 .2;
+        r.0.sample(now, udp_total);
+        r.1.sample(now, self.counters.plain_bytes.load(Ordering::Relaxed));
+    }
+
+    pub fn rates(&self) -> Rates {
+        let r = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        Rates {
+            link_bps: r.0.per_second(),
+            host_bps: r.1.per_second(),
+        }
+    }
+
+    pub fn is_shutdown(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+/// Takes the sender's completions and pairs them with their waiters.
+fn drain(st: &mut State) -> Vec<(Waiter, Completion)> {
+    let mut out = Vec::new();
+    while let Some(c) = st.sender.poll_completion() {
+        // Waiters are in seq order; recovered seqs have none.
+        while st.waiters.front().is_some_and(|(s, _)| *s < c.seq) {
+            st.waiters.pop_front();
+        }
+        if st.waiters.front().is_some_and(|(s, _)| *s == c.seq) {
+            let (_, w) = st.waiters.pop_front().expect("checked");
+            out.push((w, c));
+        }
+    }
+    out
+}
+
+fn answer(done: Vec<(Waiter, Completion)>) {
+    for (w, c) in done {
+        let _ = w.send(Ok(Answer {
+            seq: c.seq,
+            trigger: c.trigger,
+            latency: c.latency,
+        }));
+    }
+}
+
+/// A snapshot of the sender for the status.
+#[derive(Debug, Clone)]
+pub(crate) struct SenderSnapshot {
+    pub progress: dtu_proto::sender::Progress,
+    pub stats: dtu_proto::sender::SenderStats,
+    pub rtt: Option<Duration>,
+    pub policy: dtu_proto::AckPolicy,
+    pub dirty: Option<f64>,
+    pub spoofing_active: bool,
+    pub effective: Trigger,
+    pub oldest_unstored: Option<Duration>,
+    pub link: LinkState,
+    pub failed: Option<String>,
+}
+
+impl Core {
+    pub fn snapshot(&self) -> SenderSnapshot {
+        let now = Instant::now();
+        let st = self.lock();
+        let s = &st.sender;
+        SenderSnapshot {
+            progress: s.progress(),
+            stats: s.stats().clone(),
+            rtt: s.rtt().smoothed,
+            policy: s.policy(),
+            dirty: s.dirty(),
+            spoofing_active: s.spoofing_active(),
+            effective: s.policy().effective(s.dirty()).0,
+            oldest_unstored: s
+                .oldest_unstored()
+                .map(|t| now.saturating_duration_since(t)),
+            link: st.link.clone(),
+            failed: st.failed.clone(),
+        }
+    }
+}

@@ -1,0 +1,677 @@
+//! The primary DTU as a library: the object a storage stack embeds to mirror
+//! its writes.
+//!
+//! [`Primary::start`] opens (or creates) the nvbuf, recovers and queues for
+//! resending whatever it holds, starts the encode workers and the appender,
+//! and keeps a QUIC session to the remote up. The host then calls
+//! [`Primary::write`], [`Primary::flush`], [`Primary::trim`] and
+//! [`Primary::checkpoint`]; each returns a [`Pending`] that resolves when the
+//! operation is answered under the acknowledgement policy in force. A
+//! `Pending` can be awaited from async code or waited on from a thread.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use dtu::primary::{Primary, PrimaryOptions};
+//! let cfg = dtu::config::PrimaryConfig::load("primary.toml".as_ref())?;
+//! let primary = Primary::start(PrimaryOptions::from_config(&cfg)?)?;
+//! // The storage stack's write path:
+//! let answer = primary.write(0, bytes::Bytes::from(vec![0xab; 4096]))?.wait()?;
+//! println!("seq {} answered at {}", answer.seq, answer.trigger);
+//! primary.report_dirty(82.0); // the host's cache is filling up
+//! primary.flush()?.wait()?;
+//! # Ok(()) }
+//! ```
+
+mod core;
+mod export;
+mod host;
+mod ingest;
+mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dtu_proto::codec::Key;
+use dtu_proto::frame::{features, Checkpoint, Flush, Frame, Hello, Role, Trim};
+use dtu_proto::sender::{OpKind, SenderConfig};
+use dtu_proto::{AckPolicy, Seq, Trigger, VolumeId};
+use tokio::sync::oneshot;
+
+use crate::config::{PrimaryConfig, Volume};
+use crate::identity::{Fingerprint, Identity};
+use crate::nvbuf::{Nvbuf, NvbufConfig, NvbufError};
+use crate::replica::{FileReplica, Replica};
+use crate::status::{PrimaryStatus, Status};
+use crate::transport::{self, LinkTuning};
+
+use self::core::Core;
+pub use self::core::LinkState;
+pub(crate) use self::core::SenderSnapshot;
+pub use self::export::PrimaryExport;
+pub use self::host::HostSink;
+use self::ingest::{EncodeSettings, Ingest, Record};
+
+/// How a host operation was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub seq: Seq,
+    /// The stage that answered it; `remote-stored` is the true ack.
+    pub trigger: Trigger,
+    /// From submission to answer.
+    pub latency: Duration,
+}
+
+/// Why the primary refused or failed an operation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PrimaryError {
+    #[error("range {offset}+{len} is outside the {size}-byte volume")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error("the primary has stopped accepting writes: {0}")]
+    Failed(String),
+    #[error("the primary is shutting down")]
+    ShuttingDown,
+    #[error("read not possible: {0}")]
+    ReadUnavailable(String),
+    #[error("local image: {0}")]
+    Local(String),
+    #[error("cannot start the primary: {0}")]
+    Start(String),
+}
+
+/// A host operation in progress; resolves to its [`Answer`].
+#[derive(Debug)]
+pub struct Pending {
+    rx: oneshot::Receiver<Result<Answer, PrimaryError>>,
+}
+
+impl Pending {
+    /// Blocks the calling thread until the operation is answered. Do not
+    /// call from inside an async task: await the `Pending` instead.
+    pub fn wait(self) -> Result<Answer, PrimaryError> {
+        self.rx
+            .blocking_recv()
+            .unwrap_or(Err(PrimaryError::ShuttingDown))
+    }
+}
+
+impl Future for Pending {
+    type Output = Result<Answer, PrimaryError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(PrimaryError::ShuttingDown)))
+    }
+}
+
+/// Everything the primary needs; [`PrimaryOptions::from_config`] builds it
+/// from a config file, embedders fill it in directly.
+#[derive(Clone)]
+pub struct PrimaryOptions {
+    pub volume: Volume,
+    pub identity: Identity,
+    pub peer: Fingerprint,
+    pub remote: SocketAddr,
+    pub server_name: String,
+    pub tuning: LinkTuning,
+    pub lanes: usize,
+    pub nvbuf_path: PathBuf,
+    pub nvbuf_size: u64,
+    pub workers: usize,
+    pub chunk_size: usize,
+    pub compress: bool,
+    pub policy: AckPolicy,
+    /// Keep a local copy of the volume and serve reads from it.
+    pub local: Option<PathBuf>,
+    /// How long a read forwarded to the remote may wait for the link.
+    pub read_timeout: Duration,
+}
+
+impl PrimaryOptions {
+    pub fn from_config(c: &PrimaryConfig) -> Result<PrimaryOptions, PrimaryError> {
+        let identity =
+            Identity::load(&c.cert, &c.key).map_err(|e| PrimaryError::Start(e.to_string()))?;
+        let peer: Fingerprint =
+            c.peer_fingerprint
+                .parse()
+                .map_err(|e: crate::identity::IdentityError| {
+                    PrimaryError::Start(format!("identity.peer_fingerprint: {e}"))
+                })?;
+        Ok(PrimaryOptions {
+            volume: c.volume.clone(),
+            identity,
+            peer,
+            remote: c.link.addr,
+            server_name: c.link.server_name.clone(),
+            tuning: LinkTuning::from_link(&c.link),
+            lanes: c.link.lanes,
+            nvbuf_path: c.nvbuf_path.clone(),
+            nvbuf_size: c.nvbuf_size,
+            workers: c.pipeline.workers,
+            chunk_size: c.pipeline.chunk_size,
+            compress: c.pipeline.compress,
+            policy: c.policy,
+            local: c.local.clone(),
+            read_timeout: Duration::from_secs(30),
+        })
+    }
+}
+
+/// The primary DTU.
+pub struct Primary {
+    core: Arc<Core>,
+    ingest: Ingest,
+    local: Option<FileReplica>,
+    volume: Volume,
+    epoch: u32,
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    endpoint: quinn::Endpoint,
+    read_timeout: Duration,
+    started: Instant,
+    recovered: usize,
+    lanes: usize,
+}
+
+impl Primary {
+    /// Starts a primary with its own async runtime.
+    pub fn start(opts: PrimaryOptions) -> Result<Primary, PrimaryError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dtu-primary-io")
+            .enable_all()
+            .build()
+            .map_err(|e| PrimaryError::Start(format!("async runtime: {e}")))?;
+        let handle = rt.handle().clone();
+        let mut p = Self::start_on(opts, handle)?;
+        p.runtime = Some(rt);
+        Ok(p)
+    }
+
+    /// Starts a primary whose network tasks run on an existing runtime.
+    pub fn start_on(
+        opts: PrimaryOptions,
+        handle: tokio::runtime::Handle,
+    ) -> Result<Primary, PrimaryError> {
+        let start_err = |e: &dyn std::fmt::Display| PrimaryError::Start(e.to_string());
+        let cfg = NvbufConfig::new(opts.volume.id).with_size(opts.nvbuf_size);
+        let (nvbuf, recovery) =
+            Nvbuf::open_or_create(&opts.nvbuf_path, &cfg).map_err(|e| start_err(&e))?;
+        if let Some(why) = &recovery.stopped {
+            tracing::warn!("nvbuf recovery stopped early: {why}");
+        }
+        let nvbuf = Arc::new(nvbuf);
+        let epoch = nvbuf.epoch();
+        let now = Instant::now();
+        let first = recovery.first_seq.unwrap_or_else(|| nvbuf.next_seq());
+        let mut sender = dtu_proto::Sender::new(
+            SenderConfig {
+                policy: opts.policy,
+                max_inflight_bytes: inflight_window(&opts.tuning),
+                retransmit_timeout: None,
+                heartbeat_interval: Duration::from_secs(1),
+            },
+            epoch,
+            first,
+            now,
+        );
+        // Recovered records are resent; no host waits for them any more.
+        let mut recovered = 0;
+        let mut current: Option<(Seq, OpKind, u64)> = None;
+        for (hdr, _) in &recovery.records {
+            let kind = ingest::kind_from_flags(hdr.flags).unwrap_or(OpKind::Write);
+            match &mut current {
+                Some((seq, _, bytes)) if *seq == hdr.seq => *bytes += hdr.length as u64,
+                _ => {
+                    if let Some((seq, kind, bytes)) = current.take() {
+                        sender
+                            .recover(seq, kind, bytes, now)
+                            .map_err(|e| start_err(&e))?;
+                        recovered += 1;
+                    }
+                    let bytes = if kind == OpKind::Write {
+                        hdr.length as u64
+                    } else {
+                        0
+                    };
+                    current = Some((hdr.seq, kind, bytes));
+                }
+            }
+        }
+        if let Some((seq, kind, bytes)) = current.take() {
+            sender
+                .recover(seq, kind, bytes, now)
+                .map_err(|e| start_err(&e))?;
+            recovered += 1;
+        }
+        if sender.next_seq() != nvbuf.next_seq() {
+            return Err(PrimaryError::Start(format!(
+                "nvbuf recovery is inconsistent: records end at seq {}, nvbuf expects seq {} next",
+                sender.next_seq(),
+                nvbuf.next_seq()
+            )));
+        }
+        if recovered > 0 {
+            tracing::info!(
+                "recovered {recovered} unreplicated operations from the nvbuf (seq {}..={}), resending",
+                first,
+                sender.highest_seq()
+            );
+        }
+        let carried_over = nvbuf.next_seq() - 1;
+        let core = Arc::new(Core::new(sender, nvbuf));
+        let local = match &opts.local {
+            Some(path) => {
+                Some(FileReplica::open(path, opts.volume.size).map_err(|e| start_err(&e))?)
+            }
+            None => None,
+        };
+        let ingest = Ingest::start(
+            core.clone(),
+            EncodeSettings {
+                key: opts.volume.key.as_ref().map(Key::from_bytes),
+                compress: opts.compress,
+                chunk_size: opts.chunk_size,
+            },
+            opts.workers,
+        )
+        .map_err(|e| start_err(&e))?;
+
+        let bind: SocketAddr = if opts.remote.is_ipv6() {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        };
+        let endpoint = {
+            let _guard = handle.enter();
+            transport::client_endpoint(bind, &opts.identity, &opts.peer, &opts.tuning)
+                .map_err(|e| start_err(&e))?
+        };
+        let mut feats = features::READS;
+        if opts.volume.key.is_some() {
+            feats |= features::SEALING;
+        }
+        if opts.compress {
+            feats |= features::COMPRESSION;
+        }
+        let hello = Hello {
+            version: dtu_proto::PROTOCOL_VERSION,
+            role: Role::Primary,
+            volume_id: opts.volume.id,
+            volume_size: opts.volume.size,
+            block_size: opts.volume.block_size,
+            features: feats,
+            epoch,
+            stored_seq: carried_over,
+        };
+        let params = session::SessionParams {
+            endpoint: endpoint.clone(),
+            remote: opts.remote,
+            server_name: opts.server_name.clone(),
+            hello,
+            lanes: opts.lanes,
+            connect_timeout: Duration::from_secs(5).max(opts.tuning.rtt * 4),
+        };
+        let tasks = vec![
+            handle.spawn(session::run(core.clone(), params)),
+            handle.spawn(session::timers(core.clone())),
+        ];
+        tracing::info!(
+            "primary started: volume {}, epoch {epoch}, next seq {}, remote {}",
+            dtu_proto::handshake::volume_hex(&opts.volume.id),
+            carried_over + 1,
+            opts.remote
+        );
+        Ok(Primary {
+            core,
+            ingest,
+            local,
+            volume: opts.volume,
+            epoch,
+            runtime: None,
+            handle,
+            tasks,
+            endpoint,
+            read_timeout: opts.read_timeout,
+            started: Instant::now(),
+            recovered,
+            lanes: opts.lanes,
+        })
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), PrimaryError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.volume.size => Ok(()),
+            _ => Err(PrimaryError::OutOfRange {
+                offset,
+                len,
+                size: self.volume.size,
+            }),
+        }
+    }
+
+    /// Mirrors a write. Blocks only while the pipeline is full
+    /// (backpressure); the returned [`Pending`] resolves when the write is
+    /// answered.
+    pub fn write(&self, offset: u64, data: Bytes) -> Result<Pending, PrimaryError> {
+        self.check_range(offset, data.len() as u64)?;
+        if let Some(local) = &self.local {
+            local
+                .write_at(offset, &data)
+                .map_err(|e| PrimaryError::Local(e.to_string()))?;
+        }
+        let len = data.len() as u64;
+        let (seq, rx) = self.core.submit(OpKind::Write, len)?;
+        self.core
+            .counters
+            .plain_bytes
+            .fetch_add(len, Ordering::Relaxed);
+        self.core.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.ingest
+            .submit_write(seq, self.epoch, offset, data)
+            .map_err(PrimaryError::Failed)?;
+        Ok(Pending { rx })
+    }
+
+    /// A barrier: resolves once every earlier operation is answered (and,
+    /// with a local image, that image is synced).
+    pub fn flush(&self) -> Result<Pending, PrimaryError> {
+        if let Some(local) = &self.local {
+            local
+                .sync()
+                .map_err(|e| PrimaryError::Local(e.to_string()))?;
+        }
+        let (seq, rx) = self.core.submit(OpKind::Flush, 0)?;
+        let frame = Frame::Flush(Flush {
+            seq,
+            epoch: self.epoch,
+        });
+        self.ingest
+            .submit_record(Record::control(
+                OpKind::Flush,
+                seq,
+                self.epoch,
+                0,
+                0,
+                &frame,
+            ))
+            .map_err(PrimaryError::Failed)?;
+        Ok(Pending { rx })
+    }
+
+    /// Discards a range; the replica reads it back as zeros.
+    pub fn trim(&self, offset: u64, len: u64) -> Result<Pending, PrimaryError> {
+        self.check_range(offset, len)?;
+        if let Some(local) = &self.local {
+            local
+                .trim(offset, len)
+                .map_err(|e| PrimaryError::Local(e.to_string()))?;
+        }
+        let (seq, rx) = self.core.submit(OpKind::Trim, 0)?;
+        let frame = Frame::Trim(Trim {
+            seq,
+            epoch: self.epoch,
+            offset,
+            length: len,
+        });
+        self.ingest
+            .submit_record(Record::control(
+                OpKind::Trim,
+                seq,
+                self.epoch,
+                offset,
+                len,
+                &frame,
+            ))
+            .map_err(PrimaryError::Failed)?;
+        Ok(Pending { rx })
+    }
+
+    /// Names the current point of the write stream; the remote records it.
+    pub fn checkpoint(&self, label: &str) -> Result<Pending, PrimaryError> {
+        let (seq, rx) = self.core.submit(OpKind::Checkpoint, 0)?;
+        let frame = Frame::Checkpoint(Checkpoint {
+            seq,
+            epoch: self.epoch,
+            label: label.to_string(),
+        });
+        self.ingest
+            .submit_record(Record::control(
+                OpKind::Checkpoint,
+                seq,
+                self.epoch,
+                0,
+                0,
+                &frame,
+            ))
+            .map_err(PrimaryError::Failed)?;
+        Ok(Pending { rx })
+    }
+
+    /// Reads from the local image if there is one, otherwise from the
+    /// remote's replica once it has every write made before this call.
+    pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, PrimaryError> {
+        self.check_range(offset, len as u64)?;
+        self.core.counters.reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(local) = &self.local {
+            let mut buf = vec![0u8; len as usize];
+            local
+                .read_at(offset, &mut buf)
+                .map_err(|e| PrimaryError::Local(e.to_string()))?;
+            return Ok(Bytes::from(buf));
+        }
+        let after = self.core.lock().sender.highest_seq();
+        session::read_remote(self.core.clone(), offset, len, after, self.read_timeout).await
+    }
+
+    /// The host's share of dirty cache, 0..=100: spoofing applies only at or
+    /// above the policy's threshold.
+    pub fn report_dirty(&self, pct: f64) {
+        self.core.event(|s, now| s.report_dirty(pct, now));
+    }
+
+    /// Changes the acknowledgement policy; operations not yet answered are
+    /// answered under the new one.
+    pub fn set_policy(&self, policy: AckPolicy) {
+        tracing::info!(
+            "policy: trigger {}, delay {:?}, spoofing {}, threshold {}%",
+            policy.trigger,
+            policy.delay,
+            policy.spoofing,
+            policy.dirty_threshold
+        );
+        self.core.event(|s, now| s.set_policy(policy, now));
+    }
+
+    pub fn policy(&self) -> AckPolicy {
+        self.core.lock().sender.policy()
+    }
+
+    pub fn volume_id(&self) -> VolumeId {
+        self.volume.id
+    }
+
+    pub fn volume_size(&self) -> u64 {
+        self.volume.size
+    }
+
+    /// The async runtime the network tasks run on.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    /// Everything the status display shows.
+    pub fn status(&self) -> Status {
+        let snap = self.core.snapshot();
+        let nv = self.core.nvbuf.stats();
+        let c = &self.core.counters;
+        Status::Primary(Box::new(PrimaryStatus::build(
+            &self.volume,
+            self.epoch,
+            snap,
+            nv,
+            crate::status::ByteCounters {
+                plain: c.plain_bytes.load(Ordering::Relaxed),
+                encoded: c.encoded_bytes.load(Ordering::Relaxed),
+                wire: c.wire_bytes.load(Ordering::Relaxed),
+                writes: c.writes.load(Ordering::Relaxed),
+                reads: c.reads.load(Ordering::Relaxed),
+            },
+            self.started.elapsed(),
+            self.recovered,
+            self.ingest.encode.threads(),
+            self.lanes,
+            self.core.rates(),
+        )))
+    }
+
+    /// Stops accepting operations, says goodbye to the remote and stops
+    /// every thread. Records not yet stored stay in the nvbuf and are resent
+    /// by the next start.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.core.shutdown.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.core.conn_wake.notify_waiters();
+        self.core.lanes_wake.notify_waiters();
+        self.core.timer_wake.notify_one();
+        self.ingest.join();
+        let tasks = std::mem::take(&mut self.tasks);
+        let endpoint = self.endpoint.clone();
+        let wait = async move {
+            for t in tasks {
+                let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+            }
+            endpoint.close(0u32.into(), b"shutdown");
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        };
+        match &self.runtime {
+            Some(rt) => rt.block_on(wait),
+            // On someone else's runtime, from outside it: wait there.
+            None if tokio::runtime::Handle::try_current().is_err() => self.handle.block_on(wait),
+            None => {
+                // On someone else's runtime: let the tasks wind down there.
+                self.handle.spawn(wait);
+            }
+        }
+        if let Err(e) = self.core.nvbuf.checkpoint() {
+            tracing::warn!("nvbuf superblock at shutdown: {e}");
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for Primary {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Payload bytes that may be sent and not yet stored: enough to fill the
+/// link for a few round trips (plus the remote's sync), bounded so the
+/// remote's reorder memory stays bounded.
+fn inflight_window(t: &LinkTuning) -> u64 {
+    let bdp = (t.rate_bps as f64 / 8.0 * t.rtt.as_secs_f64()) as u64;
+    (bdp * 4).clamp(16 << 20, 512 << 20)
+}
+
+impl From<NvbufError> for PrimaryError {
+    fn from(e: NvbufError) -> Self {
+        PrimaryError::Failed(e.to_string())
+    }
+}
+
+impl crate::control::Controlled for Primary {
+    fn handle(&self, req: crate::control::Request) -> crate::control::Response {
+        use crate::control::{Request, Response};
+        match req {
+            Request::Status => Response::Status(Box::new(self.status())),
+            Request::SetPolicy {
+                trigger,
+                delay,
+                spoofing,
+                dirty_threshold,
+            } => {
+                let mut p = self.policy();
+                let mut section = crate::config::PolicySection {
+                    trigger: p.trigger.to_string(),
+                    delay: crate::units::format_duration(p.delay),
+                    spoofing: p.spoofing,
+                    dirty_threshold: p.dirty_threshold,
+                };
+                if let Some(t) = trigger {
+                    section.trigger = t;
+                }
+                if let Some(d) = delay {
+                    section.delay = d;
+                }
+                if let Some(s) = spoofing {
+                    section.spoofing = s;
+                }
+                if let Some(t) = dirty_threshold {
+                    section.dirty_threshold = t;
+                }
+                match crate::config::policy(&section) {
+                    Ok(new) => {
+                        p = new;
+                        self.set_policy(p);
+                        Response::Ok {
+                            message: format!(
+                                "trigger {}, delay {}, spoofing {}, dirty threshold {}%",
+                                p.trigger,
+                                crate::units::format_duration(p.delay),
+                                if p.spoofing { "on" } else { "off" },
+                                p.dirty_threshold
+                            ),
+                        }
+                    }
+                    Err(message) => Response::Error { message },
+                }
+            }
+            Request::Dirty { pct } => {
+                if !(0.0..=100.0).contains(&pct) {
+                    return Response::Error {
+                        message: format!("dirty % must be between 0 and 100, not {pct}"),
+                    };
+                }
+                self.report_dirty(pct);
+                let p = self.policy();
+                Response::Ok {
+                    message: format!(
+                        "dirty {pct}%: spoofing {}",
+                        if p.spoofing_active(Some(pct)) {
+                            "active"
+                        } else {
+                            "inactive"
+                        }
+                    ),
+                }
+            }
+            Request::Checkpoint { label } => match self.checkpoint(&label) {
+                Ok(_) => Response::Ok {
+                    message: format!("checkpoint {label:?} queued"),
+                },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            },
+        }
+    }
+
+    fn status(&self) -> Status {
+        Primary::status(self)
+    }
+}

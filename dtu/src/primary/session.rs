@@ -1,0 +1,378 @@
+//! The primary's side of the link: connecting (and reconnecting with capped
+//! exponential backoff), the handshake, the K lanes that carry records, the
+//! control stream for acks and heartbeats, and reads forwarded to the
+//! remote.
+//!
+//! A session lives as long as one QUIC connection. When it ends, whatever
+//! was in flight goes back to the sender's queue and is resent on the next
+//! connection from the remote's last stored seq; the host keeps writing into
+//! the nvbuf meanwhile.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dtu_proto::frame::{Frame, GoodbyeReason, Hello, ReadRequest, ReadStatus, Role};
+use dtu_proto::handshake;
+
+use crate::transport::{self, Backoff, FrameStream};
+
+use super::core::{Core, LinkState};
+use super::PrimaryError;
+
+/// What a session needs to know about its peer.
+#[derive(Clone)]
+pub(crate) struct SessionParams {
+    pub endpoint: quinn::Endpoint,
+    pub remote: SocketAddr,
+    pub server_name: String,
+    pub hello: Hello,
+    pub lanes: usize,
+    pub connect_timeout: Duration,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("{0}")]
+    Transport(#[from] transport::TransportError),
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream write failed: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("remote refused this primary: {0}")]
+    Refused(String),
+    #[error("remote said goodbye: {0}")]
+    Goodbye(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Keeps a session up until shutdown.
+pub(crate) async fn run(core: Arc<Core>, params: SessionParams) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut attempts = 0u64;
+    while !core.is_shutdown() {
+        attempts += 1;
+        let conn = tokio::select! {
+            c = transport::connect(&params.endpoint, params.remote, &params.server_name, params.connect_timeout) => c,
+            _ = wait_shutdown(&core) => break,
+        };
+        match conn {
+            Ok(conn) => {
+                let end = session(&core, &params, conn.clone()).await;
+                let now = Instant::now();
+                {
+                    let mut st = core.lock();
+                    st.conn = None;
+                }
+                core.event(|s, _| s.on_disconnected(now));
+                core.conn_wake.notify_waiters();
+                match &end {
+                    SessionEnd::Shutdown => {
+                        conn.close(0u32.into(), b"shutdown");
+                        break;
+                    }
+                    SessionEnd::Refused(why) => {
+                        tracing::error!("{end}");
+                        core.lock().link = LinkState::Refused {
+                            reason: why.clone(),
+                        };
+                    }
+                    _ => {
+                        tracing::warn!("link to {} down: {end}", params.remote);
+                        core.lock().link = LinkState::Connecting {
+                            attempts,
+                            last_error: Some(end.to_string()),
+                        };
+                    }
+                }
+                conn.close(1u32.into(), b"session ended");
+                // A session that lasted a while was a success: retry soon.
+                backoff.reset();
+            }
+            Err(e) => {
+                tracing::debug!("connect to {} failed: {e}", params.remote);
+                let mut st = core.lock();
+                if !matches!(st.link, LinkState::Refused { .. }) {
+                    st.link = LinkState::Connecting {
+                        attempts,
+                        last_error: Some(e.to_string()),
+                    };
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next()) => {}
+            _ = wait_shutdown(&core) => break,
+        }
+    }
+}
+
+async fn wait_shutdown(core: &Core) {
+    loop {
+        let n = core.conn_wake.notified();
+        tokio::pin!(n);
+        n.as_mut().enable();
+        if core.is_shutdown() {
+            return;
+        }
+        n.await;
+    }
+}
+
+async fn session(core: &Arc<Core>, p: &SessionParams, conn: quinn::Connection) -> SessionEnd {
+    match session_inner(core, p, conn).await {
+        Ok(()) => SessionEnd::Shutdown,
+        Err(e) => e,
+    }
+}
+
+async fn session_inner(
+    core: &Arc<Core>,
+    p: &SessionParams,
+    conn: quinn::Connection,
+) -> Result<(), SessionEnd> {
+    let (mut ctl_send, ctl_recv) = conn.open_bi().await?;
+    let hello = p.hello.clone();
+    transport::write_frame(&mut ctl_send, &Frame::Hello(hello.clone())).await?;
+    let mut frames = FrameStream::new(ctl_recv);
+    let theirs = match frames.next().await? {
+        Some(Frame::Hello(h)) => h,
+        Some(Frame::Goodbye(g)) => {
+            return Err(match g.reason {
+                GoodbyeReason::Shutdown => SessionEnd::Goodbye(g.message),
+                _ => SessionEnd::Refused(g.message),
+            })
+        }
+        Some(other) => {
+            return Err(SessionEnd::Protocol(format!(
+                "expected Hello, got {}",
+                other.kind_name()
+            )))
+        }
+        None => {
+            return Err(SessionEnd::Protocol(
+                "remote closed the control stream during the handshake".into(),
+            ))
+        }
+    };
+    if let Err(e) = handshake::check(&hello, &theirs) {
+        let _ = transport::write_frame(&mut ctl_send, &Frame::Goodbye(e.goodbye())).await;
+        return Err(SessionEnd::Refused(e.to_string()));
+    }
+    if theirs.role != Role::Remote {
+        return Err(SessionEnd::Refused("peer is not a remote DTU".into()));
+    }
+    core.event(|s, now| s.on_connected(theirs.stored_seq, now))
+        .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
+    {
+        let mut st = core.lock();
+        st.conn = Some(conn.clone());
+        st.link = LinkState::Connected {
+            since: Instant::now(),
+            peer: conn.remote_address().to_string(),
+        };
+    }
+    core.conn_wake.notify_waiters();
+    tracing::info!(
+        "connected to remote {} (replica holds through seq {})",
+        conn.remote_address(),
+        theirs.stored_seq
+    );
+
+    let mut lanes = tokio::task::JoinSet::new();
+    for _ in 0..p.lanes {
+        let send = conn.open_uni().await?;
+        lanes.spawn(lane(core.clone(), send));
+    }
+    let result = tokio::select! {
+        r = control_writer(core, &mut ctl_send) => r,
+        r = control_reader(core, &mut frames) => r,
+        Some(r) = lanes.join_next() => r.unwrap_or_else(|e| Err(SessionEnd::Protocol(format!("lane task failed: {e}")))),
+        e = conn.closed() => Err(SessionEnd::Connection(e)),
+        _ = wait_shutdown(core) => {
+            let _ = transport::write_frame(&mut ctl_send, &Frame::Goodbye(dtu_proto::frame::Goodbye {
+                reason: GoodbyeReason::Shutdown,
+                message: "primary shutting down".into(),
+            })).await;
+            Err(SessionEnd::Shutdown)
+        }
+    };
+    lanes.abort_all();
+    result
+}
+
+/// One lane: takes the next seq the sender names and copies its records
+/// from the nvbuf onto this QUIC stream.
+async fn lane(core: Arc<Core>, mut send: quinn::SendStream) -> Result<(), SessionEnd> {
+    loop {
+        let notified = core.lanes_wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if core.is_shutdown() {
+            return Err(SessionEnd::Shutdown);
+        }
+        // Choosing a seq answers nobody: no need for a full event.
+        let next = core.lock().sender.poll_send(Instant::now());
+        let Some(seq) = next else {
+            notified.await;
+            continue;
+        };
+        let records = match core.nvbuf.read_seq(seq) {
+            Ok(r) => r,
+            // Stored and released meanwhile: nothing left to send.
+            Err(crate::nvbuf::NvbufError::NotFound { .. }) => continue,
+            Err(e) => {
+                return Err(SessionEnd::Protocol(format!(
+                    "nvbuf read of seq {seq}: {e}"
+                )))
+            }
+        };
+        let mut bytes = 0u64;
+        for (_, frame) in &records {
+            transport::write_bytes(&mut send, frame).await?;
+            bytes += frame.len() as u64;
+        }
+        core.counters
+            .wire_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        core.event(|s, now| s.on_sent(seq, now));
+    }
+}
+
+async fn control_writer(core: &Core, send: &mut quinn::SendStream) -> Result<(), SessionEnd> {
+    loop {
+        let notified = core.control_wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let frames: Vec<Frame> = {
+            let mut st = core.lock();
+            std::iter::from_fn(|| st.sender.poll_transmit()).collect()
+        };
+        if frames.is_empty() {
+            notified.await;
+            continue;
+        }
+        for f in &frames {
+            transport::write_frame(send, f).await?;
+        }
+    }
+}
+
+async fn control_reader(core: &Core, frames: &mut FrameStream) -> Result<(), SessionEnd> {
+    loop {
+        match frames.next().await? {
+            Some(Frame::Goodbye(g)) => return Err(SessionEnd::Goodbye(g.message)),
+            Some(f) => core
+                .event(|s, now| s.on_frame(&f, now))
+                .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
+            None => {
+                return Err(SessionEnd::Protocol(
+                    "remote closed the control stream".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Drives the sender's timers (answer delays, heartbeats) whether or not a
+/// connection is up.
+pub(crate) async fn timers(core: Arc<Core>) {
+    let mut next_sample = Instant::now();
+    while !core.is_shutdown() {
+        let now = Instant::now();
+        if now >= next_sample {
+            core.sample_rates(now);
+            next_sample = now + Duration::from_secs(1);
+        }
+        let wake = core.timer_wake.notified();
+        let deadline = core.arm_timer().map_or(next_sample, |t| t.min(next_sample));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = wake => {}
+        }
+        core.event(|s, now| {
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+        });
+    }
+}
+
+/// Largest piece of a forwarded read.
+const READ_PIECE: u32 = 1 << 20;
+
+/// Reads from the remote's replica once it has applied every write up to
+/// `after_seq`; waits for a connection up to `timeout`.
+pub(crate) async fn read_remote(
+    core: Arc<Core>,
+    offset: u64,
+    len: u32,
+    after_seq: u64,
+    timeout: Duration,
+) -> Result<Bytes, PrimaryError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = bytes::BytesMut::with_capacity(len as usize);
+    let mut at = 0u32;
+    while at < len {
+        let piece = (len - at).min(READ_PIECE);
+        let conn = loop {
+            let n = core.conn_wake.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if let Some(c) = core.lock().conn.clone() {
+                break c;
+            }
+            if core.is_shutdown() {
+                return Err(PrimaryError::ShuttingDown);
+            }
+            if tokio::time::timeout_at(deadline, n).await.is_err() {
+                return Err(PrimaryError::ReadUnavailable(
+                    "the link to the remote is down".into(),
+                ));
+            }
+        };
+        let req = ReadRequest {
+            id: offset + at as u64,
+            offset: offset + at as u64,
+            length: piece,
+            after_seq,
+        };
+        let data = tokio::time::timeout_at(deadline, read_once(&conn, req))
+            .await
+            .map_err(|_| {
+                PrimaryError::ReadUnavailable("the remote did not answer in time".into())
+            })??;
+        out.extend_from_slice(&data);
+        at += piece;
+    }
+    Ok(out.freeze())
+}
+
+async fn read_once(conn: &quinn::Connection, req: ReadRequest) -> Result<Bytes, PrimaryError> {
+    let unavailable = |e: &dyn std::fmt::Display| PrimaryError::ReadUnavailable(e.to_string());
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| unavailable(&e))?;
+    transport::write_frame(&mut send, &Frame::ReadRequest(req))
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let _ = send.finish();
+    let mut frames = FrameStream::new(recv);
+    match frames.next().await.map_err(|e| unavailable(&e))? {
+        Some(Frame::ReadResponse(r))
+            if r.status == ReadStatus::Ok && r.data.len() == req.length as usize =>
+        {
+            Ok(r.data)
+        }
+        Some(Frame::ReadResponse(r)) => Err(PrimaryError::ReadUnavailable(format!(
+            "remote could not read {}+{}: {:?}",
+            req.offset, req.length, r.status
+        ))),
+        _ => Err(PrimaryError::ReadUnavailable(
+            "remote closed the read stream".into(),
+        )),
+    }
+}

@@ -1,0 +1,428 @@
+//! The remote DTU as a library: receives the primary's writes and applies
+//! them, strictly in seq order, to a [`Replica`].
+//!
+//! [`Remote::start`] opens the replica and its state file (so a restart
+//! resumes exactly where it stopped), listens for the primary on QUIC, and
+//! runs the pipeline: lanes → decode workers → in-order release → apply →
+//! one sync per batch → Stored ack. At every moment the replica holds the
+//! primary's volume as it was after some prefix of its writes.
+
+mod apply;
+mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dtu_proto::codec::Key;
+use dtu_proto::frame::{features, Hello, Role};
+use dtu_proto::{Receiver, Seq};
+use tokio::sync::{watch, Notify};
+
+use crate::config::{RemoteConfig, Volume};
+use crate::identity::{Fingerprint, Identity};
+use crate::replica::{FileReplica, Replica, VolumeState};
+use crate::status::{RateMeter, RemoteStatus, Status};
+use crate::transport::{self, LinkTuning};
+use crate::workers::WorkerPool;
+
+/// Why the remote cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("cannot start the remote: {0}")]
+    Start(String),
+}
+
+/// Everything the remote needs.
+#[derive(Clone)]
+pub struct RemoteOptions {
+    pub volume: Volume,
+    pub identity: Identity,
+    pub peer: Fingerprint,
+    pub listen: SocketAddr,
+    pub tuning: LinkTuning,
+    pub replica: PathBuf,
+    pub state: PathBuf,
+    pub workers: usize,
+}
+
+impl RemoteOptions {
+    pub fn from_config(c: &RemoteConfig) -> Result<RemoteOptions, RemoteError> {
+        let identity =
+            Identity::load(&c.cert, &c.key).map_err(|e| RemoteError::Start(e.to_string()))?;
+        let peer: Fingerprint =
+            c.peer_fingerprint
+                .parse()
+                .map_err(|e: crate::identity::IdentityError| {
+                    RemoteError::Start(format!("identity.peer_fingerprint: {e}"))
+                })?;
+        Ok(RemoteOptions {
+            volume: c.volume.clone(),
+            identity,
+            peer,
+            listen: c.link.addr,
+            tuning: LinkTuning::from_link(&c.link),
+            replica: c.replica.clone(),
+            state: c.state.clone(),
+            workers: c.pipeline.workers,
+        })
+    }
+}
+
+pub(crate) struct RState {
+    pub receiver: Receiver,
+    pub peer: Option<String>,
+    /// Bumped for every accepted session; an older session stops.
+    pub session: u64,
+    pub lanes: usize,
+    pub last_checkpoint: Option<String>,
+    pub refused: u64,
+    pub last_refusal: Option<String>,
+    pub failed: Option<String>,
+    pub inconsistent_until: Option<Seq>,
+    pub syncs: u64,
+}
+
+/// Shared by the network tasks, the decode workers and the applier.
+pub(crate) struct RCore {
+    state: Mutex<RState>,
+    pub volume_state: Mutex<VolumeState>,
+    pub replica: Arc<dyn Replica>,
+    pub key: Option<Key>,
+    pub hello: Hello,
+    /// Frames to send on the control stream.
+    pub control_wake: Notify,
+    /// Released operations wait for the applier.
+    pub apply_wake: crossbeam_channel::Sender<()>,
+    /// The highest applied seq, for reads that must see earlier writes.
+    pub applied: watch::Sender<Seq>,
+    pub shutdown: AtomicBool,
+    pub shutdown_wake: Notify,
+    apply_rate: Mutex<RateMeter>,
+}
+
+impl RCore {
+    pub fn lock(&self) -> MutexGuard<'_, RState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the receiver, then wakes the applier and the control
+    /// writer as needed.
+    pub fn event<T>(&self, f: impl FnOnce(&mut Receiver) -> T) -> T {
+        let out = f(&mut self.lock().receiver);
+        let _ = self.apply_wake.try_send(());
+        self.control_wake.notify_waiters();
+        out
+    }
+
+    pub fn is_shutdown(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// Samples the applied-bytes counter for the throughput figure.
+    pub fn apply_rate_sample(&self, now: Instant) {
+        let bytes = self.lock().receiver.stats().applied_bytes;
+        self.apply_rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sample(now, bytes);
+    }
+}
+
+/// The remote DTU.
+pub struct Remote {
+    core: Arc<RCore>,
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    applier: Option<std::thread::JoinHandle<()>>,
+    decode: Option<Arc<WorkerPool<dtu_proto::frame::Write>>>,
+    replica_path: PathBuf,
+    volume: Volume,
+    started: Instant,
+    workers: usize,
+}
+
+impl Remote {
+    /// Starts a remote with its own async runtime.
+    pub fn start(opts: RemoteOptions) -> Result<Remote, RemoteError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dtu-remote-io")
+            .enable_all()
+            .build()
+            .map_err(|e| RemoteError::Start(format!("async runtime: {e}")))?;
+        let handle = rt.handle().clone();
+        let mut r = Self::start_on(opts, handle)?;
+        r.runtime = Some(rt);
+        Ok(r)
+    }
+
+    /// Starts a remote whose network tasks run on an existing runtime.
+    pub fn start_on(
+        opts: RemoteOptions,
+        handle: tokio::runtime::Handle,
+    ) -> Result<Remote, RemoteError> {
+        let err = |e: &dyn std::fmt::Display| RemoteError::Start(e.to_string());
+        let replica: Arc<dyn Replica> =
+            Arc::new(FileReplica::open(&opts.replica, opts.volume.size).map_err(|e| err(&e))?);
+        let (vstate, resume) = VolumeState::open(&opts.state, opts.volume.id, replica.as_ref())
+            .map_err(|e| err(&e))?;
+        if let Some(until) = resume.inconsistent_until {
+            tracing::warn!(
+                "the machine restarted since the replica was last synced: it resumes from seq {} and is inconsistent until seq {until} is applied again",
+                resume.stored
+            );
+        }
+        let mut feats = features::READS;
+        if opts.volume.key.is_some() {
+            feats |= features::SEALING;
+        }
+        let hello = Hello {
+            version: dtu_proto::PROTOCOL_VERSION,
+            role: Role::Remote,
+            volume_id: opts.volume.id,
+            volume_size: opts.volume.size,
+            block_size: opts.volume.block_size,
+            features: feats,
+            epoch: resume.epoch_seen,
+            stored_seq: resume.stored,
+        };
+        let (apply_tx, apply_rx) = crossbeam_channel::bounded(1);
+        let (applied, _) = watch::channel(resume.stored);
+        let core = Arc::new(RCore {
+            state: Mutex::new(RState {
+                receiver: Receiver::new(
+                    resume.stored,
+                    resume.epoch_seen,
+                    Duration::from_secs(1),
+                    Instant::now(),
+                ),
+                peer: None,
+                session: 0,
+                lanes: 0,
+                last_checkpoint: None,
+                refused: 0,
+                last_refusal: None,
+                failed: None,
+                inconsistent_until: resume.inconsistent_until,
+                syncs: 0,
+            }),
+            volume_state: Mutex::new(vstate),
+            replica,
+            key: opts.volume.key.as_ref().map(Key::from_bytes),
+            hello,
+            control_wake: Notify::new(),
+            apply_wake: apply_tx,
+            applied,
+            shutdown: AtomicBool::new(false),
+            shutdown_wake: Notify::new(),
+            apply_rate: Mutex::new(RateMeter::default()),
+        });
+
+        let dcore = core.clone();
+        let decode = Arc::new(
+            WorkerPool::new(
+                "dtu-decode",
+                opts.workers,
+                opts.workers * 8,
+                move |w: dtu_proto::frame::Write| {
+                    let result = dtu_proto::codec::decode_chunk(
+                        &w.chunk,
+                        w.id,
+                        w.offset,
+                        dcore.key.as_ref(),
+                    );
+                    if let Err(e) = &result {
+                        tracing::warn!(
+                            "seq {} chunk {} refused: {e}; asking for it again",
+                            w.id.seq,
+                            w.id.index
+                        );
+                    }
+                    dcore.event(|r| r.on_decoded(&w, result));
+                },
+            )
+            .map_err(|e| err(&e))?,
+        );
+        let acore = core.clone();
+        let applier = std::thread::Builder::new()
+            .name("dtu-apply".into())
+            .spawn(move || apply::run(acore, apply_rx))
+            .map_err(|e| err(&e))?;
+
+        let endpoint = {
+            let _g = handle.enter();
+            transport::server_endpoint(opts.listen, &opts.identity, &opts.peer, &opts.tuning)
+                .map_err(|e| err(&e))?
+        };
+        let tasks = vec![
+            handle.spawn(session::accept_loop(
+                core.clone(),
+                endpoint.clone(),
+                decode.clone(),
+            )),
+            handle.spawn(session::timers(core.clone())),
+        ];
+        tracing::info!(
+            "remote started: volume {}, replica {} holds through seq {}, listening on {}",
+            dtu_proto::handshake::volume_hex(&opts.volume.id),
+            opts.replica.display(),
+            resume.stored,
+            endpoint
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        Ok(Remote {
+            core,
+            runtime: None,
+            handle,
+            endpoint,
+            tasks,
+            applier: Some(applier),
+            decode: Some(decode),
+            replica_path: opts.replica,
+            volume: opts.volume,
+            started: Instant::now(),
+            workers: opts.workers,
+        })
+    }
+
+    /// The UDP address the remote listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// The highest seq synced on the replica.
+    pub fn stored_seq(&self) -> Seq {
+        self.core.lock().receiver.stored_upto()
+    }
+
+    pub fn replica(&self) -> Arc<dyn Replica> {
+        self.core.replica.clone()
+    }
+
+    pub fn status(&self) -> Status {
+        let st = self.core.lock();
+        let r = &st.receiver;
+        let stats = r.stats().clone();
+        let consistent = st.inconsistent_until.is_none_or(|u| r.applied_upto() >= u);
+        Status::Remote(Box::new(RemoteStatus {
+            volume: dtu_proto::handshake::volume_hex(&self.volume.id),
+            volume_size: self.volume.size,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            connection: if st.peer.is_some() {
+                "connected"
+            } else {
+                "waiting"
+            }
+            .into(),
+            peer: st.peer.clone(),
+            primary_epoch: r.epoch_seen(),
+            rtt_ms: r.rtt().smoothed.map(|d| d.as_secs_f64() * 1e3),
+            replica: self.replica_path.display().to_string(),
+            consistent,
+            inconsistent_until: if consistent {
+                None
+            } else {
+                st.inconsistent_until
+            },
+            received_seq: r.received_upto(),
+            applied_seq: r.applied_upto(),
+            stored_seq: r.stored_upto(),
+            pending_bytes: r.pending_bytes(),
+            apply_throughput_bps: self
+                .core
+                .apply_rate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .per_second()
+                * 8.0,
+            decode_workers: self.workers,
+            lanes: st.lanes,
+            chunks: stats.chunks,
+            duplicates: stats.duplicates,
+            checksum_failures: stats.checksum_failures,
+            decode_failures: stats.decode_failures,
+            applied_ops: stats.applied_ops,
+            applied_bytes: stats.applied_bytes,
+            syncs: st.syncs,
+            ops_per_sync: if st.syncs == 0 {
+                0.0
+            } else {
+                stats.applied_ops as f64 / st.syncs as f64
+            },
+            last_checkpoint: st.last_checkpoint.clone(),
+            refused: st.refused,
+            last_refusal: st.last_refusal.clone(),
+        }))
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    /// Stops listening, finishes applying what was released, syncs the
+    /// replica and its state.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.core.shutdown.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.core.shutdown_wake.notify_waiters();
+        let _ = self.core.apply_wake.try_send(());
+        let tasks = std::mem::take(&mut self.tasks);
+        let endpoint = self.endpoint.clone();
+        let wait = async move {
+            endpoint.close(0u32.into(), b"remote shutting down");
+            for t in tasks {
+                let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        };
+        match &self.runtime {
+            Some(rt) => rt.block_on(wait),
+            // On someone else's runtime, from outside it: wait there.
+            None if tokio::runtime::Handle::try_current().is_err() => self.handle.block_on(wait),
+            None => {
+                self.handle.spawn(wait);
+            }
+        }
+        self.decode.take();
+        if let Some(t) = self.applier.take() {
+            let _ = t.join();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl crate::control::Controlled for Remote {
+    fn handle(&self, req: crate::control::Request) -> crate::control::Response {
+        use crate::control::{Request, Response};
+        match req {
+            Request::Status => Response::Status(Box::new(self.status())),
+            other => Response::Error {
+                message: format!("{other:?} is for the primary; this is the remote"),
+            },
+        }
+    }
+
+    fn status(&self) -> Status {
+        Remote::status(self)
+    }
+}

@@ -1,0 +1,340 @@
+//! The remote's side of the link: accepting the primary, the handshake, the
+//! lanes that bring records in, the control stream that takes acks out, and
+//! the read streams the primary opens when it has no local image.
+//!
+//! One primary session is active at a time; a new connection that passes
+//! the handshake replaces the old one (the primary reconnected). A primary
+//! that fails the handshake gets a Goodbye saying why, and nothing it sends
+//! reaches the replica.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dtu_proto::frame::{Frame, Goodbye, GoodbyeReason, ReadRequest, ReadResponse, ReadStatus};
+use dtu_proto::receiver::Inbound;
+use dtu_proto::Seq;
+
+use crate::transport::{self, FrameStream};
+use crate::workers::WorkerPool;
+
+use super::RCore;
+
+type DecodePool = Arc<WorkerPool<dtu_proto::frame::Write>>;
+
+/// Accepts connections until shutdown.
+pub(super) async fn accept_loop(core: Arc<RCore>, endpoint: quinn::Endpoint, decode: DecodePool) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = core.shutdown_wake.notified() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let core = core.clone();
+        let decode = decode.clone();
+        tokio::spawn(async move {
+            let addr = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    let end = session(&core, conn.clone(), decode).await;
+                    tracing::info!("session with {addr} ended: {end}");
+                    conn.close(0u32.into(), end.as_bytes());
+                }
+                // A refused certificate lands here; the verifier has logged
+                // which fingerprint it saw.
+                Err(e) => {
+                    tracing::warn!("connection attempt from {addr} failed: {e}");
+                    let mut st = core.lock();
+                    st.refused += 1;
+                    st.last_refusal = Some(format!("{addr}: {e}"));
+                }
+            }
+        });
+    }
+}
+
+async fn session(core: &Arc<RCore>, conn: quinn::Connection, decode: DecodePool) -> String {
+    match session_inner(core, conn, decode).await {
+        Ok(()) => "closed".into(),
+        Err(e) => e,
+    }
+}
+
+async fn session_inner(
+    core: &Arc<RCore>,
+    conn: quinn::Connection,
+    decode: DecodePool,
+) -> Result<(), String> {
+    let (mut send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    let mut frames = FrameStream::new(recv);
+    let theirs = match frames.next().await.map_err(|e| e.to_string())? {
+        Some(Frame::Hello(h)) => h,
+        other => {
+            return Err(format!(
+                "expected Hello, got {:?}",
+                other.map(|f| f.kind_name())
+            ))
+        }
+    };
+    let failed = core.lock().failed.clone();
+    if let Some(why) = failed {
+        let g = Goodbye {
+            reason: GoodbyeReason::ProtocolError,
+            message: format!("remote cannot accept writes: {why}"),
+        };
+        let _ = transport::write_frame(&mut send, &Frame::Goodbye(g)).await;
+        return Err(why);
+    }
+    let reply = {
+        let mut st = core.lock();
+        match st.receiver.on_hello(&core.hello, &theirs, Instant::now()) {
+            Ok(reply) => {
+                st.session += 1;
+                st.peer = Some(conn.remote_address().to_string());
+                Ok((reply, st.session))
+            }
+            Err(e) => {
+                st.refused += 1;
+                st.last_refusal = Some(e.to_string());
+                Err(e)
+            }
+        }
+    };
+    let (reply, my_session) = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("refusing primary {}: {e}", conn.remote_address());
+            let _ = transport::write_frame(&mut send, &Frame::Goodbye(e.goodbye())).await;
+            let _ = send.finish();
+            // Give the goodbye a moment to leave before the close.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Err(e.to_string());
+        }
+    };
+    core.volume_state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set_epoch(theirs.epoch)
+        .map_err(|e| format!("recording the primary's epoch: {e}"))?;
+    transport::write_frame(&mut send, &Frame::Hello(reply.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        "primary {} connected (epoch {}), replica holds through seq {}",
+        conn.remote_address(),
+        theirs.epoch,
+        reply.stored_seq
+    );
+
+    let result = tokio::select! {
+        r = control_writer(core, &mut send, my_session) => r,
+        r = control_reader(core, &mut frames) => r,
+        r = accept_lanes(core, &conn, decode) => r,
+        r = accept_reads(core, &conn) => r,
+        e = conn.closed() => Err(e.to_string()),
+        _ = core.shutdown_wake.notified() => {
+            let _ = transport::write_frame(&mut send, &Frame::Goodbye(Goodbye {
+                reason: GoodbyeReason::Shutdown,
+                message: "remote shutting down".into(),
+            })).await;
+            Ok(())
+        }
+    };
+    let mut st = core.lock();
+    if st.session == my_session {
+        st.peer = None;
+        st.lanes = 0;
+        st.receiver.on_disconnected();
+    }
+    result
+}
+
+async fn control_writer(
+    core: &RCore,
+    send: &mut quinn::SendStream,
+    my_session: u64,
+) -> Result<(), String> {
+    loop {
+        let notified = core.control_wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (frames, current, failed) = {
+            let mut st = core.lock();
+            let frames: Vec<Frame> = std::iter::from_fn(|| st.receiver.poll_transmit()).collect();
+            (frames, st.session, st.failed.clone())
+        };
+        if current != my_session {
+            return Err("replaced by a newer session".into());
+        }
+        for f in &frames {
+            transport::write_frame(send, f)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(why) = failed {
+            let g = Goodbye {
+                reason: GoodbyeReason::ProtocolError,
+                message: format!("remote cannot apply writes: {why}"),
+            };
+            let _ = transport::write_frame(send, &Frame::Goodbye(g)).await;
+            return Err(why);
+        }
+        if frames.is_empty() {
+            notified.await;
+        }
+    }
+}
+
+async fn control_reader(core: &RCore, frames: &mut FrameStream) -> Result<(), String> {
+    loop {
+        match frames.next().await.map_err(|e| e.to_string())? {
+            Some(f) => match core.event(|r| r.on_frame(f, Instant::now())) {
+                Inbound::Closed(g) => return Err(format!("primary said goodbye: {}", g.message)),
+                Inbound::Unexpected(kind) => {
+                    return Err(format!("unexpected {kind} frame on the control stream"))
+                }
+                _ => {}
+            },
+            None => return Err("primary closed the control stream".into()),
+        }
+    }
+}
+
+async fn accept_lanes(
+    core: &Arc<RCore>,
+    conn: &quinn::Connection,
+    decode: DecodePool,
+) -> Result<(), String> {
+    let mut lanes = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            s = conn.accept_uni() => {
+                let recv = s.map_err(|e| e.to_string())?;
+                core.lock().lanes += 1;
+                lanes.spawn(lane(core.clone(), recv, decode.clone()));
+            }
+            Some(r) = lanes.join_next() => {
+                r.map_err(|e| format!("lane task failed: {e}"))??;
+            }
+        }
+    }
+}
+
+/// One lane: frames in, chunks to the decode workers.
+async fn lane(core: Arc<RCore>, recv: quinn::RecvStream, decode: DecodePool) -> Result<(), String> {
+    let mut frames = FrameStream::new(recv);
+    while let Some(f) = frames.next().await.map_err(|e| e.to_string())? {
+        match core.event(|r| r.on_frame(f, Instant::now())) {
+            Inbound::Decode(w) => {
+                // The queue bound is the remote's backpressure: when full,
+                // stop reading this lane (QUIC flow control then slows the
+                // primary) without blocking the other tasks.
+                if let Err(e) = decode.try_submit(w) {
+                    let w = e.into_inner();
+                    let pool = decode.clone();
+                    tokio::task::spawn_blocking(move || pool.submit(w))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|_| "decode workers stopped".to_string())?;
+                }
+            }
+            Inbound::Unexpected(kind) => return Err(format!("unexpected {kind} frame on a lane")),
+            Inbound::Closed(g) => return Err(format!("primary said goodbye: {}", g.message)),
+            Inbound::Duplicate | Inbound::Handled | Inbound::Read(_) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn accept_reads(core: &Arc<RCore>, conn: &quinn::Connection) -> Result<(), String> {
+    loop {
+        let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let core = core.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_read(core, send, recv).await {
+                tracing::debug!("read stream: {e}");
+            }
+        });
+    }
+}
+
+/// How long a read may wait for the writes before it to be applied.
+const READ_WAIT: Duration = Duration::from_secs(60);
+
+async fn serve_read(
+    core: Arc<RCore>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<(), String> {
+    let mut frames = FrameStream::new(recv);
+    let Some(Frame::ReadRequest(req)) = frames.next().await.map_err(|e| e.to_string())? else {
+        return Err("expected a ReadRequest".into());
+    };
+    let status_data = read_after(&core, req).await;
+    let (status, data) = match status_data {
+        Ok(d) => (ReadStatus::Ok, d),
+        Err(s) => (s, Bytes::new()),
+    };
+    transport::write_frame(
+        &mut send,
+        &Frame::ReadResponse(ReadResponse {
+            id: req.id,
+            status,
+            data,
+        }),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    Ok(())
+}
+
+async fn read_after(core: &RCore, req: ReadRequest) -> Result<Bytes, ReadStatus> {
+    let size = core.replica.size();
+    if req
+        .offset
+        .checked_add(req.length as u64)
+        .is_none_or(|end| end > size)
+        || req.length > (4 << 20)
+    {
+        return Err(ReadStatus::OutOfRange);
+    }
+    let mut applied = core.applied.subscribe();
+    let wait = applied.wait_for(|&a: &Seq| a >= req.after_seq);
+    match tokio::time::timeout(READ_WAIT, wait).await {
+        Ok(Ok(_)) => {}
+        _ => return Err(ReadStatus::IoError),
+    }
+    let replica = core.replica.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; req.length as usize];
+        replica
+            .read_at(req.offset, &mut buf)
+            .map(|_| Bytes::from(buf))
+    })
+    .await
+    .map_err(|_| ReadStatus::IoError)?
+    .map_err(|_| ReadStatus::IoError)
+}
+
+/// Heartbeats and the apply-rate sample.
+pub(super) async fn timers(core: Arc<RCore>) {
+    while !core.is_shutdown() {
+        let next = core.lock().receiver.poll_timeout();
+        let sleep = next
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = core.shutdown_wake.notified() => return,
+        }
+        let now = Instant::now();
+        core.apply_rate_sample(now);
+        core.event(|r| {
+            if r.poll_timeout().is_some_and(|t| t <= now) {
+                r.handle_timeout(now);
+            }
+        });
+    }
+}
