@@ -202,7 +202,7 @@ impl Default for PolicySection {
 }
 
 /// NBD front end (primary) or read-only export (remote).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NbdSection {
     /// TCP address, e.g. `"127.0.0.1:10809"`.
@@ -221,6 +221,17 @@ pub struct NbdSection {
 
 fn default_export() -> String {
     "dtu".into()
+}
+
+impl Default for NbdSection {
+    fn default() -> Self {
+        NbdSection {
+            tcp: None,
+            unix: None,
+            export: default_export(),
+            local: None,
+        }
+    }
 }
 
 /// Control socket and metrics.

@@ -67,9 +67,18 @@ pub(crate) struct Core {
     pub conn_wake: Notify,
     pub shutdown: AtomicBool,
     pub counters: Counters,
-    /// Link and host byte rates, and the UDP byte count across connections
-    /// (bytes of earlier connections, current connection id, its bytes).
-    rates: Mutex<(RateMeter, RateMeter, (u64, Option<usize>, u64))>,
+    rates: Mutex<RateState>,
+}
+
+/// Link and host byte rates; UDP bytes are counted across connections.
+#[derive(Default)]
+struct RateState {
+    link: RateMeter,
+    host: RateMeter,
+    /// UDP bytes sent by earlier connections.
+    udp_earlier: u64,
+    conn: Option<usize>,
+    udp_current: u64,
 }
 
 /// Byte counters kept outside the lock.
@@ -106,7 +115,7 @@ impl Core {
             conn_wake: Notify::new(),
             shutdown: AtomicBool::new(false),
             counters: Counters::default(),
-            rates: Mutex::new((RateMeter::default(), RateMeter::default(), (0, None, 0))),
+            rates: Mutex::new(RateState::default()),
         }
     }
 
@@ -193,27 +202,29 @@ impl Core {
         // handed to QUIC: on a slow link the two differ by QUIC's buffer.
         let udp = {
             let st = self.lock();
-            st.conn.as_ref().map(|c| (c.stable_id(), c.stats().udp_tx.bytes))
+            st.conn
+                .as_ref()
+                .map(|c| (c.stable_id(), c.stats().udp_tx.bytes))
         };
         let mut r = self.rates.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((id, bytes)) = udp {
-            let (base, last_id, last) = &mut r.2;
-            if *last_id != Some(id) {
-                *base += *last;
-                *last_id = Some(id);
+            if r.conn != Some(id) {
+                r.udp_earlier += r.udp_current;
+                r.conn = Some(id);
             }
-            *last = bytes;
+            r.udp_current = bytes;
         }
-        let udp_total = r.2 .0 + r.2 .2;
-        r.0.sample(now, udp_total);
-        r.1.sample(now, self.counters.plain_bytes.load(Ordering::Relaxed));
+        let udp_total = r.udp_earlier + r.udp_current;
+        r.link.sample(now, udp_total);
+        r.host
+            .sample(now, self.counters.plain_bytes.load(Ordering::Relaxed));
     }
 
     pub fn rates(&self) -> Rates {
         let r = self.rates.lock().unwrap_or_else(|p| p.into_inner());
         Rates {
-            link_bps: r.0.per_second(),
-            host_bps: r.1.per_second(),
+            link_bps: r.link.per_second(),
+            host_bps: r.host.per_second(),
         }
     }
 

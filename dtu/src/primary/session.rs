@@ -137,6 +137,8 @@ async fn session_inner(
     conn: quinn::Connection,
 ) -> Result<(), SessionEnd> {
     let (mut ctl_send, ctl_recv) = conn.open_bi().await?;
+    // Heartbeats (and so RTT samples) must not queue behind lane data.
+    let _ = ctl_send.set_priority(1);
     let hello = p.hello.clone();
     transport::write_frame(&mut ctl_send, &Frame::Hello(hello.clone())).await?;
     let mut frames = FrameStream::new(ctl_recv);

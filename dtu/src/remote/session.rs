@@ -34,7 +34,7 @@ pub(super) async fn accept_loop(core: Arc<RCore>, endpoint: quinn::Endpoint, dec
         let decode = decode.clone();
         tokio::spawn(async move {
             let addr = incoming.remote_address();
-            match incoming.await {
+            match transport::accept_incoming(incoming).await {
                 Ok(conn) => {
                     let end = session(&core, conn.clone(), decode).await;
                     tracing::info!("session with {addr} ended: {end}");
@@ -66,6 +66,8 @@ async fn session_inner(
     decode: DecodePool,
 ) -> Result<(), String> {
     let (mut send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+    // Acks and heartbeats must not queue behind bulk data.
+    let _ = send.set_priority(1);
     let mut frames = FrameStream::new(recv);
     let theirs = match frames.next().await.map_err(|e| e.to_string())? {
         Some(Frame::Hello(h)) => h,
