@@ -10,7 +10,16 @@ use serde::{Deserialize, Serialize};
 use crate::config::Volume;
 use crate::nvbuf::NvbufStats;
 use crate::primary::LinkState;
-use crate::units::{format_bytes, format_duration, format_rate};
+use crate::units::{format_bytes, format_duration};
+
+/// A measured rate; `units::format_rate` reads 0 as "unlimited".
+fn format_rate(bps: u64) -> String {
+    if bps == 0 {
+        "0bit".into()
+    } else {
+        crate::units::format_rate(bps)
+    }
+}
 
 /// Either side's status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -483,7 +492,10 @@ impl std::fmt::Display for Status {
                 ));
                 rows.push((
                     "lanes",
-                    format!("{} lanes, {} decode workers", r.lanes, r.decode_workers),
+                    format!(
+                        "{} lanes in use, {} decode workers",
+                        r.lanes, r.decode_workers
+                    ),
                 ));
                 rows.push((
                     "errors",
