@@ -3,6 +3,9 @@
 //! driven by real NBD clients, and killed (with their files removed) when
 //! the test ends, pass or fail.
 
+pub mod nbd_client;
+pub mod vopr;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -274,8 +277,11 @@ impl Pair {
         cmd.arg("init")
             .arg("--dir")
             .arg(dir.path())
-            .args(["--volume-size", volume, "--nvbuf-size", "64MiB"])
-            .arg("--remote-listen")
+            .args(["--volume-size", volume]);
+        if !extra_init.contains(&"--nvbuf-size") {
+            cmd.args(["--nvbuf-size", "64MiB"]);
+        }
+        cmd.arg("--remote-listen")
             .arg(format!("127.0.0.1:{remote_port}"))
             .arg("--remote-addr")
             .arg(format!("127.0.0.1:{link_port}"))

@@ -1,0 +1,67 @@
+//! `dtu-vopr`: runs the deterministic simulator of a DTU pair over many
+//! seeds, or replays one.
+//!
+//! ```text
+//! cargo run --release -p dtu-tests --bin dtu-vopr -- --seeds 10000
+//! cargo run --release -p dtu-tests --bin dtu-vopr -- --seed 42 --verbose
+//! ```
+
+use clap::Parser;
+use dtu_tests::vopr::{run, summary, Options};
+
+#[derive(Parser)]
+#[command(about = "Deterministic simulation of a DTU pair under faults")]
+struct Args {
+    /// Replay exactly this seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run this many seeds, starting at --first.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Virtual milliseconds of faults per seed.
+    #[arg(long, default_value_t = 12_000)]
+    steps: u64,
+    /// Print every event of the run.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let a = Args::parse();
+    let opts = Options {
+        steps: a.steps,
+        verbose: a.verbose,
+        ..Options::default()
+    };
+    let seeds: Vec<u64> = match a.seed {
+        Some(s) => vec![s],
+        None => (a.first..a.first + a.seeds).collect(),
+    };
+    let started = std::time::Instant::now();
+    let mut crashes = (0, 0);
+    for seed in &seeds {
+        match run(*seed, opts.clone()) {
+            Ok(o) => {
+                crashes.0 += o.primary_crashes;
+                crashes.1 += o.remote_crashes;
+                if a.seed.is_some() || a.verbose {
+                    println!("{}", summary(&o));
+                }
+            }
+            Err(v) => {
+                eprintln!("{v}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "{} seeds passed in {:.1}s ({} primary crashes, {} remote crashes in all)",
+        seeds.len(),
+        started.elapsed().as_secs_f64(),
+        crashes.0,
+        crashes.1
+    );
+    std::process::ExitCode::SUCCESS
+}
