@@ -11,12 +11,16 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
+pub mod inproc;
 pub mod nbd;
 pub mod nvbuf;
 pub mod primary;
 pub mod remote;
 pub mod replica;
+mod runtime;
 pub mod status;
 pub mod transport;
 pub mod workers;

@@ -183,11 +183,7 @@ pub struct Primary {
 impl Primary {
     /// Starts a primary with its own async runtime.
     pub fn start(opts: PrimaryOptions) -> Result<Primary, PrimaryError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("dtu-primary-io")
-            .enable_all()
-            .build()
+        let rt = crate::runtime::own("dtu-primary-io")
             .map_err(|e| PrimaryError::Start(format!("async runtime: {e}")))?;
         let handle = rt.handle().clone();
         let mut p = Self::start_on(opts, handle)?;
@@ -548,23 +544,13 @@ impl Primary {
         self.core.timer_wake.notify_one();
         self.ingest.join();
         let tasks = std::mem::take(&mut self.tasks);
-        let endpoint = self.endpoint.clone();
-        let wait = async move {
-            for t in tasks {
-                let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
-            }
-            endpoint.close(0u32.into(), b"shutdown");
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-        };
-        match &self.runtime {
-            Some(rt) => rt.block_on(wait),
-            // On someone else's runtime, from outside it: wait there.
-            None if tokio::runtime::Handle::try_current().is_err() => self.handle.block_on(wait),
-            None => {
-                // On someone else's runtime: let the tasks wind down there.
-                self.handle.spawn(wait);
-            }
-        }
+        crate::runtime::stop_tasks(
+            self.runtime.as_ref(),
+            &self.handle,
+            tasks,
+            self.endpoint.clone(),
+            b"shutdown",
+        );
         if let Err(e) = self.core.nvbuf.checkpoint() {
             tracing::warn!("nvbuf superblock at shutdown: {e}");
         }

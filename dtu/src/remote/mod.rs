@@ -121,6 +121,19 @@ impl RCore {
         self.shutdown.load(Ordering::Relaxed)
     }
 
+    /// Resolves once shutdown is flagged, even if the wake-up came first.
+    pub async fn shutdown_signal(&self) {
+        loop {
+            let n = self.shutdown_wake.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_shutdown() {
+                return;
+            }
+            n.await;
+        }
+    }
+
     /// Samples the applied-bytes counter for the throughput figure.
     pub fn apply_rate_sample(&self, now: Instant) {
         let bytes = self.lock().receiver.stats().applied_bytes;
@@ -149,11 +162,7 @@ pub struct Remote {
 impl Remote {
     /// Starts a remote with its own async runtime.
     pub fn start(opts: RemoteOptions) -> Result<Remote, RemoteError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("dtu-remote-io")
-            .enable_all()
-            .build()
+        let rt = crate::runtime::own("dtu-remote-io")
             .map_err(|e| RemoteError::Start(format!("async runtime: {e}")))?;
         let handle = rt.handle().clone();
         let mut r = Self::start_on(opts, handle)?;
@@ -379,22 +388,13 @@ impl Remote {
         self.core.shutdown_wake.notify_waiters();
         let _ = self.core.apply_wake.try_send(());
         let tasks = std::mem::take(&mut self.tasks);
-        let endpoint = self.endpoint.clone();
-        let wait = async move {
-            endpoint.close(0u32.into(), b"remote shutting down");
-            for t in tasks {
-                let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-        };
-        match &self.runtime {
-            Some(rt) => rt.block_on(wait),
-            // On someone else's runtime, from outside it: wait there.
-            None if tokio::runtime::Handle::try_current().is_err() => self.handle.block_on(wait),
-            None => {
-                self.handle.spawn(wait);
-            }
-        }
+        crate::runtime::stop_tasks(
+            self.runtime.as_ref(),
+            &self.handle,
+            tasks,
+            self.endpoint.clone(),
+            b"remote shutting down",
+        );
         self.decode.take();
         if let Some(t) = self.applier.take() {
             let _ = t.join();

@@ -27,7 +27,7 @@ pub(super) async fn accept_loop(core: Arc<RCore>, endpoint: quinn::Endpoint, dec
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
-            _ = core.shutdown_wake.notified() => return,
+            _ = core.shutdown_signal() => return,
         };
         let Some(incoming) = incoming else { return };
         let core = core.clone();
@@ -134,7 +134,7 @@ async fn session_inner(
         r = accept_lanes(core, &conn, decode) => r,
         r = accept_reads(core, &conn) => r,
         e = conn.closed() => Err(e.to_string()),
-        _ = core.shutdown_wake.notified() => {
+        _ = core.shutdown_signal() => {
             let _ = transport::write_frame(&mut send, &Frame::Goodbye(Goodbye {
                 reason: GoodbyeReason::Shutdown,
                 message: "remote shutting down".into(),
@@ -329,7 +329,7 @@ pub(super) async fn timers(core: Arc<RCore>) {
             .min(Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
-            _ = core.shutdown_wake.notified() => return,
+            _ = core.shutdown_signal() => return,
         }
         let now = Instant::now();
         core.apply_rate_sample(now);
