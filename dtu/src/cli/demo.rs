@@ -16,12 +16,10 @@ use dtu_sim::host::{HostConfig, IdleGap, OffsetPattern, WorkloadConfig};
 use dtu_sim::relay::{Relay, RelayConfig};
 use sha2::{Digest, Sha256};
 
-use crate::config::{CongestionChoice, Volume};
-use crate::identity::Identity;
-use crate::primary::{HostSink, Primary, PrimaryOptions};
-use crate::remote::{Remote, RemoteOptions};
-use crate::status::{PrimaryStatus, Status};
-use crate::transport::LinkTuning;
+use crate::inproc::{preset_tuning, primary_status, PairSetup};
+use crate::primary::{HostSink, Primary};
+use crate::remote::Remote;
+use crate::status::PrimaryStatus;
 use crate::units::{format_bytes, format_duration, format_rate, parse_bytes, parse_duration};
 
 /// `dtu demo`.
@@ -64,13 +62,6 @@ pub struct DemoArgs {
     /// Longest wait for the replica to catch up after the host stops.
     #[arg(long, default_value = "300s")]
     pub catch_up_timeout: String,
-}
-
-fn primary_status(p: &Primary) -> PrimaryStatus {
-    match p.status() {
-        Status::Primary(s) => *s,
-        Status::Remote(_) => unreachable!("a primary reports a primary status"),
-    }
 }
 
 fn line(s: &PrimaryStatus, t: Duration) -> String {
@@ -121,38 +112,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
         let _ = std::fs::remove_file(dir.join(f));
     }
 
-    let primary_id = Identity::generate("dtu-primary")?;
-    let remote_id = Identity::generate("dtu-remote")?;
-    let volume = Volume {
-        id: *b"dtu-demo-volume!",
-        size,
-        block_size: 4096,
-        key: Some(rand::random()),
-    };
+    let setup = PairSetup::generate(*b"dtu-demo-volume!", size)?;
     let up = &preset.up;
-    let rtt = up.delay + preset.down.delay;
-    let tuning = LinkTuning {
-        rate_bps: up.rate_bps,
-        rtt: rtt.max(Duration::from_millis(1)),
-        congestion: CongestionChoice::Cubic,
-        ..LinkTuning::default()
-    };
+    let tuning = preset_tuning(&preset);
 
     println!(
         "dtu demo: a primary and a remote over an emulated {} ({})",
         preset.name, preset.description
     );
     println!("files in {}", dir.display());
-    let remote = Remote::start(RemoteOptions {
-        volume: volume.clone(),
-        identity: remote_id.clone(),
-        peer: primary_id.fingerprint(),
-        listen: "127.0.0.1:0".parse()?,
-        tuning,
-        replica: dir.join("replica.img"),
-        state: dir.join("replica.img.state"),
-        workers: 2,
-    })?;
+    let remote = Remote::start(setup.remote_options("127.0.0.1:0".parse()?, tuning, &dir))?;
     let mut relay_cfg = RelayConfig::new(
         "127.0.0.1:0".parse()?,
         remote.local_addr()?,
@@ -166,23 +135,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
         dirty_threshold: a.dirty_threshold,
         ..AckPolicy::default()
     };
-    let primary = Arc::new(Primary::start(PrimaryOptions {
-        volume: volume.clone(),
-        identity: primary_id,
-        peer: remote_id.fingerprint(),
-        remote: relay.local_addr(),
-        server_name: "dtu-remote".into(),
+    let primary = Arc::new(Primary::start(setup.primary_options(
+        relay.local_addr(),
         tuning,
-        lanes: 4,
-        nvbuf_path: dir.join("primary.nvbuf"),
-        nvbuf_size: 64 << 20,
-        workers: 2,
-        chunk_size: 64 << 10,
-        compress: true,
+        &dir,
         policy,
-        local: Some(dir.join("source.img")),
-        read_timeout: Duration::from_secs(30),
-    })?);
+    ))?);
     println!(
         "policy: trigger {trigger}, spoofing while the host's cache is at least {}% dirty; sealing on, compression on",
         a.dirty_threshold
