@@ -3,6 +3,7 @@
 //! driven by real NBD clients, and killed (with their files removed) when
 //! the test ends, pass or fail.
 
+pub mod bench;
 pub mod nbd_client;
 pub mod vopr;
 
@@ -20,13 +21,12 @@ use dtu::status::{PrimaryStatus, RemoteStatus, Status};
 fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        // target/<profile>/deps/<test> -> target/<profile>
+        // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>
         let exe = std::env::current_exe().expect("test executable path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf();
+        let mut dir = exe.parent().expect("target dir").to_path_buf();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.pop();
+        }
         let release = dir.file_name().is_some_and(|n| n == "release");
         // `cargo test --workspace` builds them already; `cargo test -p
         // dtu-tests` does not, so build them here (a no-op when fresh).
@@ -36,6 +36,25 @@ fn bin_dir() -> &'static Path {
         ]);
         if release {
             cmd.arg("--release");
+        }
+        // `cargo test` gives the test process the variables it sets for a
+        // crate (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...). Passed on, they
+        // change the environment build scripts watch (ring's reruns on
+        // CARGO_MANIFEST_DIR), and every alternation between this build and
+        // the outer one rebuilt ring, rustls, quinn and dtu: 95 s per test
+        // binary. The user's own settings (CARGO_HOME, CARGO_TARGET_DIR,
+        // CARGO_BUILD_*, CARGO_PROFILE_*) stay.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            let per_crate = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "CARGO_TARGET_TMPDIR"
+                || k == "OUT_DIR";
+            if per_crate {
+                cmd.env_remove(k.as_ref());
+            }
         }
         let status = cmd
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -116,6 +135,11 @@ impl Proc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {
