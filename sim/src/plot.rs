@@ -53,7 +53,9 @@ pub enum PlotError {
 
 static FONT: Once = Once::new();
 
-fn register_font() {
+/// Registers the bundled DejaVu Sans as plotters' `sans-serif` (once per
+/// process); other plotting code in the workspace calls it too.
+pub fn register_font() {
     FONT.call_once(|| {
         let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
         for style in [FontStyle::Normal, FontStyle::Bold] {

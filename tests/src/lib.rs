@@ -46,9 +46,14 @@ fn bin_dir() -> &'static Path {
         // CARGO_BUILD_*, CARGO_PROFILE_*) stay.
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
-            let per_crate = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_"]
-                .iter()
-                .any(|p| k.starts_with(p))
+            let per_crate = [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
                 || k == "CARGO_PRIMARY_PACKAGE"
                 || k == "CARGO_TARGET_TMPDIR"
                 || k == "OUT_DIR";

@@ -1,0 +1,281 @@
+//! link-efficiency: how much of an emulated link's line rate dtu turns into
+//! replicated payload. Incompressible 64 KiB writes stream into the primary
+//! (trigger `buffered`, so the host is never the bottleneck); goodput is the
+//! payload divided by the time from the first write until the remote has
+//! stored the last one. Capacity is the preset's line rate, an IP-level
+//! rate: every UDP datagram also costs its 28 bytes of IPv4 + UDP header,
+//! so QUIC's packet headers, its AEAD tags, those 28 bytes and dtu's own
+//! frame headers all count against dtu. Beside it, iperf3 TCP through the
+//! same relay (its TCP mode; 52 header bytes per 1448-byte segment, so at
+//! most 96.5 % of the line) is the peer figure.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use dtu::transport::Congestion;
+
+use super::inproc::{write_stream, Blocks, InprocPair, PairConfig};
+use super::plot::{bars, Bars};
+use super::report::{f, mbit};
+use super::tools::{iperf3_tcp, own_cpu_seconds, Iperf3Server};
+use super::{Opts, Report, Result, Table, Target};
+
+/// A link and how much to send over it (full run, quick run).
+struct Case {
+    preset: &'static str,
+    full: u64,
+    quick: u64,
+    lossy: bool,
+}
+
+const MIB: u64 = 1 << 20;
+
+const CASES: &[Case] = &[
+    Case {
+        preset: "t1",
+        full: 4 * MIB,
+        quick: MIB,
+        lossy: false,
+    },
+    Case {
+        preset: "e1",
+        full: 4 * MIB,
+        quick: MIB,
+        lossy: false,
+    },
+    Case {
+        preset: "bridged-10m",
+        full: 32 * MIB,
+        quick: 4 * MIB,
+        lossy: false,
+    },
+    Case {
+        preset: "wan-100m-40ms",
+        full: 256 * MIB,
+        quick: 32 * MIB,
+        lossy: false,
+    },
+    Case {
+        preset: "wan-1g-10ms",
+        full: 1024 * MIB,
+        quick: 128 * MIB,
+        lossy: false,
+    },
+    Case {
+        preset: "lossy-wan",
+        full: 256 * MIB,
+        quick: 32 * MIB,
+        lossy: true,
+    },
+];
+
+/// One transfer of `bytes` of `ratio`:1 data over `preset`, measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Transfer {
+    pub preset: String,
+    pub line_bps: f64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub goodput_bps: f64,
+    /// Goodput over the line rate.
+    pub ratio: f64,
+    /// Wire bits (payload + 28 per datagram) the link carried up, over
+    /// line rate × duration: how busy the link was.
+    pub link_busy: f64,
+    /// Payload over the UDP wire bytes that carried it (protocol overhead).
+    pub payload_share: f64,
+    pub datagrams: u64,
+    /// Datagrams the link model lost (loss process) and tail-dropped (queue full).
+    pub lost: u64,
+    pub queue_drops: u64,
+    pub retransmits: u64,
+    pub compression: f64,
+    /// CPU seconds of this whole process (primary, remote and relay) per GB of payload.
+    pub cpu_s_per_gb: f64,
+}
+
+/// Streams `bytes` of `ratio`:1 data through a pair that is already
+/// connected over `preset`, and measures it.
+pub fn transfer(pair: &InprocPair, bytes: u64, ratio: f64, seed: u64) -> Result<Transfer> {
+    let preset = pair.preset.as_ref().expect("a link preset");
+    let line_bps = preset.up.rate_bps as f64;
+    let mut blocks = Blocks::new(64 << 10, ratio, 64, seed);
+    let before = pair.relay_stats().expect("a relay");
+    let cpu0 = own_cpu_seconds();
+    let ideal = bytes as f64 * 8.0 / ratio / line_bps;
+    let w = write_stream(pair.primary(), &mut blocks, bytes, 64)?;
+    let limit = Duration::from_secs_f64((ideal * 10.0).max(90.0));
+    let done = pair.wait_stored(w.last_seq, limit)?;
+    let cpu = own_cpu_seconds() - cpu0;
+    let after = pair.relay_stats().expect("a relay");
+    let s = pair.status();
+    let secs = (done - w.first).as_secs_f64();
+    let up = |x: &dtu_sim::relay::RelayStats| {
+        let l = &x.up.link;
+        (
+            l.bytes_delivered,
+            l.packets_delivered,
+            l.dropped_loss,
+            l.dropped_queue,
+        )
+    };
+    let (b0, p0, l0, q0) = up(&before);
+    let (b1, p1, l1, q1) = up(&after);
+    let overhead = pair
+        .relay
+        .as_ref()
+        .map_or(28, |r| r.config().udp_overhead()) as u64;
+    let wire = (b1 - b0) + (p1 - p0) * overhead;
+    let goodput = bytes as f64 * 8.0 / secs;
+    Ok(Transfer {
+        preset: preset.name.into(),
+        line_bps,
+        bytes,
+        seconds: secs,
+        goodput_bps: goodput,
+        ratio: goodput / line_bps,
+        link_busy: wire as f64 * 8.0 / (line_bps * secs),
+        payload_share: bytes as f64 / ratio / wire.max(1) as f64,
+        datagrams: p1 - p0,
+        lost: l1 - l0,
+        queue_drops: q1 - q0,
+        retransmits: s.retransmits,
+        compression: s.compression_ratio,
+        cpu_s_per_gb: cpu / (bytes as f64 / 1e9),
+    })
+}
+
+pub fn run(o: &Opts) -> Result<Report> {
+    let mut r = Report::new("link-efficiency", o.quick);
+    let mut t = Table::new(
+        "goodput of incompressible 64 KiB writes over the line rate, and iperf3 TCP through the same relay",
+        &[
+            "link", "line Mbit/s", "payload", "dtu Mbit/s", "dtu / line", "link busy", "payload share",
+            "lost / queue-dropped", "iperf3 Mbit/s", "iperf3 / line", "dtu / iperf3", "CPU s/GB",
+        ],
+    );
+    let mut rows = Vec::new();
+    let secs = o.pick(10, 3);
+    for c in CASES.iter().filter(|c| o.wants(c.preset)) {
+        let bytes = o.pick(c.full, c.quick);
+        eprintln!(
+            "link-efficiency: {} ({} MiB, iperf3 {secs} s)",
+            c.preset,
+            bytes >> 20
+        );
+        let start = |congestion| {
+            InprocPair::start(PairConfig {
+                preset: Some(c.preset.into()),
+                tcp: true,
+                seed: o.seed,
+                volume_size: bytes.clamp(64 * MIB, 1024 * MIB),
+                nvbuf_size: (bytes + 16 * MIB).min(256 * MIB),
+                congestion,
+                ..PairConfig::default()
+            })
+        };
+        let pair = start(None)?;
+        let iperf = {
+            let _srv = Iperf3Server::start(pair.remote_port, pair.dir.path())?;
+            iperf3_tcp(pair.link_addr(), secs)?
+        };
+        let iperf_ratio = iperf / pair.preset.as_ref().map_or(1.0, |p| p.up.rate_bps as f64);
+        // On a lossy link, cubic (the default) and BBR (the `congestion`
+        // setting a user of such a link would pick) both run.
+        let mut runs = vec![("cubic", transfer(&pair, bytes, 1.0, o.seed)?)];
+        pair.shutdown()?;
+        if c.lossy {
+            let pair = start(Some(Congestion::Bbr))?;
+            runs.push(("bbr", transfer(&pair, bytes, 1.0, o.seed)?));
+            pair.shutdown()?;
+        }
+        for (cc, x) in &runs {
+            let label = if runs.len() > 1 {
+                format!("{} ({cc})", c.preset)
+            } else {
+                c.preset.to_string()
+            };
+            t.row(vec![
+                label.clone(),
+                mbit(x.line_bps),
+                format!("{} MiB", bytes >> 20),
+                mbit(x.goodput_bps),
+                f(x.ratio, 3),
+                f(x.link_busy, 3),
+                f(x.payload_share, 3),
+                format!("{} / {}", x.lost, x.queue_drops),
+                mbit(iperf),
+                f(iperf_ratio, 3),
+                f(x.goodput_bps / iperf, 2),
+                f(x.cpu_s_per_gb, 1),
+            ]);
+            if c.lossy {
+                r.target(Target::new(
+                    format!("{label}: goodput at or above iperf3 TCP"),
+                    "≥ 1.0 × TCP",
+                    format!(
+                        "{:.2} × TCP ({:.3} vs {:.3} of the line)",
+                        x.goodput_bps / iperf,
+                        x.ratio,
+                        iperf_ratio
+                    ),
+                    x.goodput_bps >= iperf,
+                ));
+            } else {
+                r.target(Target::new(
+                    format!("{label}: goodput / line rate"),
+                    "≥ 0.95",
+                    f(x.ratio, 3),
+                    x.ratio >= 0.95,
+                ));
+            }
+            rows.push(json!({ "label": label, "congestion": cc, "dtu": x, "iperf3_bps": iperf, "iperf3_ratio": iperf_ratio }));
+            eprintln!(
+                "  {label}: dtu {} Mbit/s ({:.3} of the line, link busy {:.3}, payload share {:.3}); iperf3 {} Mbit/s ({:.3})",
+                mbit(x.goodput_bps), x.ratio, x.link_busy, x.payload_share, mbit(iperf), iperf_ratio
+            );
+        }
+    }
+    r.tables.push(t);
+    r.note(
+        "dtu / line = link busy × payload share: the first is how much of the time the emulated \
+         wire was sending, the second how much of what it sent was payload (QUIC, IP/UDP and dtu \
+         headers, acknowledgements and retransmissions are the rest).",
+    );
+    r.note(
+        "iperf3's TCP crosses the relay as a byte stream: a segment the model loses is delivered \
+         one round trip late instead of shrinking TCP's window, so on lossy-wan the TCP figure is \
+         optimistic (see the README's link emulation section).",
+    );
+    let cats: Vec<String> = rows
+        .iter()
+        .map(|v| v["label"].as_str().unwrap_or("").to_string())
+        .collect();
+    let col =
+        |k: &dyn Fn(&serde_json::Value) -> Option<f64>| rows.iter().map(k).collect::<Vec<_>>();
+    bars(
+        &o.out.join("link-efficiency"),
+        &Bars {
+            title: "link efficiency: goodput / line rate (incompressible 64 KiB writes)".into(),
+            y_desc: "share of the line rate".into(),
+            categories: cats,
+            series: vec![
+                ("dtu goodput".into(), col(&|v| v["dtu"]["ratio"].as_f64())),
+                (
+                    "iperf3 TCP goodput".into(),
+                    col(&|v| v["iperf3_ratio"].as_f64()),
+                ),
+                (
+                    "dtu link busy (wire bits)".into(),
+                    col(&|v| v["dtu"]["link_busy"].as_f64()),
+                ),
+            ],
+            guides: vec![(0.95, "target 0.95".into())],
+            log_y: false,
+            digits: Some(2),
+        },
+    )?;
+    r.data = json!({ "cases": rows });
+    Ok(r)
+}
