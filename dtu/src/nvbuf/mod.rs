@@ -39,10 +39,11 @@
 //! there is room for one (else the gap is implicit) and the record starts the
 //! next lap. A record is at most half the ring, so an empty ring always takes it.
 //!
-//! **Durability.** `append` only copies into the map; [`Nvbuf::sync_to`]
-//! msyncs (memmap2 `flush_range`) everything appended so far, shared by all
-//! concurrent callers (group commit). The msync goes through a second
-//! mapping of the file that is never written through ([`Flusher`]), so appends continue
+//! **Durability.** `append` only copies into the file (positional writes
+//! into the page cache the map reads; see [`MmapStore`] for why not through
+//! the map); [`Nvbuf::sync_to`] makes everything appended so far durable
+//! with one fdatasync shared by all concurrent callers (group commit). The
+//! flush goes through a handle of its own ([`Flusher`]), so appends continue
 //! while it runs and the next flush covers all of them. `release_through` frees records in
 //! memory; the freed space is reused only after a superblock carrying the new
 //! tail is durable (written lazily: when an appender needs the space, or by a

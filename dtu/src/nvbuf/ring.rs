@@ -1,7 +1,7 @@
 //! The live ring: [`Nvbuf`] with append, group-commit `sync_to`, release,
 //! read-back, backpressure and statistics, plus create / open (which runs the
 //! recovery scan). Locking: the store sits in a `RwLock` (appends and
-//! superblock writes copy under the write lock; msync and reads run under the
+//! superblock writes copy under the write lock; flushes and reads run under the
 //! read lock), bookkeeping in a `Mutex` taken after it, and superblock updates
 //! are serialised by their own mutex taken before both.
 
@@ -573,7 +573,7 @@ impl<S: NvStore> Nvbuf<S> {
         res.map_err(io(&self.label, "flush"))
     }
 
-    /// msync a byte range of the store; appends continue meanwhile when the
+    /// Makes a byte range of the store durable; appends continue meanwhile when the
     /// store has a detached flusher.
     fn flush(&self, off: usize, len: usize) -> std::io::Result<()> {
         match &self.flusher {

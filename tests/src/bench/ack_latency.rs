@@ -62,7 +62,9 @@ fn nbdkit_qd1(dir: &Path, ops: u32, flush: bool) -> Result<Fio> {
     let mut a = fio_nbd("nbdkit", &kit.uri());
     a.extend(qd1("nbdkit", ops).into_iter().skip(1));
     if flush {
-        a.push("--fdatasync=1".into());
+        // fio's nbd engine turns fsync into NBD_CMD_FLUSH and refuses
+        // fdatasync (EINVAL): NBD has one flush.
+        a.push("--fsync=1".into());
     }
     let r = fio(&a, dir, Duration::from_secs(300))?;
     Ok(match r.sync {
