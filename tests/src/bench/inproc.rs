@@ -270,6 +270,7 @@ impl InprocPair {
 /// A pool of pre-generated blocks handed out round-robin, so that
 /// generating data costs nothing during a measurement (`Bytes` clones
 /// share the buffer).
+#[derive(Clone)]
 pub struct Blocks {
     blocks: Vec<Bytes>,
     next: usize,

@@ -160,6 +160,42 @@ fn nbdkit_run(size: u64) -> Result<Run> {
     })
 }
 
+/// Encode + decode throughput (bytes/s of plaintext) of `threads` threads
+/// doing what the primary's encode workers and the remote's decode workers
+/// do to 64 KiB chunks (crc32, snap when `compress`, XChaCha20-Poly1305),
+/// with nothing else of the pipeline around them: how the worker pools
+/// themselves scale when cores are free.
+fn codec_rate(threads: usize, bytes_per_thread: u64, compress: bool, seed: u64) -> f64 {
+    use dtu_proto::codec::{decode_chunk, encode_chunk, ChunkId, EncodeOptions, Key};
+    let key = Key::from_bytes(&[7; 32]);
+    let blocks = super::inproc::Blocks::new(64 << 10, 2.0, 16, seed);
+    let chunks = (bytes_per_thread / (64 << 10)).max(1);
+    let t0 = Instant::now();
+    std::thread::scope(|sc| {
+        for t in 0..threads {
+            let (key, mut blocks) = (&key, blocks.clone());
+            sc.spawn(move || {
+                let opts = EncodeOptions {
+                    compress,
+                    key: Some(key),
+                };
+                for i in 0..chunks {
+                    let id = ChunkId {
+                        epoch: 1,
+                        seq: (t as u64) << 32 | i,
+                        index: 0,
+                    };
+                    let plain = blocks.next_block();
+                    let enc = encode_chunk(&plain, id, i << 16, &opts);
+                    let back = decode_chunk(&enc, id, i << 16, Some(key)).expect("decodes");
+                    assert_eq!(back.len(), plain.len());
+                }
+            });
+        }
+    });
+    (threads as u64 * chunks * (64 << 10)) as f64 / t0.elapsed().as_secs_f64()
+}
+
 pub fn run(o: &Opts) -> Result<Report> {
     let mut r = Report::new("throughput-unlimited", o.quick);
     let size: u64 = o.pick(1 << 30, 128 << 20);
@@ -226,6 +262,34 @@ pub fn run(o: &Opts) -> Result<Report> {
             ));
         }
     }
+    let per_thread: u64 = o.pick(512 << 20, 64 << 20);
+    let mut ct = Table::new(
+        "encode + decode of 64 KiB chunks alone (crc32, XChaCha20-Poly1305, snap when on), 1 and 2 threads",
+        &["compression", "1 thread MB/s", "2 threads MB/s", "scaling"],
+    );
+    let mut codec = Vec::new();
+    for c in [false, true] {
+        let one = codec_rate(1, per_thread, c, o.seed);
+        let two = codec_rate(2, per_thread, c, o.seed);
+        let sc = two / one;
+        ct.row(vec![
+            if c { "on" } else { "off" }.into(),
+            f(one / 1e6, 0),
+            f(two / 1e6, 0),
+            format!("{sc:.2} ×"),
+        ]);
+        r.target(Target::new(
+            format!(
+                "compression {}: codec workers alone, 1 → 2 threads",
+                if c { "on" } else { "off" }
+            ),
+            "≥ 1.6 ×",
+            format!("{sc:.2} ×"),
+            sc >= 1.6,
+        ));
+        codec.push(json!({ "compress": c, "one_thread_bytes_s": one, "two_threads_bytes_s": two, "scaling": sc }));
+    }
+    r.tables.push(ct);
     r.note(format!(
         "This machine has {} cores shared by fio, the primary, the remote and (for the baseline) \
          nbdkit, plus other work: a second worker can only help while a core is idle.",
@@ -267,6 +331,6 @@ pub fn run(o: &Opts) -> Result<Report> {
             digits: Some(0),
         },
     )?;
-    r.data = json!({ "runs": runs, "nbdkit": kit });
+    r.data = json!({ "runs": runs, "nbdkit": kit, "codec_scaling": codec });
     Ok(r)
 }
