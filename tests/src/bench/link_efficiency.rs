@@ -63,8 +63,10 @@ const CASES: &[Case] = &[
         lossy: false,
     },
     Case {
+        // Loss-based cubic runs at a tenth of the line here: 64 MiB keeps
+        // it to about a minute.
         preset: "lossy-wan",
-        full: 256 * MIB,
+        full: 64 * MIB,
         quick: 32 * MIB,
         lossy: true,
     },
@@ -105,7 +107,9 @@ pub fn transfer(pair: &InprocPair, bytes: u64, ratio: f64, seed: u64) -> Result<
     let cpu0 = own_cpu_seconds();
     let ideal = bytes as f64 * 8.0 / ratio / line_bps;
     let w = write_stream(pair.primary(), &mut blocks, bytes, 64)?;
-    let limit = Duration::from_secs_f64((ideal * 10.0).max(90.0));
+    // Generous: a loss-based controller on a lossy link runs far below
+    // the line, and that is a result to report, not a reason to fail.
+    let limit = Duration::from_secs_f64((ideal * 40.0).max(120.0));
     let done = pair.wait_stored(w.last_seq, limit)?;
     let cpu = own_cpu_seconds() - cpu0;
     let after = pair.relay_stats().expect("a relay");
@@ -170,7 +174,7 @@ pub fn run(o: &Opts) -> Result<Report> {
                 tcp: true,
                 seed: o.seed,
                 volume_size: bytes.clamp(64 * MIB, 1024 * MIB),
-                nvbuf_size: (bytes + 16 * MIB).min(256 * MIB),
+                nvbuf_size: (bytes + 16 * MIB).min(1024 * MIB),
                 congestion,
                 ..PairConfig::default()
             })

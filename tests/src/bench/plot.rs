@@ -133,6 +133,19 @@ pub fn lines(prefix: &Path, l: &Lines) -> Result<()> {
     both(prefix, h, |r| draw_lines(r, l), |r| draw_lines(r, l))
 }
 
+/// A white page with `title` on top; the area under the title.
+fn canvas<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+) -> std::result::Result<DrawingArea<DB, Shift>, String>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    root.titled(title, ("sans-serif", 22)).map_err(e)
+}
+
 fn draw_bars<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     b: &Bars,
@@ -141,8 +154,7 @@ where
     DB::ErrorType: 'static,
 {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
-    root.fill(&WHITE).map_err(e)?;
-    let area = root.titled(&b.title, ("sans-serif", 22)).map_err(e)?;
+    let area = canvas(root, &b.title)?;
     let n = b.categories.len().max(1);
     let m = b.series.len().max(1);
     let values = b
@@ -255,8 +267,7 @@ where
     DB::ErrorType: 'static,
 {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
-    root.fill(&WHITE).map_err(e)?;
-    let area = root.titled(&l.title, ("sans-serif", 22)).map_err(e)?;
+    let area = canvas(root, &l.title)?;
     let panels = area.split_evenly((l.panels.len().max(1), 1));
     let t_max = l
         .panels
