@@ -65,9 +65,17 @@ impl Pair {
 
     fn primary(&self, remote_port: u16, policy: AckPolicy, peer_id: &Identity) -> Primary {
         Primary::start(PrimaryOptions {
+            peer: peer_id.fingerprint(),
+            ..self.primary_options(remote_port, policy)
+        })
+        .unwrap()
+    }
+
+    fn primary_options(&self, remote_port: u16, policy: AckPolicy) -> PrimaryOptions {
+        PrimaryOptions {
             volume: self.volume.clone(),
             identity: self.primary_id.clone(),
-            peer: peer_id.fingerprint(),
+            peer: self.remote_id.fingerprint(),
             remote: format!("127.0.0.1:{remote_port}").parse().unwrap(),
             server_name: "dtu-remote".into(),
             tuning: tuning(),
@@ -80,8 +88,7 @@ impl Pair {
             policy,
             local: None,
             read_timeout: Duration::from_secs(10),
-        })
-        .unwrap()
+        }
     }
 
     fn replica(&self) -> Vec<u8> {
@@ -246,4 +253,83 @@ fn a_wrong_certificate_is_refused_and_writes_nothing() {
     );
     assert!(Path::new(&pair.dir.path().join("replica.img")).exists());
     drop(remote);
+}
+
+/// Host connections racing on the same blocks: the local copy and the
+/// replica must end in the same state, because the local copy sees the
+/// writes in the order of their seqs, which is the order the replica
+/// applies them in. Each round starts all threads at once on a fresh block,
+/// so every block's final contents come from one race.
+#[test]
+fn racing_overlapping_writes_leave_the_local_copy_equal_to_the_replica() {
+    const THREADS: usize = 8;
+    const BLOCK: usize = 128 << 10;
+    const ROUNDS: usize = SIZE as usize / BLOCK;
+    let pair = Pair::new(true);
+    let port = free_udp_port();
+    let remote = pair.remote(port);
+    let local = pair.dir.path().join("local.img");
+    let policy = AckPolicy {
+        dirty_threshold: 0.0,
+        ..AckPolicy::default()
+    };
+    let primary = Primary::start(PrimaryOptions {
+        local: Some(local.clone()),
+        ..pair.primary_options(port, policy)
+    })
+    .unwrap();
+    let barrier = std::sync::Barrier::new(THREADS);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // A monitor polling the status keeps the primary's state lock busy,
+        // so writers that finished their local write queue up for their seq
+        // in whatever order the lock hands it out.
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = primary.status();
+            }
+        });
+        for t in 0..THREADS {
+            let (primary, barrier) = (&primary, &barrier);
+            s.spawn(move || {
+                let mut pending = Vec::new();
+                for round in 0..ROUNDS {
+                    let data = Bytes::from(vec![(round * THREADS + t) as u8; BLOCK]);
+                    barrier.wait();
+                    pending.push(primary.write((round * BLOCK) as u64, data).unwrap());
+                }
+                for p in pending {
+                    p.wait().unwrap();
+                }
+            });
+        }
+        s.spawn(|| {
+            barrier_done(&primary, ROUNDS * THREADS);
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    });
+    primary.flush().unwrap().wait().unwrap();
+    wait_for("the replica to catch up", Duration::from_secs(60), || {
+        stored_everything(&primary)
+    });
+    let local_bytes = std::fs::read(&local).unwrap();
+    let replica = pair.replica();
+    assert_eq!(local_bytes.len(), replica.len());
+    if let Some(i) = local_bytes.iter().zip(&replica).position(|(a, b)| a != b) {
+        panic!(
+            "local copy and replica differ at byte {i}: local {:#04x}, replica {:#04x}",
+            local_bytes[i], replica[i]
+        );
+    }
+    drop(primary);
+    drop(remote);
+}
+
+/// Waits until `writes` writes have been answered.
+fn barrier_done(p: &Primary, writes: usize) {
+    wait_for(
+        "every racing write to be answered",
+        Duration::from_secs(120),
+        || matches!(p.status(), dtu::status::Status::Primary(s) if s.writes as usize >= writes && s.highest_seq == s.buffered_seq),
+    );
 }

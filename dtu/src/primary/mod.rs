@@ -168,6 +168,8 @@ pub struct Primary {
     core: Arc<Core>,
     ingest: Ingest,
     local: Option<FileReplica>,
+    /// Held while a write gets its seq and reaches the local copy.
+    local_order: std::sync::Mutex<()>,
     volume: Volume,
     epoch: u32,
     runtime: Option<tokio::runtime::Runtime>,
@@ -329,6 +331,7 @@ impl Primary {
             core,
             ingest,
             local,
+            local_order: std::sync::Mutex::new(()),
             volume: opts.volume,
             epoch,
             runtime: None,
@@ -353,18 +356,41 @@ impl Primary {
         }
     }
 
+    /// Gives a write or trim its seq and applies it to the local copy as one
+    /// step, so the local copy sees writes in seq order, the order the
+    /// replica applies them in: two overlapping writes racing from two host
+    /// connections then end the same way on both copies. A local copy that
+    /// fails after the seq is given would differ from the replica for good,
+    /// so the primary stops.
+    fn in_order(
+        &self,
+        kind: OpKind,
+        bytes: u64,
+        apply: impl FnOnce(&FileReplica) -> std::io::Result<()>,
+    ) -> Result<(Seq, oneshot::Receiver<Result<Answer, PrimaryError>>), PrimaryError> {
+        let Some(local) = &self.local else {
+            return self.core.submit(kind, bytes);
+        };
+        let _order = self.local_order.lock().unwrap_or_else(|p| p.into_inner());
+        let (seq, rx) = self.core.submit(kind, bytes)?;
+        if let Err(e) = apply(local) {
+            let why = format!(
+                "the local copy failed at seq {seq} ({e}): it no longer matches the stream the replica gets"
+            );
+            tracing::error!("{why}; the primary stops accepting writes");
+            self.core.fail(why.clone());
+            return Err(PrimaryError::Local(why));
+        }
+        Ok((seq, rx))
+    }
+
     /// Mirrors a write. Blocks only while the pipeline is full
     /// (backpressure); the returned [`Pending`] resolves when the write is
     /// answered.
     pub fn write(&self, offset: u64, data: Bytes) -> Result<Pending, PrimaryError> {
         self.check_range(offset, data.len() as u64)?;
-        if let Some(local) = &self.local {
-            local
-                .write_at(offset, &data)
-                .map_err(|e| PrimaryError::Local(e.to_string()))?;
-        }
         let len = data.len() as u64;
-        let (seq, rx) = self.core.submit(OpKind::Write, len)?;
+        let (seq, rx) = self.in_order(OpKind::Write, len, |local| local.write_at(offset, &data))?;
         self.core
             .counters
             .plain_bytes
@@ -405,12 +431,7 @@ impl Primary {
     /// Discards a range; the replica reads it back as zeros.
     pub fn trim(&self, offset: u64, len: u64) -> Result<Pending, PrimaryError> {
         self.check_range(offset, len)?;
-        if let Some(local) = &self.local {
-            local
-                .trim(offset, len)
-                .map_err(|e| PrimaryError::Local(e.to_string()))?;
-        }
-        let (seq, rx) = self.core.submit(OpKind::Trim, 0)?;
+        let (seq, rx) = self.in_order(OpKind::Trim, 0, |local| local.trim(offset, len))?;
         let frame = Frame::Trim(Trim {
             seq,
             epoch: self.epoch,
