@@ -333,3 +333,55 @@ fn barrier_done(p: &Primary, writes: usize) {
         || matches!(p.status(), dtu::status::Status::Primary(s) if s.writes as usize >= writes && s.highest_seq == s.buffered_seq),
     );
 }
+
+/// Two sides holding different volume keys refuse each other at connect,
+/// with a message on both sides, instead of refusing every chunk forever;
+/// and a primary refused right after connecting backs off instead of
+/// reconnecting every 100 ms.
+#[test]
+fn different_volume_keys_are_refused_at_connect_and_the_primary_backs_off() {
+    let pair = Pair::new(true);
+    let port = free_udp_port();
+    let remote = pair.remote(port);
+    let other_key = Pair {
+        volume: Volume {
+            key: Some([6; 32]),
+            ..pair.volume.clone()
+        },
+        dir: tempfile::tempdir().unwrap(),
+        primary_id: pair.primary_id.clone(),
+        remote_id: pair.remote_id.clone(),
+    };
+    let primary = other_key.primary(port, AckPolicy::default(), &pair.remote_id);
+    let w = primary.write(0, Bytes::from(vec![0xee; 4096])).unwrap();
+    let watch = Duration::from_secs(7);
+    std::thread::sleep(watch);
+    let dtu::status::Status::Primary(p) = primary.status() else {
+        panic!()
+    };
+    let detail = p.connection_detail.clone().unwrap_or_default();
+    assert!(
+        p.connection == "refused" && detail.contains("volume keys differ"),
+        "the primary says why it is refused: {} {detail:?}",
+        p.connection
+    );
+    let dtu::status::Status::Remote(r) = remote.status() else {
+        panic!()
+    };
+    let refusal = r.last_refusal.clone().unwrap_or_default();
+    assert!(
+        refusal.contains("volume keys differ"),
+        "the remote says why it refused: {refusal:?}"
+    );
+    // 100, 200, 400, 800, 1600, 3200 ms (+-25 %) fit in 7 s: at most about
+    // eight attempts; resetting after every refusal made it about 60.
+    assert!(
+        (1..=10).contains(&r.refused),
+        "{} connection attempts in {watch:?}",
+        r.refused
+    );
+    assert_eq!(r.applied_seq, 0, "nothing was applied");
+    drop(w);
+    drop(primary);
+    drop(remote);
+}

@@ -14,7 +14,7 @@ fn main() -> std::io::Result<()> {
     let key = Key::from_bytes(&[3; 32]);
     let mut frames = vec![
         Frame::Hello(Hello {
-            version: 1,
+            version: dtu_proto::PROTOCOL_VERSION,
             role: Role::Primary,
             volume_id: [1; 16],
             volume_size: 1 << 30,
@@ -22,6 +22,8 @@ fn main() -> std::io::Result<()> {
             features: 3,
             epoch: 2,
             stored_seq: 9,
+            key_fingerprint: 0x0123_4567_89ab_cdef,
+            flags: 0,
         }),
         Frame::Flush(Flush { seq: 4, epoch: 1 }),
         Frame::Trim(Trim {

@@ -97,6 +97,7 @@ pub struct EncodedChunk {
 pub struct Key {
     cipher: XChaCha20Poly1305,
     id: u32,
+    fingerprint: u64,
 }
 
 impl std::fmt::Debug for Key {
@@ -120,12 +121,24 @@ impl Key {
             )
             .expect("sealing an empty message cannot fail");
         let id = u32::from_be_bytes([probe[0], probe[1], probe[2], probe[3]]);
-        Key { cipher, id }
+        let fingerprint = u64::from_be_bytes(probe[0..8].try_into().expect("the tag is 16 bytes"));
+        Key {
+            cipher,
+            id,
+            fingerprint,
+        }
     }
 
     /// A short public fingerprint of the key, carried in every sealed chunk.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// A longer public fingerprint (never 0), compared by the two DTUs at
+    /// connect so that a pair holding different keys refuses to start
+    /// instead of refusing every chunk.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint.max(1)
     }
 }
 

@@ -92,6 +92,24 @@ pub struct Hello {
     /// (recovered from its nvbuf); its new writes start after it. The remote
     /// refuses a new epoch that would reuse seqs it already holds.
     pub stored_seq: Seq,
+    /// [`crate::codec::Key::fingerprint`] of the volume key, 0 without one:
+    /// the two sides must hold the same key (or both none).
+    pub key_fingerprint: u64,
+    /// See [`hello_flags`].
+    pub flags: u32,
+}
+
+/// Bits of [`Hello::flags`].
+pub mod hello_flags {
+    /// From the primary: answered writes were lost on its side (a damaged
+    /// nvbuf whose loss the operator accepted), so the replica may lack
+    /// writes the host was told are safe; the remote records itself as
+    /// inconsistent until a resync or verify clears it.
+    pub const LOST_WRITES: u32 = 1;
+    /// From the remote: its replica is marked inconsistent.
+    pub const INCONSISTENT: u32 = 2;
+    /// Every bit this version knows.
+    pub const KNOWN: u32 = LOST_WRITES | INCONSISTENT;
 }
 
 /// One chunk of one mirrored write.
@@ -232,7 +250,7 @@ pub enum Frame {
     ReadResponse(ReadResponse),
 }
 
-const HELLO_LEN: usize = 1 + 1 + 16 + 8 + 4 + 4 + 4 + 8;
+const HELLO_LEN: usize = 1 + 1 + 16 + 8 + 4 + 4 + 4 + 8 + 8 + 4;
 const WRITE_FIXED: usize = 8 + 4 + 4 + 4 + 8 + 1 + 4 + 4 + 4;
 const FLUSH_LEN: usize = 8 + 4;
 const TRIM_LEN: usize = 8 + 4 + 8 + 8;
@@ -321,6 +339,8 @@ impl Frame {
                 out.put_u32(h.features);
                 out.put_u32(h.epoch);
                 out.put_u64(h.stored_seq);
+                out.put_u64(h.key_fingerprint);
+                out.put_u32(h.flags);
             }
             Frame::Write(w) => {
                 out.put_u64(w.id.seq);
@@ -592,7 +612,12 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 features: b.u32()?,
                 epoch: b.u32()?,
                 stored_seq: b.u64()?,
+                key_fingerprint: b.u64()?,
+                flags: b.u32()?,
             };
+            if hello.flags & !hello_flags::KNOWN != 0 {
+                return Err(b.malformed("unknown hello flags"));
+            }
             b.done()?;
             Frame::Hello(hello)
         }

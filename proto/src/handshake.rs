@@ -18,6 +18,8 @@ pub enum HandshakeError {
     Size { ours: u64, theirs: u64 },
     #[error("peer's block size is {theirs}, this side's {ours}")]
     BlockSize { ours: u32, theirs: u32 },
+    #[error("{}", key_mismatch(*.ours, *.theirs))]
+    Key { ours: u64, theirs: u64 },
     #[error("primary epoch {theirs} is older than epoch {seen} already seen: a stale primary")]
     StaleEpoch { seen: u32, theirs: u32 },
     #[error(
@@ -34,7 +36,8 @@ impl HandshakeError {
             HandshakeError::SameRole(_) => GoodbyeReason::RoleMismatch,
             HandshakeError::Volume { .. }
             | HandshakeError::Size { .. }
-            | HandshakeError::BlockSize { .. } => GoodbyeReason::VolumeMismatch,
+            | HandshakeError::BlockSize { .. }
+            | HandshakeError::Key { .. } => GoodbyeReason::VolumeMismatch,
             HandshakeError::StaleEpoch { .. } | HandshakeError::PrimaryBehind { .. } => {
                 GoodbyeReason::StaleEpoch
             }
@@ -48,6 +51,22 @@ impl HandshakeError {
             message: self.to_string(),
         }
     }
+}
+
+fn key_mismatch(ours: u64, theirs: u64) -> String {
+    let name = |fp: u64| {
+        if fp == 0 {
+            "no volume key".to_string()
+        } else {
+            format!("volume key {fp:016x}")
+        }
+    };
+    format!(
+        "the volume keys differ: this side has {}, the peer {}; both sides need the same \
+         volume.key file (or both none), or every write would be refused",
+        name(ours),
+        name(theirs)
+    )
 }
 
 /// Hex form of a volume id, for messages and config files.
@@ -81,6 +100,12 @@ pub fn check(ours: &Hello, theirs: &Hello) -> Result<(), HandshakeError> {
         return Err(HandshakeError::BlockSize {
             ours: ours.block_size,
             theirs: theirs.block_size,
+        });
+    }
+    if theirs.key_fingerprint != ours.key_fingerprint {
+        return Err(HandshakeError::Key {
+            ours: ours.key_fingerprint,
+            theirs: theirs.key_fingerprint,
         });
     }
     Ok(())

@@ -33,7 +33,7 @@ pub type Epoch = u32;
 pub type VolumeId = [u8; 16];
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 pub use chunk::{ChunkPlan, DEFAULT_CHUNK_SIZE};
 pub use codec::{decode_chunk, encode_chunk, ChunkId, CodecError, EncodedChunk, Key};

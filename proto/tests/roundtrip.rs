@@ -27,17 +27,23 @@ fn data() -> impl Strategy<Value = Vec<u8>> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     let hello = (
-        any::<u8>(),
-        prop_oneof![Just(Role::Primary), Just(Role::Remote)],
-        any::<[u8; 16]>(),
-        any::<u64>(),
-        any::<u32>(),
-        any::<u32>(),
-        any::<u32>(),
-        any::<u64>(),
+        (
+            any::<u8>(),
+            prop_oneof![Just(Role::Primary), Just(Role::Remote)],
+            any::<[u8; 16]>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+        ),
+        (any::<u64>(), 0..=dtu_proto::frame::hello_flags::KNOWN),
     )
         .prop_map(
-            |(version, role, volume_id, volume_size, block_size, features, epoch, stored_seq)| {
+            |(
+                (version, role, volume_id, volume_size, block_size, features, epoch, stored_seq),
+                (key_fingerprint, flags),
+            )| {
                 Frame::Hello(Hello {
                     version,
                     role,
@@ -47,6 +53,8 @@ fn frame() -> impl Strategy<Value = Frame> {
                     features,
                     epoch,
                     stored_seq,
+                    key_fingerprint,
+                    flags,
                 })
             },
         );

@@ -618,6 +618,8 @@ impl World {
             features: 0,
             epoch,
             stored_seq,
+            key_fingerprint: 0,
+            flags: 0,
         };
         let ours = hello(Role::Remote, r.epoch_seen, r.synced);
         let theirs = hello(Role::Primary, p.sender.epoch(), p.carried_over);

@@ -308,6 +308,12 @@ impl Primary {
             features: feats,
             epoch,
             stored_seq: carried_over,
+            key_fingerprint: opts
+                .volume
+                .key
+                .as_ref()
+                .map_or(0, |k| Key::from_bytes(k).fingerprint()),
+            flags: 0,
         };
         let params = session::SessionParams {
             endpoint: endpoint.clone(),

@@ -51,6 +51,10 @@ enum SessionEnd {
     Shutdown,
 }
 
+/// How long a session must last for the next reconnect to start again from
+/// the shortest wait.
+pub(crate) const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
 /// Keeps a session up until shutdown.
 pub(crate) async fn run(core: Arc<Core>, params: SessionParams) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -63,6 +67,7 @@ pub(crate) async fn run(core: Arc<Core>, params: SessionParams) {
         };
         match conn {
             Ok(conn) => {
+                let began = Instant::now();
                 let end = session(&core, &params, conn.clone()).await;
                 let now = Instant::now();
                 {
@@ -91,8 +96,13 @@ pub(crate) async fn run(core: Arc<Core>, params: SessionParams) {
                     }
                 }
                 conn.close(1u32.into(), b"session ended");
-                // A session that lasted a while was a success: retry soon.
-                backoff.reset();
+                // Only a session that stayed up a while proves the remote
+                // is fine: one that accepts and then refuses at once (a key
+                // or volume mismatch, a remote that cannot apply) must not
+                // be hammered every 100 ms.
+                if began.elapsed() >= HEALTHY_SESSION {
+                    backoff.reset();
+                }
             }
             Err(e) => {
                 tracing::debug!("connect to {} failed: {e}", params.remote);

@@ -199,6 +199,12 @@ impl Remote {
             features: feats,
             epoch: resume.epoch_seen,
             stored_seq: resume.stored,
+            key_fingerprint: opts
+                .volume
+                .key
+                .as_ref()
+                .map_or(0, |k| Key::from_bytes(k).fingerprint()),
+            flags: 0,
         };
         let (apply_tx, apply_rx) = crossbeam_channel::bounded(1);
         let (applied, _) = watch::channel(resume.stored);
