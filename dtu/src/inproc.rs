@@ -57,6 +57,7 @@ impl PairSetup {
             replica: dir.join("replica.img"),
             state: dir.join("replica.img.state"),
             workers: 2,
+            adopt_replica: false,
         }
     }
 
@@ -85,6 +86,7 @@ impl PairSetup {
             policy,
             local: Some(dir.join("source.img")),
             read_timeout: Duration::from_secs(30),
+            accept_nvbuf_loss: false,
         }
     }
 }

@@ -258,6 +258,9 @@ pub struct RemoteStatus {
     /// False after a machine crash until the replay passes `inconsistent_until`.
     pub consistent: bool,
     pub inconsistent_until: Option<u64>,
+    /// Why the replica cannot be trusted (empty when consistent).
+    #[serde(default)]
+    pub inconsistent_reasons: Vec<String>,
     pub received_seq: u64,
     pub applied_seq: u64,
     pub stored_seq: u64,

@@ -59,6 +59,7 @@ impl Pair {
             replica: self.dir.path().join("replica.img"),
             state: self.dir.path().join("replica.state"),
             workers: 2,
+            adopt_replica: false,
         })
         .unwrap()
     }
@@ -88,6 +89,7 @@ impl Pair {
             policy,
             local: None,
             read_timeout: Duration::from_secs(10),
+            accept_nvbuf_loss: false,
         }
     }
 
@@ -382,6 +384,88 @@ fn different_volume_keys_are_refused_at_connect_and_the_primary_backs_off() {
     );
     assert_eq!(r.applied_seq, 0, "nothing was applied");
     drop(w);
+    drop(primary);
+    drop(remote);
+}
+
+/// Bytes flipped in the middle of the nvbuf while the primary was down:
+/// the primary refuses to start and names what is lost; with
+/// `accept_nvbuf_loss` it starts on the intact prefix, and the remote
+/// records (durably) that its replica may lack answered writes.
+#[test]
+fn a_damaged_nvbuf_refuses_to_start_and_an_accepted_loss_marks_the_replica() {
+    let pair = Pair::new(true);
+    let port = free_udp_port();
+    // No remote yet: everything stays in the nvbuf, answered at buffered.
+    let policy = AckPolicy {
+        trigger: Trigger::Buffered,
+        dirty_threshold: 0.0,
+        ..AckPolicy::default()
+    };
+    let primary = pair.primary(port, policy, &pair.remote_id);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    for i in 0..40u64 {
+        let data: Vec<u8> = (0..4096).map(|_| rng.gen()).collect();
+        primary
+            .write(i * 4096, Bytes::from(data))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    primary.shutdown();
+    let nvbuf = pair.dir.path().join("primary.nvbuf");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&nvbuf)
+            .unwrap();
+        let at = dtu::nvbuf::format::RING_OFFSET as u64 + 20 * 4400;
+        let mut b = [0u8; 4];
+        f.read_exact_at(&mut b, at).unwrap();
+        for x in &mut b {
+            *x ^= 0x5a;
+        }
+        f.write_all_at(&b, at).unwrap();
+    }
+    let start = |accept: bool| {
+        Primary::start(PrimaryOptions {
+            accept_nvbuf_loss: accept,
+            ..pair.primary_options(port, policy)
+        })
+    };
+    let e = start(false).err().expect("a damaged nvbuf must not start");
+    let text = e.to_string();
+    assert!(
+        text.contains("cannot be recovered") && text.contains("--accept-nvbuf-loss"),
+        "{text}"
+    );
+    let primary = start(true).expect("an accepted loss starts");
+    let remote = pair.remote(port);
+    wait_for("the replica to catch up", Duration::from_secs(30), || {
+        stored_everything(&primary)
+    });
+    let dtu::status::Status::Remote(r) = remote.status() else {
+        panic!()
+    };
+    assert!(!r.consistent, "the replica may lack answered writes");
+    assert!(
+        r.inconsistent_reasons
+            .iter()
+            .any(|x| x.contains("lost answered writes")),
+        "{:?}",
+        r.inconsistent_reasons
+    );
+    drop(primary);
+    drop(remote);
+    // Recorded durably on the remote, and reported once by the primary.
+    let remote = pair.remote(port);
+    let dtu::status::Status::Remote(r) = remote.status() else {
+        panic!()
+    };
+    assert!(!r.consistent, "the mark survives a restart");
+    let primary = start(false).expect("the loss was accepted and reported");
     drop(primary);
     drop(remote);
 }

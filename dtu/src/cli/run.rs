@@ -44,6 +44,12 @@ pub struct PrimaryArgs {
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9101.
     #[arg(long)]
     pub metrics: Option<String>,
+    /// Start even though the nvbuf lost records that had been made durable
+    /// (writes the host was told are safe): keep the intact prefix, and
+    /// mark the replica as possibly lacking the lost writes. Without it,
+    /// such an nvbuf refuses to start and says what it lost.
+    #[arg(long)]
+    pub accept_nvbuf_loss: bool,
 }
 
 /// `dtu remote`.
@@ -61,6 +67,12 @@ pub struct RemoteArgs {
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     pub metrics: Option<String>,
+    /// Use the replica even though it is not the one its state file
+    /// describes (another file, another size, or changed while the remote
+    /// was stopped): it is marked inconsistent until a resync or verify
+    /// proves it. Without it, such a replica refuses to start.
+    #[arg(long)]
+    pub adopt_replica: bool,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -192,10 +204,9 @@ pub fn primary(a: PrimaryArgs) -> Result<()> {
     }
     let metrics = a.metrics.or(cfg.metrics.map(|m| m.to_string()));
     let rt = runtime()?;
-    let primary = Arc::new(Primary::start_on(
-        PrimaryOptions::from_config(&cfg)?,
-        rt.handle().clone(),
-    )?);
+    let mut opts = PrimaryOptions::from_config(&cfg)?;
+    opts.accept_nvbuf_loss = a.accept_nvbuf_loss;
+    let primary = Arc::new(Primary::start_on(opts, rt.handle().clone())?);
     let export: Arc<dyn Export> = Arc::new(PrimaryExport::new(primary.clone()));
     let result = rt.block_on(async {
         let (tasks, stop) = serve_admin_and_nbd(
@@ -232,10 +243,9 @@ pub fn primary(a: PrimaryArgs) -> Result<()> {
 pub fn remote(a: RemoteArgs) -> Result<()> {
     let cfg = RemoteConfig::load(&a.config)?;
     let rt = runtime()?;
-    let remote = Arc::new(Remote::start_on(
-        RemoteOptions::from_config(&cfg)?,
-        rt.handle().clone(),
-    )?);
+    let mut opts = RemoteOptions::from_config(&cfg)?;
+    opts.adopt_replica = a.adopt_replica;
+    let remote = Arc::new(Remote::start_on(opts, rt.handle().clone())?);
     let metrics = a.metrics.or(cfg.metrics.map(|m| m.to_string()));
     let tcp = a.export_ro.or(cfg.nbd_tcp.map(|x| x.to_string()));
     let unix = a.export_ro_unix.or(cfg.nbd_unix.clone());

@@ -31,6 +31,13 @@ pub enum NvbufError {
         "nvbuf file is {actual} bytes but its superblock says {expected} (truncated or resized?)"
     )]
     SizeMismatch { actual: u64, expected: u64 },
+    #[error("nvbuf {path}: {loss}{}", recovered_text(recovered))]
+    Lost {
+        path: PathBuf,
+        /// The intact prefix that can be kept (first and last seq).
+        recovered: Option<(Seq, Seq)>,
+        loss: Box<super::Loss>,
+    },
     #[error("epoch counter exhausted")]
     EpochExhausted,
     #[error("record out of order: expected {expected}, got seq {seq} chunk {chunk_index}")]
@@ -55,4 +62,11 @@ pub enum NvbufError {
     NotFound { seq: Seq },
     #[error("cannot sync to log position {lsn}: only {head} bytes have been appended")]
     BeyondHead { lsn: u64, head: u64 },
+}
+
+fn recovered_text(r: &Option<(Seq, Seq)>) -> String {
+    match r {
+        Some((a, b)) => format!("; the intact prefix holds seqs {a}..={b}"),
+        None => "; no intact records precede the loss".into(),
+    }
 }

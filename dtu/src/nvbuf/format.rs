@@ -5,13 +5,21 @@
 
 /// Magic at the start of each superblock slot.
 pub const SB_MAGIC: [u8; 8] = *b"DTUNVBUF";
-/// The only on-disk format version this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format version this code writes. Version 1 (no metadata
+/// area, no durable frontier in records) is still read.
+pub const FORMAT_VERSION: u32 = 2;
+/// The older version this code still opens.
+pub const FORMAT_VERSION_1: u32 = 1;
 /// Bytes reserved for each of the two superblock slots (one page each, so a
 /// torn page can only ever damage one slot).
 pub const SB_SLOT_LEN: usize = 4096;
+/// Bytes of a superblock slot that carry data in version 1.
+pub const SB_LEN_V1: usize = 128;
+/// Bytes of the metadata area the nvbuf keeps for its owner (the primary's
+/// generations and flags), written atomically with the superblock.
+pub const META_LEN: usize = 256;
 /// Bytes of a superblock slot that carry data (the rest stays zero).
-pub const SB_LEN: usize = 128;
+pub const SB_LEN: usize = SB_LEN_V1 + META_LEN;
 /// Offset of the ring: right after the two superblock slots.
 pub const RING_OFFSET: usize = 2 * SB_SLOT_LEN;
 /// Length of a record header and of a wrap marker.
@@ -46,6 +54,12 @@ pub struct Superblock {
     pub next_seq: u64,
     /// First seq this nvbuf was created with.
     pub base_seq: u64,
+    /// Everything below this lsn was durable when the superblock was
+    /// written (0 in version 1): evidence recovery weighs against damage.
+    pub durable_lsn: u64,
+    /// The owner's metadata (see [`super::Nvbuf::set_meta`]); zeros in a
+    /// version-1 file.
+    pub meta: [u8; META_LEN],
 }
 
 /// Why a superblock slot could not be used.
@@ -80,10 +94,10 @@ fn get_u64(b: &[u8], off: usize) -> u64 {
 
 /// The crc of a superblock covers everything but its own field (bytes 12..16),
 /// so magic, version and crc sit at the same place in every format version.
-fn sb_crc(b: &[u8]) -> u32 {
+fn sb_crc(b: &[u8], len: usize) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&b[0..12]);
-    h.update(&b[16..SB_LEN]);
+    h.update(&b[16..len]);
     h.finalize()
 }
 
@@ -104,22 +118,39 @@ impl Superblock {
         put_u64(&mut b, 88, self.head_lsn);
         put_u64(&mut b, 96, self.next_seq);
         put_u64(&mut b, 104, self.base_seq);
-        let crc = sb_crc(&b);
+        put_u64(&mut b, 112, self.durable_lsn);
+        b[SB_LEN_V1..SB_LEN].copy_from_slice(&self.meta);
+        let crc = sb_crc(&b, SB_LEN);
         put_u32(&mut b, 12, crc);
         b
     }
 
     /// Decodes one slot. `b` may be any length; short input is `NoMagic`.
     pub fn decode(b: &[u8]) -> Result<Superblock, SbProblem> {
-        if b.len() < SB_LEN || b[0..8] != SB_MAGIC {
+        if b.len() < SB_LEN_V1 || b[0..8] != SB_MAGIC {
             return Err(SbProblem::NoMagic);
         }
         let version = get_u32(b, 8);
-        if get_u32(b, 12) != sb_crc(b) {
+        let len = if version == FORMAT_VERSION_1 || b.len() < SB_LEN {
+            SB_LEN_V1
+        } else {
+            SB_LEN
+        };
+        let stored = get_u32(b, 12);
+        if stored != sb_crc(b, len) {
+            // An unknown version is reported as such when its checksum over
+            // the version-1 bytes holds.
+            if version > FORMAT_VERSION && stored == sb_crc(b, SB_LEN_V1) {
+                return Err(SbProblem::UnknownVersion(version));
+            }
             return Err(SbProblem::BadCrc);
         }
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
             return Err(SbProblem::UnknownVersion(version));
+        }
+        let mut meta = [0u8; META_LEN];
+        if len == SB_LEN {
+            meta.copy_from_slice(&b[SB_LEN_V1..SB_LEN]);
         }
         let mut volume_id = [0u8; 16];
         volume_id.copy_from_slice(&b[16..32]);
@@ -136,6 +167,8 @@ impl Superblock {
             head_lsn: get_u64(b, 88),
             next_seq: get_u64(b, 96),
             base_seq: get_u64(b, 104),
+            durable_lsn: if len == SB_LEN { get_u64(b, 112) } else { 0 },
+            meta,
         };
         sb.check()?;
         Ok(sb)
@@ -156,7 +189,10 @@ impl Superblock {
         }
         // Lsns only grow by at most a few ring lengths per append; anything near
         // the top of u64 cannot have been written by us and would overflow.
-        if self.tail_lsn > self.head_lsn || self.head_lsn > u64::MAX / 4 {
+        if self.tail_lsn > self.head_lsn
+            || self.head_lsn > u64::MAX / 4
+            || self.durable_lsn > self.head_lsn
+        {
             return Err(SbProblem::Inconsistent("tail/head position"));
         }
         if !self.tail_lsn.is_multiple_of(REC_ALIGN as u64)
@@ -189,6 +225,12 @@ pub struct RawHeader {
     pub chunk_count: u32,
     pub payload_len: u32,
     pub instance: u32,
+    /// How far back from this record's lsn everything was durable when it
+    /// was appended, plus one (0: not known, as in version 1). Recovery uses
+    /// it as evidence: a damaged record below a frontier some later record
+    /// vouches for was durable, so its loss is a loss of answered writes
+    /// and not a torn tail.
+    pub durable_back: u32,
     pub crc: u32,
 }
 
@@ -205,7 +247,7 @@ impl RawHeader {
         put_u32(b, 44, self.chunk_count);
         put_u32(b, 48, self.payload_len);
         put_u32(b, 52, self.instance);
-        // 56..60 reserved, zero
+        put_u32(b, 56, self.durable_back);
     }
 
     /// Encodes a record header whose crc covers header bytes 0..60 and `payload`.
@@ -232,13 +274,24 @@ impl RawHeader {
             chunk_count: get_u32(b, 44),
             payload_len: get_u32(b, 48),
             instance: get_u32(b, 52),
+            durable_back: get_u32(b, 56),
             crc: get_u32(b, 60),
         }
     }
 
-    /// Whether the reserved bytes are zero (they always are when we write).
-    pub fn reserved_clear(b: &[u8; REC_HEADER_LEN]) -> bool {
-        b[56..60] == [0, 0, 0, 0]
+    /// The durable frontier this record vouches for, if it carries one.
+    pub fn durable_frontier(&self) -> Option<u64> {
+        let back = u64::from(self.durable_back.checked_sub(1)?);
+        self.lsn.checked_sub(back)
+    }
+
+    /// The `durable_back` value for a record at `lsn` appended while
+    /// everything below `durable` was durable.
+    pub fn encode_durable_back(lsn: u64, durable: u64) -> u32 {
+        // A frontier further back than u32 can say is stated as u32::MAX - 1
+        // bytes back: closer than the truth, so never a false alarm.
+        let back = lsn.saturating_sub(durable).min(u64::from(u32::MAX) - 1);
+        back as u32 + 1
     }
 }
 
@@ -264,6 +317,7 @@ pub fn encode_wrap(epoch: u32, lsn: u64, instance: u32) -> [u8; REC_HEADER_LEN] 
         chunk_count: 0,
         payload_len: 0,
         instance,
+        durable_back: 0,
         crc: 0,
     }
     .encode_record(&[])
@@ -301,6 +355,8 @@ mod tests {
             head_lsn: 128,
             next_seq: 6,
             base_seq: 1,
+            durable_lsn: 96,
+            meta: [0x5a; META_LEN],
         }
     }
 
@@ -318,10 +374,23 @@ mod tests {
     #[test]
     fn unknown_version_with_good_crc_is_reported_as_such() {
         let mut b = sb().encode();
-        put_u32(&mut b, 8, 2);
-        let crc = sb_crc(&b);
+        put_u32(&mut b, 8, 3);
+        let crc = sb_crc(&b, SB_LEN_V1);
         put_u32(&mut b, 12, crc);
-        assert_eq!(Superblock::decode(&b), Err(SbProblem::UnknownVersion(2)));
+        assert_eq!(Superblock::decode(&b), Err(SbProblem::UnknownVersion(3)));
+    }
+
+    #[test]
+    fn a_version_1_superblock_is_read_with_empty_metadata() {
+        let mut b = sb().encode();
+        put_u32(&mut b, 8, FORMAT_VERSION_1);
+        b[SB_LEN_V1..].fill(0);
+        let crc = sb_crc(&b, SB_LEN_V1);
+        put_u32(&mut b, 12, crc);
+        let old = Superblock::decode(&b[..SB_LEN_V1]).unwrap();
+        assert_eq!(old.meta, [0; META_LEN]);
+        assert_eq!(old.durable_lsn, 0);
+        assert_eq!(old.tail_seq, sb().tail_seq);
     }
 
     #[test]
@@ -338,6 +407,7 @@ mod tests {
             chunk_count: 3,
             payload_len: 5,
             instance: 42,
+            durable_back: RawHeader::encode_durable_back(4096, 1024),
             crc: 0,
         };
         let enc = h.encode_record(b"hello");
@@ -345,6 +415,15 @@ mod tests {
         assert_eq!(dec.crc, record_crc(&enc, b"hello"));
         assert_eq!(RawHeader { crc: 0, ..dec }, h);
         assert_ne!(dec.crc, record_crc(&enc, b"hellO"));
+        assert_eq!(dec.durable_frontier(), Some(1024));
+        assert_eq!(
+            RawHeader {
+                durable_back: 0,
+                ..dec
+            }
+            .durable_frontier(),
+            None
+        );
     }
 
     #[test]

@@ -109,6 +109,50 @@ pub struct NvbufConfig {
     pub first_seq: Seq,
     /// Let `create` replace an existing non-empty file.
     pub overwrite: bool,
+    /// What `open_or_create` does with an existing file whose durable
+    /// records cannot all be recovered.
+    pub on_loss: OnLoss,
+}
+
+/// What opening an nvbuf does when recovery finds that records which had
+/// been made durable are damaged, or that the file was truncated: the host
+/// may have been told those writes were safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnLoss {
+    /// Fail with [`NvbufError::Lost`], naming what is lost, and change
+    /// nothing in the file.
+    Refuse,
+    /// Keep the intact prefix, erase what cannot be recovered, and report
+    /// it in [`Recovery::loss`].
+    Salvage,
+}
+
+/// Durable records recovery could not bring back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loss {
+    /// The first seq not recovered.
+    pub first_seq: Seq,
+    /// The highest seq known to have existed after it, when anything says.
+    pub last_seq: Option<Seq>,
+    /// Bytes of log (or of file, for a truncation) that cannot be read back.
+    pub bytes: u64,
+    /// What happened, in words.
+    pub cause: String,
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.last_seq {
+            Some(last) if last > self.first_seq => write!(f, "seqs {}..={last}", self.first_seq)?,
+            Some(_) => write!(f, "seq {}", self.first_seq)?,
+            None => write!(f, "seq {} and any after it", self.first_seq)?,
+        }
+        write!(
+            f,
+            " ({} bytes) cannot be recovered: {}",
+            self.bytes, self.cause
+        )
+    }
 }
 
 impl NvbufConfig {
@@ -119,6 +163,7 @@ impl NvbufConfig {
             volume_id,
             first_seq: 1,
             overwrite: false,
+            on_loss: OnLoss::Refuse,
         }
     }
 
@@ -150,6 +195,9 @@ pub struct Recovery {
     pub superblock_generation: u64,
     /// Bytes of log walked from the tail.
     pub scanned_bytes: u64,
+    /// Durable records that could not be recovered (only with
+    /// [`OnLoss::Salvage`]; with `Refuse` the open fails instead).
+    pub loss: Option<Loss>,
 }
 
 /// Counters and levels for the status display.

@@ -3,13 +3,42 @@
 //! byte that is not. Works on untrusted bytes: every length and position read
 //! from the store is bounds-checked before use, so a truncated, zeroed or
 //! bit-flipped file yields a correct prefix, never a wrong record or a panic.
+//!
+//! Where the scan stops is either the end of what was written (a torn,
+//! unflushed tail after a crash: nothing answered was lost) or damage to
+//! records that had been durable (answered writes lost). [`evidence`] tells
+//! the two apart: every record carries the durable frontier at the moment
+//! it was appended, and the superblock the one at its last write; if any of
+//! them vouches that bytes past the stop were durable, the stop is damage.
 
 use super::format::{
     max_payload, record_crc, record_size, RawHeader, Superblock, REC_HEADER_LEN, REC_MAGIC,
     RING_OFFSET, WRAP_MAGIC,
 };
-use super::store::NvStore;
 use super::{Lsn, RecordHeader, Seq};
+
+/// Read access to the bytes recovery walks. A store shorter than its
+/// superblock says (a truncated file) reads as zeros past its end.
+pub(crate) trait ScanView {
+    fn read(&self, off: usize, buf: &mut [u8]);
+}
+
+/// A store seen as `len` bytes, zero past its real end.
+pub(crate) struct Padded<'a, S: ?Sized> {
+    pub store: &'a S,
+    pub real_len: usize,
+}
+
+impl<S: super::store::NvStore + ?Sized> ScanView for Padded<'_, S> {
+    fn read(&self, off: usize, buf: &mut [u8]) {
+        buf.fill(0);
+        if off >= self.real_len {
+            return;
+        }
+        let n = buf.len().min(self.real_len - off);
+        self.store.read(off, &mut buf[..n]);
+    }
+}
 
 /// One record found by the scan, with its place in the log.
 pub(crate) struct Found {
@@ -36,6 +65,26 @@ pub(crate) struct Scan {
     pub max_epoch: u32,
     /// Bytes of log walked from the tail.
     pub scanned: u64,
+    /// The lsn of the first byte the scan did not accept.
+    pub stop_lsn: Lsn,
+    /// The seq the scan expected next there (the first one not recovered).
+    pub first_unrecovered: Seq,
+    /// Epoch of the last accepted record (0: none).
+    pub last_epoch: u32,
+}
+
+/// What valid records past the stop say about it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Evidence {
+    /// The furthest durable frontier vouched for (by a record past the stop
+    /// or by the superblock).
+    pub durable_frontier: Lsn,
+    /// Valid records of this nvbuf found past the stop.
+    pub records_beyond: u64,
+    /// The highest seq among them.
+    pub highest_seq_beyond: Option<Seq>,
+    /// Just past the last of them (the stop when there are none).
+    pub end_beyond: Lsn,
 }
 
 enum Stop {
@@ -52,7 +101,7 @@ struct Pending {
     epoch: u32,
 }
 
-pub(crate) fn scan<S: NvStore + ?Sized>(store: &S, sb: &Superblock) -> Scan {
+pub(crate) fn scan<S: ScanView + ?Sized>(store: &S, sb: &Superblock) -> Scan {
     let r = sb.ring_len;
     let limit = sb.tail_lsn + r;
     let maxp = max_payload(r);
@@ -105,10 +154,7 @@ pub(crate) fn scan<S: NvStore + ?Sized>(store: &S, sb: &Superblock) -> Scan {
             }
         };
         if h.magic == WRAP_MAGIC {
-            if !RawHeader::reserved_clear(&hb)
-                || h.payload_len != 0
-                || record_crc(&hb, &[]) != h.crc
-            {
+            if h.durable_back != 0 || h.payload_len != 0 || record_crc(&hb, &[]) != h.crc {
                 break damaged("torn or corrupt wrap marker".into());
             }
             if !ours {
@@ -134,9 +180,6 @@ pub(crate) fn scan<S: NvStore + ?Sized>(store: &S, sb: &Superblock) -> Scan {
         let size = record_size(plen);
         if plen > maxp || size > rem || lsn + size > limit {
             break damaged(format!("record header with impossible length {plen}"));
-        }
-        if !RawHeader::reserved_clear(&hb) {
-            break damaged("record header with reserved bits set".into());
         }
         let mut payload = vec![0u8; plen];
         store.read(at + REC_HEADER_LEN, &mut payload);
@@ -245,5 +288,86 @@ pub(crate) fn scan<S: NvStore + ?Sized>(store: &S, sb: &Superblock) -> Scan {
         dropped_incomplete,
         max_epoch,
         scanned: lsn - sb.tail_lsn,
+        stop_lsn: lsn,
+        first_unrecovered: next_seq,
+        last_epoch,
     }
+}
+
+/// Looks past `from` (where the scan stopped) for records of this nvbuf
+/// that are intact, sit exactly at their own lsn in the current lap and are
+/// not older than `min_epoch` (the last accepted record's: older ones are
+/// leftovers of a tail an earlier recovery already dropped), and gathers the
+/// durable frontier they vouch for. A record that does not match is stepped
+/// over eight bytes at a time, since after damage nothing says where the
+/// next record starts.
+pub(crate) fn evidence<S: ScanView + ?Sized>(
+    store: &S,
+    sb: &Superblock,
+    from: Lsn,
+    min_epoch: u32,
+) -> Evidence {
+    let r = sb.ring_len;
+    let limit = sb.tail_lsn + r;
+    let maxp = max_payload(r);
+    let mut ev = Evidence {
+        durable_frontier: sb.durable_lsn,
+        end_beyond: from,
+        ..Evidence::default()
+    };
+    let align = super::format::REC_ALIGN as u64;
+    let mut lsn = from.next_multiple_of(align);
+    let mut hb = [0u8; REC_HEADER_LEN];
+    while lsn < limit {
+        let pos = (lsn % r) as usize;
+        let rem = r - pos as u64;
+        if rem < REC_HEADER_LEN as u64 {
+            lsn += rem;
+            continue;
+        }
+        store.read(RING_OFFSET + pos, &mut hb[..4]);
+        let magic = u32::from_le_bytes([hb[0], hb[1], hb[2], hb[3]]);
+        if magic != REC_MAGIC && magic != WRAP_MAGIC {
+            lsn += align;
+            continue;
+        }
+        store.read(RING_OFFSET + pos, &mut hb);
+        let h = RawHeader::decode(&hb);
+        let plausible = h.lsn == lsn
+            && h.instance == sb.instance
+            && h.epoch >= min_epoch
+            && h.epoch <= sb.epoch;
+        if !plausible {
+            lsn += align;
+            continue;
+        }
+        if magic == WRAP_MAGIC {
+            if h.payload_len == 0 && record_crc(&hb, &[]) == h.crc {
+                lsn += rem;
+            } else {
+                lsn += align;
+            }
+            continue;
+        }
+        let plen = h.payload_len as usize;
+        let size = record_size(plen);
+        if plen > maxp || size > rem || lsn + size > limit {
+            lsn += align;
+            continue;
+        }
+        let mut payload = vec![0u8; plen];
+        store.read(RING_OFFSET + pos + REC_HEADER_LEN, &mut payload);
+        if record_crc(&hb, &payload) != h.crc {
+            lsn += align;
+            continue;
+        }
+        ev.records_beyond += 1;
+        ev.highest_seq_beyond = ev.highest_seq_beyond.max(Some(h.seq));
+        if let Some(f) = h.durable_frontier() {
+            ev.durable_frontier = ev.durable_frontier.max(f);
+        }
+        lsn += size;
+        ev.end_beyond = lsn;
+    }
+    ev
 }

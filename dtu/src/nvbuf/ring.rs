@@ -11,13 +11,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 use std::time::Instant;
 
 use super::error::NvbufError;
+use super::format::META_LEN;
 use super::format::{
     encode_wrap, max_payload, record_size, RawHeader, SbProblem, Superblock, FORMAT_VERSION,
     MIN_SIZE, REC_HEADER_LEN, REC_MAGIC, RING_OFFSET, SB_SLOT_LEN,
 };
-use super::recovery::scan;
+use super::recovery::{evidence, scan, Padded};
 use super::store::{Flusher, MmapStore, NvStore, PAGE};
-use super::{Lsn, NvbufConfig, NvbufStats, RecordHeader, Recovery, Seq};
+use super::{Loss, Lsn, NvbufConfig, NvbufStats, OnLoss, RecordHeader, Recovery, Seq};
 
 /// A flusher also persists the superblock once this fraction of the ring is
 /// released but not yet reusable.
@@ -35,6 +36,8 @@ pub struct Nvbuf<S: NvStore = MmapStore> {
     flush_cv: Condvar,
     /// Generation of the last durable superblock; held while writing one.
     sb_writer: Mutex<u64>,
+    /// The owner's metadata, written with every superblock.
+    meta: Mutex<[u8; META_LEN]>,
     label: PathBuf,
     volume_id: [u8; 16],
     instance: u32,
@@ -69,6 +72,8 @@ struct State {
     released_tail_seq: Seq,
     /// Tail recorded in the durable superblock: space before it + ring is free.
     sb_tail: Lsn,
+    /// Durable frontier recorded in the durable superblock.
+    sb_durable: Lsn,
     unreleased_seqs: u64,
     appended_records: u64,
     appended_bytes: u64,
@@ -102,10 +107,22 @@ impl Nvbuf<MmapStore> {
 
     /// Opens an existing nvbuf for `volume_id`, recovers its records, and bumps
     /// and persists the epoch. A second open of the same file while the first
-    /// is open is refused.
+    /// is open is refused. Durable records that cannot be recovered are
+    /// salvaged as [`OnLoss::Salvage`] says; see [`Nvbuf::open_with`].
     pub fn open(path: &Path, volume_id: [u8; 16]) -> Result<(Nvbuf, Recovery), NvbufError> {
+        Nvbuf::open_with(path, volume_id, OnLoss::Salvage)
+    }
+
+    /// [`Nvbuf::open`], choosing what happens when recovery finds durable
+    /// records damaged or the file truncated: with [`OnLoss::Refuse`] the
+    /// open fails with [`NvbufError::Lost`] and the file is left as it was.
+    pub fn open_with(
+        path: &Path,
+        volume_id: [u8; 16],
+        on_loss: OnLoss,
+    ) -> Result<(Nvbuf, Recovery), NvbufError> {
         let store = MmapStore::open(path)?;
-        Nvbuf::recover(store, volume_id, path.to_path_buf())
+        Nvbuf::recover(store, volume_id, path.to_path_buf(), on_loss)
     }
 
     /// Opens the file if it exists and is not empty, else creates it.
@@ -114,7 +131,7 @@ impl Nvbuf<MmapStore> {
             .map(|m| m.len() > 0)
             .unwrap_or(false);
         if exists {
-            Nvbuf::open(path, cfg.volume_id)
+            Nvbuf::open_with(path, cfg.volume_id, cfg.on_loss)
         } else {
             let nv = Nvbuf::create(path, cfg)?;
             let rec = nv.fresh_recovery();
@@ -172,7 +189,16 @@ impl<S: NvStore> Nvbuf<S> {
 
     /// Opens an nvbuf held in `store` and recovers it, as [`Nvbuf::open`].
     pub fn open_in(store: S, volume_id: [u8; 16]) -> Result<(Nvbuf<S>, Recovery), NvbufError> {
-        Nvbuf::recover(store, volume_id, PathBuf::from("<store>"))
+        Nvbuf::recover(store, volume_id, PathBuf::from("<store>"), OnLoss::Salvage)
+    }
+
+    /// [`Nvbuf::open_in`] with a choice of [`OnLoss`].
+    pub fn open_in_with(
+        store: S,
+        volume_id: [u8; 16],
+        on_loss: OnLoss,
+    ) -> Result<(Nvbuf<S>, Recovery), NvbufError> {
+        Nvbuf::recover(store, volume_id, PathBuf::from("<store>"), on_loss)
     }
 
     fn format(store: S, cfg: &NvbufConfig, label: PathBuf) -> Result<Nvbuf<S>, NvbufError> {
@@ -189,6 +215,7 @@ impl<S: NvStore> Nvbuf<S> {
             space_cv: Condvar::new(),
             flush_cv: Condvar::new(),
             sb_writer: Mutex::new(0),
+            meta: Mutex::new([0; META_LEN]),
             label,
             volume_id: cfg.volume_id,
             instance: rand::random(),
@@ -203,9 +230,10 @@ impl<S: NvStore> Nvbuf<S> {
     }
 
     fn recover(
-        store: S,
+        mut store: S,
         volume_id: [u8; 16],
         label: PathBuf,
+        on_loss: OnLoss,
     ) -> Result<(Nvbuf<S>, Recovery), NvbufError> {
         let len = store.len() as u64;
         if len < RING_OFFSET as u64 {
@@ -250,13 +278,73 @@ impl<S: NvStore> Nvbuf<S> {
                 found: hex::encode(sb.volume_id),
             });
         }
-        if sb.file_size != len {
+        if sb.file_size < len {
             return Err(NvbufError::SizeMismatch {
                 actual: len,
                 expected: sb.file_size,
             });
         }
-        let sc = scan(&store, &sb);
+        let view = Padded {
+            store: &store,
+            real_len: len as usize,
+        };
+        let sc = scan(&view, &sb);
+        let ev = evidence(&view, &sb, sc.stop_lsn, sc.last_epoch);
+        let loss = if sb.file_size > len {
+            // Whatever lived past the cut is gone, and nothing says how much
+            // of it was durable: treat it as lost.
+            let last = sb
+                .next_seq
+                .checked_sub(1)
+                .filter(|&l| l >= sc.first_unrecovered);
+            Some(Loss {
+                first_seq: sc.first_unrecovered,
+                last_seq: last.max(ev.highest_seq_beyond),
+                bytes: sb.file_size - len,
+                cause: format!(
+                    "the file was truncated from {} to {len} bytes",
+                    sb.file_size
+                ),
+            })
+        } else if ev.durable_frontier > sc.stop_lsn {
+            Some(Loss {
+                first_seq: sc.first_unrecovered,
+                last_seq: ev.highest_seq_beyond,
+                bytes: ev.durable_frontier.max(ev.end_beyond) - sc.stop_lsn,
+                cause: format!(
+                    "records that had been made durable are damaged ({}); {} intact records follow the damage",
+                    sc.end, ev.records_beyond
+                ),
+            })
+        } else {
+            None
+        };
+        if let Some(loss) = &loss {
+            if on_loss == OnLoss::Refuse {
+                return Err(NvbufError::Lost {
+                    path: label,
+                    recovered: sc
+                        .records
+                        .last()
+                        .map(|f| f.hdr.seq)
+                        .map(|last| (sc.records[0].hdr.seq, last)),
+                    loss: Box::new(loss.clone()),
+                });
+            }
+            if sb.file_size > len {
+                store
+                    .grow(sb.file_size as usize)
+                    .map_err(io(&label, "extend the truncated file"))?;
+            }
+            // Erase what follows the intact prefix, so that the evidence of
+            // the accepted loss does not refuse every later open.
+            let upto = ev
+                .durable_frontier
+                .max(ev.end_beyond)
+                .min(sc.stop_lsn + sb.ring_len);
+            erase_log(&mut store, sb.ring_len, sc.stop_lsn, upto);
+        }
+        let len = store.len() as u64;
         let epoch = sb
             .epoch
             .max(sc.max_epoch)
@@ -270,6 +358,7 @@ impl<S: NvStore> Nvbuf<S> {
             released_tail: sb.tail_lsn,
             released_tail_seq: sb.tail_seq,
             sb_tail: sb.tail_lsn,
+            sb_durable: sb.durable_lsn,
             durable_seq: sb.tail_seq.checked_sub(1).filter(|s| *s >= sb.base_seq),
             ..State::default()
         };
@@ -300,6 +389,7 @@ impl<S: NvStore> Nvbuf<S> {
             space_cv: Condvar::new(),
             flush_cv: Condvar::new(),
             sb_writer: Mutex::new(sb.generation),
+            meta: Mutex::new(sb.meta),
             label,
             volume_id,
             instance: sb.instance,
@@ -335,6 +425,7 @@ impl<S: NvStore> Nvbuf<S> {
             epoch,
             superblock_generation: sb.generation,
             scanned_bytes: sc.scanned,
+            loss,
         };
         Ok((nv, rec))
     }
@@ -441,6 +532,7 @@ impl<S: NvStore> Nvbuf<S> {
                     chunk_count: hdr.chunk_count,
                     payload_len: payload.len() as u32,
                     instance: self.instance,
+                    durable_back: RawHeader::encode_durable_back(start, st.durable),
                     crc: 0,
                 }
                 .encode_record(payload);
@@ -628,6 +720,33 @@ impl<S: NvStore> Nvbuf<S> {
         }
     }
 
+    /// The owner's metadata area (zeros until first set).
+    pub fn meta(&self) -> [u8; META_LEN] {
+        *lock(&self.meta)
+    }
+
+    /// Replaces the owner's metadata area and makes it durable (with a
+    /// superblock write) before returning.
+    pub fn set_meta(&self, meta: &[u8; META_LEN]) -> Result<(), NvbufError> {
+        *lock(&self.meta) = *meta;
+        self.persist_superblock()
+    }
+
+    /// Records the durable frontier in the superblock if it moved since the
+    /// last one: meant for idle moments, so that damage to the last records
+    /// written before a pause is recognised as damage, not as a torn tail.
+    /// Returns whether a superblock was written.
+    pub fn checkpoint_if_behind(&self) -> Result<bool, NvbufError> {
+        let behind = {
+            let st = lock(&self.state);
+            st.durable > st.sb_durable && !st.flushing
+        };
+        if behind {
+            self.persist_superblock()?;
+        }
+        Ok(behind)
+    }
+
     /// Makes released space reusable now by writing and flushing a superblock
     /// with the current tail (also useful before a clean shutdown).
     pub fn checkpoint(&self) -> Result<(), NvbufError> {
@@ -724,15 +843,18 @@ impl<S: NvStore> Nvbuf<S> {
                 head_lsn: st.head,
                 next_seq: st.next_seq,
                 base_seq: self.base_seq,
+                durable_lsn: st.durable,
+                meta: *lock(&self.meta),
             };
             store.write(slot, &sb.encode());
-            sb.tail_lsn
+            (sb.tail_lsn, sb.durable_lsn)
         };
         self.flush(slot, SB_SLOT_LEN)
             .map_err(io(&self.label, "flush superblock"))?;
         *gen = next;
         let mut st = lock(&self.state);
-        st.sb_tail = st.sb_tail.max(tail);
+        st.sb_tail = st.sb_tail.max(tail.0);
+        st.sb_durable = st.sb_durable.max(tail.1);
         st.sb_writes += 1;
         let waiters = st.waiting > 0;
         drop(st);
@@ -768,6 +890,19 @@ fn check_order(st: &State, hdr: &RecordHeader) -> Result<(), NvbufError> {
             seq: hdr.seq,
             chunk_index: hdr.chunk_index,
         }),
+    }
+}
+
+/// Zeroes the log between two lsns (at most one ring length).
+fn erase_log<S: NvStore>(store: &mut S, ring_len: u64, from: Lsn, to: Lsn) {
+    let zeros = [0u8; 64 << 10];
+    let mut at = from;
+    let to = to.min(from + ring_len);
+    while at < to {
+        let pos = at % ring_len;
+        let n = (to - at).min(ring_len - pos).min(zeros.len() as u64);
+        store.write(RING_OFFSET + pos as usize, &zeros[..n as usize]);
+        at += n;
     }
 }
 

@@ -40,6 +40,15 @@ pub trait NvStore: Send + Sync {
     fn write(&mut self, off: usize, data: &[u8]);
     /// Makes every byte of `off..off+len` durable (it may flush more).
     fn flush_range(&self, off: usize, len: usize) -> std::io::Result<()>;
+    /// Grows the store to `len` bytes of zeros past the old end (salvage of
+    /// a truncated file). Stores that cannot grow say so.
+    fn grow(&mut self, len: usize) -> std::io::Result<()> {
+        let _ = len;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this store cannot grow",
+        ))
+    }
     /// A handle that flushes without borrowing the store, so that appends
     /// (which need `&mut`) go on while a flush runs. Stores that cannot offer
     /// one return `None` and are flushed through `flush_range` under a shared
@@ -67,6 +76,9 @@ impl<S: NvStore + ?Sized> NvStore for Box<S> {
     }
     fn flush_range(&self, off: usize, len: usize) -> std::io::Result<()> {
         (**self).flush_range(off, len)
+    }
+    fn grow(&mut self, len: usize) -> std::io::Result<()> {
+        (**self).grow(len)
     }
     fn flusher(&self) -> Option<Arc<dyn Flusher>> {
         (**self).flusher()
@@ -245,6 +257,18 @@ impl NvStore for MmapStore {
     fn flush_range(&self, off: usize, len: usize) -> std::io::Result<()> {
         self.file.flush_range(off, len)
     }
+    fn grow(&mut self, len: usize) -> std::io::Result<()> {
+        if len <= self.map.len() {
+            return Ok(());
+        }
+        self.file.file.set_len(len as u64)?;
+        self.file.file.sync_all()?;
+        // SAFETY: as in `MmapStore::map`: we hold the file's exclusive lock,
+        // `&mut self` means no borrow of the old map is alive, and the file
+        // was just grown to the new length, never shrunk.
+        self.map = unsafe { Mmap::map(&self.file.file) }?;
+        Ok(())
+    }
     fn flusher(&self) -> Option<Arc<dyn Flusher>> {
         Some(self.file.clone())
     }
@@ -353,6 +377,14 @@ impl NvStore for MemStore {
     }
     fn flush_range(&self, off: usize, len: usize) -> std::io::Result<()> {
         self.inner.flush_range(off, len)
+    }
+    fn grow(&mut self, len: usize) -> std::io::Result<()> {
+        if len > self.len {
+            lock(&self.inner.work).resize(len, 0);
+            lock(&self.inner.durable).resize(len, 0);
+            self.len = len;
+        }
+        Ok(())
     }
     fn flusher(&self) -> Option<Arc<dyn Flusher>> {
         Some(self.inner.clone())

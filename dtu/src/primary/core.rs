@@ -68,6 +68,9 @@ pub(crate) struct Core {
     pub shutdown: AtomicBool,
     pub counters: Counters,
     rates: Mutex<RateState>,
+    /// Answered writes lost with the nvbuf that the remote has not yet
+    /// recorded; told at every connect until it has.
+    pub unreported_loss: Mutex<Option<super::meta::LostWrites>>,
 }
 
 /// Link and host byte rates; UDP bytes are counted across connections.
@@ -116,6 +119,7 @@ impl Core {
             shutdown: AtomicBool::new(false),
             counters: Counters::default(),
             rates: Mutex::new(RateState::default()),
+            unreported_loss: Mutex::new(None),
         }
     }
 

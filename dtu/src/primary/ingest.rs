@@ -235,6 +235,8 @@ fn append_loop(core: &Core, rx: Receiver<Record>) -> Result<(), NvbufError> {
                 if core.is_shutdown() {
                     return Ok(());
                 }
+                // Idle: let the superblock vouch for what is durable.
+                nvbuf.checkpoint_if_behind()?;
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(()),

@@ -26,6 +26,7 @@ mod core;
 mod export;
 mod host;
 mod ingest;
+pub(crate) mod meta;
 mod session;
 
 use std::future::Future;
@@ -46,7 +47,7 @@ use tokio::sync::oneshot;
 
 use crate::config::{PrimaryConfig, Volume};
 use crate::identity::{Fingerprint, Identity};
-use crate::nvbuf::{Nvbuf, NvbufConfig, NvbufError};
+use crate::nvbuf::{Nvbuf, NvbufConfig, NvbufError, OnLoss};
 use crate::replica::{FileReplica, Replica};
 use crate::status::{PrimaryStatus, Status};
 use crate::transport::{self, LinkTuning};
@@ -57,6 +58,7 @@ pub(crate) use self::core::SenderSnapshot;
 pub use self::export::PrimaryExport;
 pub use self::host::HostSink;
 use self::ingest::{EncodeSettings, Ingest, Record};
+use self::meta::{LostWrites, PrimaryMeta};
 
 /// How a host operation was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +133,10 @@ pub struct PrimaryOptions {
     pub local: Option<PathBuf>,
     /// How long a read forwarded to the remote may wait for the link.
     pub read_timeout: Duration,
+    /// Start even when the nvbuf lost records that had been made durable
+    /// (answered writes): keep the intact prefix and mark the replica as
+    /// possibly lacking them. Without it such an nvbuf refuses to start.
+    pub accept_nvbuf_loss: bool,
 }
 
 impl PrimaryOptions {
@@ -159,6 +165,7 @@ impl PrimaryOptions {
             policy: c.policy,
             local: c.local.clone(),
             read_timeout: Duration::from_secs(30),
+            accept_nvbuf_loss: false,
         })
     }
 }
@@ -199,11 +206,37 @@ impl Primary {
         handle: tokio::runtime::Handle,
     ) -> Result<Primary, PrimaryError> {
         let start_err = |e: &dyn std::fmt::Display| PrimaryError::Start(e.to_string());
-        let cfg = NvbufConfig::new(opts.volume.id).with_size(opts.nvbuf_size);
+        let mut cfg = NvbufConfig::new(opts.volume.id).with_size(opts.nvbuf_size);
+        cfg.on_loss = if opts.accept_nvbuf_loss {
+            OnLoss::Salvage
+        } else {
+            OnLoss::Refuse
+        };
         let (nvbuf, recovery) =
-            Nvbuf::open_or_create(&opts.nvbuf_path, &cfg).map_err(|e| start_err(&e))?;
+            Nvbuf::open_or_create(&opts.nvbuf_path, &cfg).map_err(|e| match e {
+                NvbufError::Lost { .. } => PrimaryError::Start(format!(
+                    "{e}. The host was told these writes were safe and the replica may lack \
+                     them. To keep the intact prefix and go on, start with \
+                     --accept-nvbuf-loss: the replica is then marked inconsistent until a \
+                     resync or verify proves it"
+                )),
+                e => start_err(&e),
+            })?;
         if let Some(why) = &recovery.stopped {
-            tracing::warn!("nvbuf recovery stopped early: {why}");
+            tracing::warn!("nvbuf recovery stopped at a torn record (an unflushed tail): {why}");
+        }
+        let mut meta = PrimaryMeta::decode(&nvbuf.meta()).map_err(|e| start_err(&e))?;
+        if let Some(loss) = &recovery.loss {
+            tracing::error!(
+                "nvbuf: {loss}; continuing with the intact prefix as --accept-nvbuf-loss asks; \
+                 the replica will be marked inconsistent"
+            );
+            meta.unreported_loss = Some(LostWrites {
+                epoch: nvbuf.epoch(),
+                first_seq: loss.first_seq,
+                last_seq: loss.last_seq,
+            });
+            nvbuf.set_meta(&meta.encode()).map_err(|e| start_err(&e))?;
         }
         let nvbuf = Arc::new(nvbuf);
         let epoch = nvbuf.epoch();
@@ -265,6 +298,10 @@ impl Primary {
         }
         let carried_over = nvbuf.next_seq() - 1;
         let core = Arc::new(Core::new(sender, nvbuf));
+        *core
+            .unreported_loss
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = meta.unreported_loss;
         let local = match &opts.local {
             Some(path) => {
                 Some(FileReplica::open(path, opts.volume.size).map_err(|e| start_err(&e))?)

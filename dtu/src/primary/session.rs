@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dtu_proto::frame::{Frame, GoodbyeReason, Hello, ReadRequest, ReadStatus, Role};
+use dtu_proto::frame::{hello_flags, Frame, GoodbyeReason, Hello, ReadRequest, ReadStatus, Role};
 use dtu_proto::handshake;
 
 use crate::transport::{self, Backoff, FrameStream};
@@ -149,7 +149,14 @@ async fn session_inner(
     let (mut ctl_send, ctl_recv) = conn.open_bi().await?;
     // Heartbeats (and so RTT samples) must not queue behind lane data.
     let _ = ctl_send.set_priority(1);
-    let hello = p.hello.clone();
+    let mut hello = p.hello.clone();
+    let unreported = *core
+        .unreported_loss
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if unreported.is_some() {
+        hello.flags |= hello_flags::LOST_WRITES;
+    }
     transport::write_frame(&mut ctl_send, &Frame::Hello(hello.clone())).await?;
     let mut frames = FrameStream::new(ctl_recv);
     let theirs = match frames.next().await? {
@@ -178,6 +185,18 @@ async fn session_inner(
     }
     if theirs.role != Role::Remote {
         return Err(SessionEnd::Refused("peer is not a remote DTU".into()));
+    }
+    if unreported.is_some() && theirs.flags & hello_flags::INCONSISTENT != 0 {
+        // The remote has durably recorded that its replica may lack the
+        // lost writes: no need to tell it again.
+        core.nvbuf
+            .set_meta(&super::meta::PrimaryMeta::default().encode())
+            .map_err(|e| SessionEnd::Protocol(format!("nvbuf metadata: {e}")))?;
+        *core
+            .unreported_loss
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        tracing::warn!("the remote recorded that its replica may lack the writes the nvbuf lost");
     }
     core.event(|s, now| s.on_connected(theirs.stored_seq, now))
         .map_err(|e| SessionEnd::Protocol(e.to_string()))?;

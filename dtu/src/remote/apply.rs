@@ -99,18 +99,18 @@ fn apply_batch(core: &RCore, batch: Vec<Apply>) -> std::io::Result<()> {
         core.lock().receiver.on_applied(op);
     }
     replica.sync()?;
-    core.volume_state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .set_synced(last)?;
+    {
+        let mut vs = core.volume_state.lock().unwrap_or_else(|p| p.into_inner());
+        let was = vs.inconsistencies().len();
+        vs.set_synced(last)?;
+        if was > 0 && vs.inconsistencies().is_empty() {
+            tracing::info!("replica is consistent again at seq {last}");
+        }
+    }
     {
         let mut st = core.lock();
         st.receiver.on_synced(last);
         st.syncs += 1;
-        if st.inconsistent_until.is_some_and(|u| last >= u) {
-            st.inconsistent_until = None;
-            tracing::info!("replica is consistent again at seq {last}");
-        }
     }
     core.applied.send_replace(last);
     core.control_wake.notify_waiters();

@@ -46,6 +46,10 @@ pub struct RemoteOptions {
     pub replica: PathBuf,
     pub state: PathBuf,
     pub workers: usize,
+    /// Use a replica whose identity does not match its state file (another
+    /// inode or size, or changed since a clean stop), marking it
+    /// inconsistent instead of refusing to start.
+    pub adopt_replica: bool,
 }
 
 impl RemoteOptions {
@@ -67,6 +71,7 @@ impl RemoteOptions {
             replica: c.replica.clone(),
             state: c.state.clone(),
             workers: c.pipeline.workers,
+            adopt_replica: false,
         })
     }
 }
@@ -81,7 +86,6 @@ pub(crate) struct RState {
     pub refused: u64,
     pub last_refusal: Option<String>,
     pub failed: Option<String>,
-    pub inconsistent_until: Option<Seq>,
     pub syncs: u64,
 }
 
@@ -178,13 +182,15 @@ impl Remote {
         let err = |e: &dyn std::fmt::Display| RemoteError::Start(e.to_string());
         let replica: Arc<dyn Replica> =
             Arc::new(FileReplica::open(&opts.replica, opts.volume.size).map_err(|e| err(&e))?);
-        let (vstate, resume) = VolumeState::open(&opts.state, opts.volume.id, replica.as_ref())
-            .map_err(|e| err(&e))?;
-        if let Some(until) = resume.inconsistent_until {
-            tracing::warn!(
-                "the machine restarted since the replica was last synced: it resumes from seq {} and is inconsistent until seq {until} is applied again",
-                resume.stored
-            );
+        let (vstate, resume) = VolumeState::open(
+            &opts.state,
+            opts.volume.id,
+            replica.as_ref(),
+            opts.adopt_replica,
+        )
+        .map_err(|e| err(&e))?;
+        for why in &resume.inconsistent {
+            tracing::warn!("the replica is inconsistent: {why}");
         }
         let mut feats = features::READS;
         if opts.volume.key.is_some() {
@@ -223,7 +229,6 @@ impl Remote {
                 refused: 0,
                 last_refusal: None,
                 failed: None,
-                inconsistent_until: resume.inconsistent_until,
                 syncs: 0,
             }),
             volume_state: Mutex::new(vstate),
@@ -325,7 +330,17 @@ impl Remote {
         let st = self.core.lock();
         let r = &st.receiver;
         let stats = r.stats().clone();
-        let consistent = st.inconsistent_until.is_none_or(|u| r.applied_upto() >= u);
+        let reasons = self
+            .core
+            .volume_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .inconsistencies();
+        let consistent = reasons.is_empty();
+        let replay_until = reasons.iter().find_map(|i| match i {
+            crate::replica::Inconsistency::Replay { until } => Some(*until),
+            _ => None,
+        });
         Status::Remote(Box::new(RemoteStatus {
             volume: dtu_proto::handshake::volume_hex(&self.volume.id),
             volume_size: self.volume.size,
@@ -341,11 +356,8 @@ impl Remote {
             rtt_ms: r.rtt().smoothed.map(|d| d.as_secs_f64() * 1e3),
             replica: self.replica_path.display().to_string(),
             consistent,
-            inconsistent_until: if consistent {
-                None
-            } else {
-                st.inconsistent_until
-            },
+            inconsistent_until: replay_until,
+            inconsistent_reasons: reasons.iter().map(|r| r.to_string()).collect(),
             received_seq: r.received_upto(),
             applied_seq: r.applied_upto(),
             stored_seq: r.stored_upto(),
@@ -404,6 +416,21 @@ impl Remote {
         self.decode.take();
         if let Some(t) = self.applier.take() {
             let _ = t.join();
+        }
+        // A clean stop: the replica is synced and its sampled blocks are
+        // recorded, so a replica changed before the next start is noticed.
+        if self.core.lock().failed.is_none() {
+            let replica = self.core.replica.clone();
+            let closed = replica.sync().and_then(|()| {
+                self.core
+                    .volume_state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .close_clean(replica.as_ref())
+            });
+            if let Err(e) = closed {
+                tracing::warn!("replica state at shutdown: {e}");
+            }
         }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(1));

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dtu_proto::frame::{Frame, Goodbye, GoodbyeReason, ReadRequest, ReadResponse, ReadStatus};
+use dtu_proto::frame::{
+    hello_flags, Frame, Goodbye, GoodbyeReason, ReadRequest, ReadResponse, ReadStatus,
+};
 use dtu_proto::receiver::Inbound;
 use dtu_proto::Seq;
 
@@ -113,11 +115,26 @@ async fn session_inner(
             return Err(e.to_string());
         }
     };
-    core.volume_state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .set_epoch(theirs.epoch)
-        .map_err(|e| format!("recording the primary's epoch: {e}"))?;
+    let mut reply = reply;
+    {
+        let mut vs = core.volume_state.lock().unwrap_or_else(|p| p.into_inner());
+        vs.set_epoch(theirs.epoch)
+            .map_err(|e| format!("recording the primary's epoch: {e}"))?;
+        if theirs.flags & hello_flags::LOST_WRITES != 0 {
+            tracing::error!(
+                "primary {} (epoch {}) lost answered writes after seq {}: the replica is \
+                 marked inconsistent until a resync or verify",
+                conn.remote_address(),
+                theirs.epoch,
+                theirs.stored_seq
+            );
+            vs.set_lost_writes(theirs.epoch, theirs.stored_seq.saturating_add(1), None)
+                .map_err(|e| format!("recording the primary's lost writes: {e}"))?;
+        }
+        if !vs.inconsistencies().is_empty() {
+            reply.flags |= hello_flags::INCONSISTENT;
+        }
+    }
     transport::write_frame(&mut send, &Frame::Hello(reply.clone()))
         .await
         .map_err(|e| e.to_string())?;

@@ -15,7 +15,10 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-pub use state::{Resume, StateError, VolumeState};
+pub use state::{
+    boot_id, open_state_file, sample_digest, Inconsistency, OpenState, Resume, StateError,
+    StateStore, VolumeState,
+};
 
 /// Where the remote writes the volume.
 pub trait Replica: Send + Sync + 'static {
@@ -29,6 +32,23 @@ pub trait Replica: Send + Sync + 'static {
     fn trim(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes every earlier write durable.
     fn sync(&self) -> io::Result<()>;
+    /// What identifies this storage, so that a state written for it is not
+    /// applied to another; the default names only the size.
+    fn identity(&self) -> ReplicaIdentity {
+        ReplicaIdentity {
+            size: self.size(),
+            ..ReplicaIdentity::default()
+        }
+    }
+}
+
+/// What identifies a replica's storage: its size and, for a regular file,
+/// the device and inode it lives on (0 when unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaIdentity {
+    pub size: u64,
+    pub device: u64,
+    pub inode: u64,
 }
 
 /// A replica in a regular file or a block device.
@@ -45,7 +65,10 @@ pub struct FileReplica {
 pub enum ReplicaError {
     #[error("cannot open replica {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
-    #[error("replica {path} holds {actual} bytes but the volume is {expected} bytes")]
+    #[error(
+        "{path} holds {actual} bytes but the volume is {expected} bytes: it was truncated or is \
+         the wrong file; dtu does not grow a file that holds data (an empty file is sized for you)"
+    )]
     Size {
         path: PathBuf,
         expected: u64,
@@ -54,9 +77,10 @@ pub enum ReplicaError {
 }
 
 impl FileReplica {
-    /// Opens (creating a sparse file of `size` bytes if it does not exist)
-    /// the replica at `path`. A regular file shorter than the volume is
-    /// extended; a block device must be at least `size` bytes.
+    /// Opens (creating a sparse file of `size` bytes if it does not exist
+    /// or is empty) the replica at `path`. A file or block device that holds
+    /// data must be at least `size` bytes: a shorter one was truncated or is
+    /// the wrong file, and is refused rather than silently extended.
     pub fn open(path: &Path, size: u64) -> Result<FileReplica, ReplicaError> {
         Self::open_mode(path, size, false)
     }
@@ -86,7 +110,7 @@ impl FileReplica {
             file.seek(SeekFrom::End(0)).map_err(open_err)?
         };
         if actual < size {
-            if meta.is_file() && !read_only {
+            if meta.is_file() && !read_only && actual == 0 {
                 file.set_len(size).map_err(open_err)?;
             } else {
                 return Err(ReplicaError::Size {
@@ -178,6 +202,23 @@ impl Replica for FileReplica {
 
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn identity(&self) -> ReplicaIdentity {
+        use std::os::unix::fs::MetadataExt;
+        match self.file.metadata() {
+            Ok(m) if m.is_file() => ReplicaIdentity {
+                size: self.size,
+                device: m.dev(),
+                inode: m.ino(),
+            },
+            // A block device's node says nothing stable (names move
+            // between boots): its size and the sample digest must do.
+            _ => ReplicaIdentity {
+                size: self.size,
+                ..ReplicaIdentity::default()
+            },
+        }
     }
 }
 
