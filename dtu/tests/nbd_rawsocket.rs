@@ -138,6 +138,7 @@ fn info_answers_what_was_asked_and_does_not_enter_transmission() {
         | TFLAG_SEND_FUA
         | TFLAG_SEND_TRIM
         | TFLAG_SEND_WRITE_ZEROES
+        | TFLAG_SEND_CACHE
         | TFLAG_CAN_MULTI_CONN;
     assert_eq!(flags, want, "transmission flags {flags:#x}");
     assert_eq!(
