@@ -49,7 +49,10 @@ fn tuning() -> LinkTuning {
 impl Pair {
     /// Starts the primary (and the remote, unless `remote_later`).
     fn start(policy: AckPolicy, remote_later: bool) -> Pair {
-        let dir = tempfile::Builder::new().prefix("nbd-pair-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("nbd-pair-")
+            .tempdir()
+            .unwrap();
         let setup = PairSetup::generate(rand::random(), SIZE).unwrap();
         // A free UDP port for the remote, which may start after the primary.
         let remote_addr = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -141,7 +144,9 @@ impl Drop for Pair {
         let _ = self.stop.send(true);
         let rt = std::mem::replace(
             &mut self.rt,
-            tokio::runtime::Builder::new_current_thread().build().unwrap(),
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap(),
         );
         rt.shutdown_timeout(Duration::from_secs(5));
         if let Some(p) = self.primary.take() {
@@ -206,7 +211,11 @@ fn nbdinfo_map_shows_the_holes_of_a_sparse_image_written_through_the_pair() {
         (20 * MIB, 256 * KIB, 0),
         (20 * MIB + 256 * KIB, 12 * MIB - 256 * KIB, 3),
     ];
-    assert_eq!(nbdinfo_map(&primary_uri), want, "primary's export (local copy)");
+    assert_eq!(
+        nbdinfo_map(&primary_uri),
+        want,
+        "primary's export (local copy)"
+    );
     assert_eq!(
         nbdinfo_map(&Pair::uri(&pair.ro_socket)),
         want,
@@ -214,10 +223,16 @@ fn nbdinfo_map_shows_the_holes_of_a_sparse_image_written_through_the_pair() {
     );
     // And the bytes are the source's on both sides.
     let source = std::fs::read(&src).unwrap();
-    assert!(std::fs::read(pair.replica_path()).unwrap() == source, "replica differs");
+    assert!(
+        std::fs::read(pair.replica_path()).unwrap() == source,
+        "replica differs"
+    );
     let back = pair.dir.path().join("back.img");
     run_tool("nbdcopy", &[&primary_uri, back.to_str().unwrap()], LIMIT).assert_ok("read back");
-    assert!(std::fs::read(&back).unwrap() == source, "primary's export differs");
+    assert!(
+        std::fs::read(&back).unwrap() == source,
+        "primary's export differs"
+    );
 }
 
 #[test]
@@ -270,5 +285,8 @@ fn a_flush_on_one_connection_covers_writes_answered_on_another() {
         );
     }
     let stored = remote_status(pair.remote.as_ref().unwrap()).stored_seq;
-    assert!(stored >= 17, "remote stored seq {stored}, flush was seq 17 or later");
+    assert!(
+        stored >= 17,
+        "remote stored seq {stored}, flush was seq 17 or later"
+    );
 }

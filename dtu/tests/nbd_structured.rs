@@ -56,18 +56,33 @@ fn be64(b: &[u8]) -> u64 {
 }
 
 /// Block status for `offset..offset+len`: the (length, flags) descriptors.
-fn block_status(c: &mut RawClient, handle: u64, flags: u16, offset: u64, len: u32) -> Vec<(u32, u32)> {
+fn block_status(
+    c: &mut RawClient,
+    handle: u64,
+    flags: u16,
+    offset: u64,
+    len: u32,
+) -> Vec<(u32, u32)> {
     c.request(CMD_BLOCK_STATUS, flags, handle, offset, len);
     let chunks = c.chunks();
     assert_eq!(chunks.len(), 1, "{chunks:?}");
     let (f, kind, h, p) = &chunks[0];
-    assert_eq!((*f, *kind, *h), (REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, handle));
+    assert_eq!(
+        (*f, *kind, *h),
+        (REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, handle)
+    );
     assert_eq!(be32(p), 1, "context id given at SET_META_CONTEXT");
     p[4..].chunks(8).map(|d| (be32(d), be32(&d[4..]))).collect()
 }
 
 /// A structured read, reassembled; also returns the chunk types in order.
-fn structured_read(c: &mut RawClient, handle: u64, flags: u16, offset: u64, len: u32) -> (Vec<u8>, Vec<u16>) {
+fn structured_read(
+    c: &mut RawClient,
+    handle: u64,
+    flags: u16,
+    offset: u64,
+    len: u32,
+) -> (Vec<u8>, Vec<u16>) {
     c.request(CMD_READ, flags, handle, offset, len);
     let mut out = vec![0xffu8; len as usize];
     let mut covered = 0u64;
@@ -104,7 +119,11 @@ fn negotiation_orders_structured_replies_before_meta_contexts() {
     c.option(OPT_SET_META_CONTEXT, &set);
     assert_eq!(c.option_replies()[0].1, REP_ERR_INVALID);
     c.option(OPT_STRUCTURED_REPLY, b"x");
-    assert_eq!(c.option_replies()[0].1, REP_ERR_INVALID, "payload on STRUCTURED_REPLY");
+    assert_eq!(
+        c.option_replies()[0].1,
+        REP_ERR_INVALID,
+        "payload on STRUCTURED_REPLY"
+    );
     c.option(OPT_STRUCTURED_REPLY, &[]);
     assert_eq!(c.option_replies()[0].1, REP_ACK);
     // LIST with no query names every context, id reserved as 0.
@@ -112,7 +131,10 @@ fn negotiation_orders_structured_replies_before_meta_contexts() {
     let r = c.option_replies();
     assert_eq!(r.len(), 2, "{r:?}");
     assert_eq!(r[0].1, REP_META_CONTEXT);
-    assert_eq!(r[0].2, [&0u32.to_be_bytes()[..], b"base:allocation"].concat());
+    assert_eq!(
+        r[0].2,
+        [&0u32.to_be_bytes()[..], b"base:allocation"].concat()
+    );
     // A foreign namespace selects nothing and is no error.
     c.option(
         OPT_SET_META_CONTEXT,
@@ -120,9 +142,15 @@ fn negotiation_orders_structured_replies_before_meta_contexts() {
     );
     assert_eq!(c.option_replies().len(), 1);
     // No namespace at all: invalid. Unknown export: unknown.
-    c.option(OPT_SET_META_CONTEXT, &RawClient::meta_payload(b"vol", &[b"allocation"]));
+    c.option(
+        OPT_SET_META_CONTEXT,
+        &RawClient::meta_payload(b"vol", &[b"allocation"]),
+    );
     assert_eq!(c.option_replies()[0].1, REP_ERR_INVALID);
-    c.option(OPT_SET_META_CONTEXT, &RawClient::meta_payload(b"nope", &[b"base:allocation"]));
+    c.option(
+        OPT_SET_META_CONTEXT,
+        &RawClient::meta_payload(b"nope", &[b"base:allocation"]),
+    );
     assert_eq!(c.option_replies()[0].1, REP_ERR_UNKNOWN);
     c.option(OPT_SET_META_CONTEXT, &set[..set.len() - 1]);
     assert_eq!(c.option_replies()[0].1, REP_ERR_INVALID, "truncated query");
@@ -189,7 +217,11 @@ fn structured_reads_send_holes_as_holes_and_df_in_one_chunk() {
     assert_eq!(got, want[..2 * MIB as usize]);
     assert_eq!(
         kinds,
-        [REPLY_TYPE_OFFSET_HOLE, REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE]
+        [
+            REPLY_TYPE_OFFSET_HOLE,
+            REPLY_TYPE_OFFSET_DATA,
+            REPLY_TYPE_OFFSET_HOLE
+        ]
     );
     // Don't fragment: one data chunk, zeros included.
     let (got, kinds) = structured_read(&mut c, 2, 4, 960 * KIB, 128 * KIB as u32);
@@ -219,7 +251,10 @@ fn structured_reads_send_holes_as_holes_and_df_in_one_chunk() {
 fn clients_without_structured_replies_still_get_simple_ones() {
     let (s, want) = sparse_served();
     let (mut c, _, _) = RawClient::transmission_unix(&s.socket, "vol");
-    assert_eq!(c.read(1, 0, 2 * MIB as u32).unwrap(), want[..2 * MIB as usize]);
+    assert_eq!(
+        c.read(1, 0, 2 * MIB as u32).unwrap(),
+        want[..2 * MIB as usize]
+    );
     assert_eq!(c.simple(CMD_CACHE, 0, 2, 0, 4096), 0);
     assert_eq!(c.read(3, 16 * MIB, 1), Err(EINVAL));
     assert_eq!(c.simple(CMD_BLOCK_STATUS, 0, 4, 0, 4096), EINVAL);
@@ -231,8 +266,8 @@ fn clients_without_structured_replies_still_get_simple_ones() {
 fn nbdinfo_map(uri: &str) -> Vec<(u64, u64, u64)> {
     let r = run_tool("nbdinfo", &["--map", "--json", uri], LIMIT);
     r.assert_ok("nbdinfo --map");
-    let v: serde_json::Value =
-        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("nbdinfo JSON: {e}\n{}", r.stdout));
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("nbdinfo JSON: {e}\n{}", r.stdout));
     v.as_array()
         .unwrap_or_else(|| panic!("not a list: {v}"))
         .iter()
@@ -265,7 +300,11 @@ fn nbdinfo_map_shows_holes_and_data() {
     // The human form says it in words.
     let r = run_tool("nbdinfo", &["--map", &s.unix_uri()], LIMIT);
     r.assert_ok("nbdinfo --map");
-    assert!(r.stdout.contains("hole,zero") && r.stdout.contains("data"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("hole,zero") && r.stdout.contains("data"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -335,5 +374,8 @@ fn nbdcopy_skips_the_holes_of_the_export() {
     );
     // The control: the same copy without block status fills every hole,
     // so the measurement above can tell the two apart.
-    assert!(without >= 15 * MIB, "control copy holds only {without} bytes");
+    assert!(
+        without >= 15 * MIB,
+        "control copy holds only {without} bytes"
+    );
 }

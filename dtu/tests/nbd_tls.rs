@@ -47,8 +47,7 @@ fn qemu_io_tls(port: u16, export: &str, certs: &Path, cmds: &[&str]) -> Run {
         "tls-creds-x509,id=tls0,dir={},endpoint=client",
         certs.display()
     );
-    let image =
-        format!("driver=nbd,host=127.0.0.1,port={port},export={export},tls-creds=tls0");
+    let image = format!("driver=nbd,host=127.0.0.1,port={port},export={export},tls-creds=tls0");
     let mut args = vec!["--object", &object, "--image-opts", &image];
     for c in cmds {
         args.push("-c");
@@ -75,7 +74,11 @@ fn nbdinfo_and_qemu_io_work_over_tls_with_the_generated_certificates() {
         &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"],
     );
     r.assert_ok("qemu-io over TLS");
-    assert!(!r.output().contains("Pattern verification failed"), "{}", r.output());
+    assert!(
+        !r.output().contains("Pattern verification failed"),
+        "{}",
+        r.output()
+    );
     assert!(
         s.image_bytes()[..64 << 10].iter().all(|&b| b == 0x5a),
         "the write over TLS did not reach the file"
@@ -83,7 +86,11 @@ fn nbdinfo_and_qemu_io_work_over_tls_with_the_generated_certificates() {
     // Block status and structured reads work over TLS too.
     let r = run_tool("nbdinfo", &["--map", &nbds_uri(&s, d.path())], LIMIT);
     r.assert_ok("nbdinfo --map over TLS");
-    assert!(r.stdout.contains("data") && r.stdout.contains("hole"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("data") && r.stdout.contains("hole"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -102,11 +109,18 @@ fn plaintext_clients_are_refused_where_tls_is_required() {
     ] {
         c.option(opt, &payload);
         let r = c.option_replies();
-        assert_eq!((r.len(), r[0].0, r[0].1), (1, opt, REP_ERR_TLS_REQD), "{r:?}");
+        assert_eq!(
+            (r.len(), r[0].0, r[0].1),
+            (1, opt, REP_ERR_TLS_REQD),
+            "{r:?}"
+        );
     }
     // ...and choosing the export in plaintext ends the session.
     c.option(OPT_EXPORT_NAME, b"vol");
-    assert!(c.closed_by_server(), "EXPORT_NAME without TLS was not refused");
+    assert!(
+        c.closed_by_server(),
+        "EXPORT_NAME without TLS was not refused"
+    );
     // A real client without TLS gets nowhere (libnbd 1.14 reports the
     // refusal of its NBD_OPT_GO as "Operation not supported").
     let r = run_tool(
@@ -154,19 +168,39 @@ fn client_certificates_from_another_ca_or_none_are_refused() {
     let other = tempfile::tempdir().unwrap();
     certs(other.path());
     let mixed = tempfile::tempdir().unwrap();
-    std::fs::copy(ours.path().join(tls::CA_CERT), mixed.path().join(tls::CA_CERT)).unwrap();
+    std::fs::copy(
+        ours.path().join(tls::CA_CERT),
+        mixed.path().join(tls::CA_CERT),
+    )
+    .unwrap();
     for f in [tls::CLIENT_CERT, tls::CLIENT_KEY] {
         std::fs::copy(other.path().join(f), mixed.path().join(f)).unwrap();
     }
     let r = run_tool("nbdinfo", &[&nbds_uri(&s, mixed.path())], LIMIT);
-    assert!(!r.ok(), "a foreign client certificate was accepted:\n{}", r.output());
+    assert!(
+        !r.ok(),
+        "a foreign client certificate was accepted:\n{}",
+        r.output()
+    );
     let r = qemu_io_tls(s.tcp.port(), "vol", mixed.path(), &["read 0 4k"]);
-    assert!(!r.ok(), "qemu-io with a foreign certificate got through:\n{}", r.output());
+    assert!(
+        !r.ok(),
+        "qemu-io with a foreign certificate got through:\n{}",
+        r.output()
+    );
     // No client certificate at all.
     let bare = tempfile::tempdir().unwrap();
-    std::fs::copy(ours.path().join(tls::CA_CERT), bare.path().join(tls::CA_CERT)).unwrap();
+    std::fs::copy(
+        ours.path().join(tls::CA_CERT),
+        bare.path().join(tls::CA_CERT),
+    )
+    .unwrap();
     let r = run_tool("nbdinfo", &[&nbds_uri(&s, bare.path())], LIMIT);
-    assert!(!r.ok(), "a client without a certificate was accepted:\n{}", r.output());
+    assert!(
+        !r.ok(),
+        "a client without a certificate was accepted:\n{}",
+        r.output()
+    );
     // And the right one still works after the refusals.
     run_tool("nbdinfo", &[&nbds_uri(&s, ours.path())], LIMIT).assert_ok("our own client");
 }
@@ -209,9 +243,17 @@ fn dtu(args: &[&str], log: &Path) -> Proc {
 
 fn free_port(udp: bool) -> u16 {
     if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     } else {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 }
 
@@ -236,18 +278,32 @@ fn a_running_primary_from_dtu_init_serves_tls_and_refuses_plaintext() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "dtu init: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dtu init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let certs = dir.join("nbd-tls");
     use std::os::unix::fs::PermissionsExt;
     for key in [tls::CA_KEY, tls::SERVER_KEY, tls::CLIENT_KEY] {
-        let mode = std::fs::metadata(certs.join(key)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(certs.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
     // init offers TLS; this host requires it.
     let primary_toml = dir.join("primary.toml");
     let text = std::fs::read_to_string(&primary_toml).unwrap();
-    assert!(text.contains("tls = \"on\"") && text.contains("tls_dir = \"nbd-tls\""), "{text}");
-    std::fs::write(&primary_toml, text.replace("tls = \"on\"", "tls = \"require\"")).unwrap();
+    assert!(
+        text.contains("tls = \"on\"") && text.contains("tls_dir = \"nbd-tls\""),
+        "{text}"
+    );
+    std::fs::write(
+        &primary_toml,
+        text.replace("tls = \"on\"", "tls = \"require\""),
+    )
+    .unwrap();
 
     let _remote = dtu(
         &["remote", "-c", dir.join("remote.toml").to_str().unwrap()],
@@ -278,7 +334,11 @@ fn a_running_primary_from_dtu_init_serves_tls_and_refuses_plaintext() {
         &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"],
     );
     r.assert_ok("qemu-io over TLS against dtu primary");
-    assert!(!r.output().contains("Pattern verification failed"), "{}", r.output());
+    assert!(
+        !r.output().contains("Pattern verification failed"),
+        "{}",
+        r.output()
+    );
     let r = run_tool("nbdinfo", &[&format!("nbd://127.0.0.1:{tcp}/dtu")], LIMIT);
     assert!(!r.ok(), "plaintext client got through:\n{}", r.output());
     let log = std::fs::read_to_string(d.path().join("primary.log")).unwrap_or_default();

@@ -70,10 +70,12 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
         }
     }
     crate::units::parse_bytes(&a.volume_size).context("--volume-size")?;
-    let nbd_addr: std::net::SocketAddr = a
-        .nbd_tcp
-        .parse()
-        .with_context(|| format!("--nbd-tcp {:?} is not an address like 127.0.0.1:10809", a.nbd_tcp))?;
+    let nbd_addr: std::net::SocketAddr = a.nbd_tcp.parse().with_context(|| {
+        format!(
+            "--nbd-tcp {:?} is not an address like 127.0.0.1:10809",
+            a.nbd_tcp
+        )
+    })?;
     crate::units::parse_bytes(&a.nvbuf_size).context("--nvbuf-size")?;
 
     let primary_id = Identity::generate("dtu-primary")?;

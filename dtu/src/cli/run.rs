@@ -159,7 +159,10 @@ async fn serve_admin_and_nbd(
             } else {
                 "nbd"
             };
-            eprintln!("NBD export {name:?} on {scheme}://{local}/{name} (TLS {})", tls.mode);
+            eprintln!(
+                "NBD export {name:?} on {scheme}://{local}/{name} (TLS {})",
+                tls.mode
+            );
             if crate::nbd::tls::exposed(&local) && tls.mode != TlsMode::Require {
                 // The volume in plaintext, to anyone who can reach the port.
                 tracing::warn!(

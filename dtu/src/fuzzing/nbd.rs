@@ -1,9 +1,11 @@
 //! The `nbd_requests` fuzz target's checks: the pure parsers of
 //! [`crate::nbd::wire`] wherever the input holds a header, and the whole
 //! input as a client's byte stream into two live connections, one to a
-//! plaintext server and one to a server that requires TLS (so STARTTLS and
-//! a TLS handshake fed arbitrary bytes are fuzzed too), whose export checks
-//! the server keeps to the [`Export`] contract.
+//! plaintext server and one to a server that requires TLS (so the
+//! refusals around NBD_OPT_STARTTLS are fuzzed too; the fuzzer's bytes
+//! after a STARTTLS always arrive before the server's ACK, which drops the
+//! connection before any TLS parsing), whose export checks the server keeps
+//! to the [`Export`] contract.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -229,7 +231,8 @@ async fn run_nbd_session(
             }
         }
     };
-    let session = async { tokio::join!(server.serve_connection(server_side, stop_rx), feed, drain) };
+    let session =
+        async { tokio::join!(server.serve_connection(server_side, stop_rx), feed, drain) };
     let Ok((end, (), (head, sent))) = tokio::time::timeout(NBD_SESSION_LIMIT, session).await else {
         panic!("the NBD session did not end within {NBD_SESSION_LIMIT:?} of the client's stream ending");
     };
@@ -263,7 +266,11 @@ fn check_wire_parsers(data: &[u8]) {
             let payload = &payload[..payload.len().min(h.len as usize)];
             if let Some(r) = wire::parse_meta_request(payload) {
                 let used = 8 + r.name.len() + r.queries.iter().map(|q| 4 + q.len()).sum::<usize>();
-                assert_eq!(used, payload.len(), "meta context request bytes unaccounted");
+                assert_eq!(
+                    used,
+                    payload.len(),
+                    "meta context request bytes unaccounted"
+                );
             }
             if let Some(r) = wire::parse_info_request(payload) {
                 let requests = r.requests().count();

@@ -203,7 +203,12 @@ where
                     false
                 }
                 TlsState::Offered | TlsState::Required if !payload.is_empty() => {
-                    error_reply(&mut out, option, REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+                    error_reply(
+                        &mut out,
+                        option,
+                        REP_ERR_INVALID,
+                        "NBD_OPT_STARTTLS takes no data",
+                    );
                     false
                 }
                 TlsState::Offered | TlsState::Required => {
@@ -275,7 +280,12 @@ fn meta_reply(
         return;
     }
     let Some(req) = parse_meta_request(payload) else {
-        error_reply(out, option, REP_ERR_INVALID, "malformed metadata context request");
+        error_reply(
+            out,
+            option,
+            REP_ERR_INVALID,
+            "malformed metadata context request",
+        );
         return;
     };
     if !export.answers_to(req.name) {

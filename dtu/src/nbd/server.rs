@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
-use tokio::time::Instant;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::handshake::{greet, negotiate, ExportInfo, Negotiated, TlsState};
@@ -264,7 +264,10 @@ impl NbdServer {
             Some(t) if t.required() => TlsState::Required,
             Some(_) => TlsState::Offered,
         };
-        let client = in_time(tokio::time::timeout_at(deadline, greet(&mut s)).await, timeout)??;
+        let client = in_time(
+            tokio::time::timeout_at(deadline, greet(&mut s)).await,
+            timeout,
+        )??;
         let negotiated = tokio::time::timeout_at(
             deadline,
             negotiate(&mut s, &info, client, state, &mut options_left, &shutdown),
@@ -287,7 +290,14 @@ impl NbdServer {
                 let mut s = BufReader::with_capacity(64 << 10, stream);
                 let negotiated = tokio::time::timeout_at(
                     deadline,
-                    negotiate(&mut s, &info, client, TlsState::Active, &mut options_left, &shutdown),
+                    negotiate(
+                        &mut s,
+                        &info,
+                        client,
+                        TlsState::Active,
+                        &mut options_left,
+                        &shutdown,
+                    ),
                 )
                 .await;
                 match in_time(negotiated, timeout)?? {

@@ -136,8 +136,8 @@ impl NbdTls {
         };
         let ca = certs(ca_pem, CA_CERT)?;
         let chain = certs(cert_pem, SERVER_CERT)?;
-        let key =
-            PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| pem_err(SERVER_KEY, "private key"))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|_| pem_err(SERVER_KEY, "private key"))?;
         let mut roots = rustls::RootCertStore::empty();
         for c in ca {
             roots
@@ -145,10 +145,12 @@ impl NbdTls {
                 .map_err(|e| config_err(format!("{CA_CERT}: {e}")))?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| config_err(format!("client certificate verifier: {e}")))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| config_err(format!("client certificate verifier: {e}")))?;
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| config_err(e.to_string()))?
@@ -224,8 +226,11 @@ pub fn generate(names: &[String]) -> Result<GeneratedTls, TlsError> {
         let cert = p.signed_by(&key, &ca_cert, &ca_key).map_err(fail)?;
         Ok((cert.pem(), key.serialize_pem()))
     };
-    let (server_cert, server_key) =
-        leaf(names.to_vec(), "dtu NBD server", ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (server_cert, server_key) = leaf(
+        names.to_vec(),
+        "dtu NBD server",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
     let (client_cert, client_key) = leaf(
         vec!["dtu-nbd-client".into()],
         "dtu NBD client",
@@ -325,7 +330,10 @@ mod tests {
         for m in [TlsMode::Off, TlsMode::On, TlsMode::Require] {
             assert_eq!(m.to_string().parse::<TlsMode>(), Ok(m));
         }
-        assert!("yes".parse::<TlsMode>().unwrap_err().contains("off, on or require"));
+        assert!("yes"
+            .parse::<TlsMode>()
+            .unwrap_err()
+            .contains("off, on or require"));
         assert_eq!(TlsMode::default(), TlsMode::Off);
     }
 
@@ -343,7 +351,10 @@ mod tests {
             (CLIENT_KEY, 0o600),
             (CA_CERT, 0o644),
         ] {
-            let m = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode();
+            let m = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(m & 0o777, mode, "{name}");
         }
         // A missing or garbled file names itself.

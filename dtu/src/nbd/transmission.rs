@@ -82,7 +82,8 @@ fn encode_reply(handle: u64, structured: bool, result: Result<Outcome, Failure>)
         data,
     };
     let chunk = |flags: u16, kind: u16, fixed: &[&[u8]], data: Option<Bytes>| {
-        let len = fixed.iter().map(|f| f.len()).sum::<usize>() + data.as_ref().map_or(0, Bytes::len);
+        let len =
+            fixed.iter().map(|f| f.len()).sum::<usize>() + data.as_ref().map_or(0, Bytes::len);
         let mut head = encode_structured_header(flags, kind, handle, len as u32).to_vec();
         for f in fixed {
             head.extend_from_slice(f);
@@ -113,7 +114,12 @@ fn encode_reply(handle: u64, structured: bool, result: Result<Outcome, Failure>)
     match result {
         Ok(Outcome::Done) => vec![simple(0, None)],
         Ok(Outcome::Data { offset, data }) if !data.is_empty() => {
-            vec![chunk(done, REPLY_TYPE_OFFSET_DATA, &[&offset.to_be_bytes()], Some(data))]
+            vec![chunk(
+                done,
+                REPLY_TYPE_OFFSET_DATA,
+                &[&offset.to_be_bytes()],
+                Some(data),
+            )]
         }
         Ok(Outcome::Data { .. }) => vec![chunk(done, REPLY_TYPE_NONE, &[], None)],
         Ok(Outcome::Pieces(pieces)) => {
@@ -159,7 +165,11 @@ fn encode_reply(handle: u64, structured: bool, result: Result<Outcome, Failure>)
             vec![chunk(
                 done,
                 REPLY_TYPE_ERROR,
-                &[&f.error.to_be_bytes(), &(msg.len() as u16).to_be_bytes(), &msg],
+                &[
+                    &f.error.to_be_bytes(),
+                    &(msg.len() as u16).to_be_bytes(),
+                    &msg,
+                ],
                 None,
             )]
         }
@@ -262,7 +272,9 @@ async fn read_requests<R: AsyncRead + Unpin>(
                     error,
                     message: format!("a write of {} bytes is above the 32 MiB maximum", h.len),
                 };
-                let _ = tx.send(immediate(h.handle, structured, failure, slot)).await;
+                let _ = tx
+                    .send(immediate(h.handle, structured, failure, slot))
+                    .await;
                 break Ok(ConnectionEnd::WriteTooLarge(h.len));
             }
             Action::Reject { error, discard: n } => {
@@ -328,7 +340,14 @@ async fn read_requests<R: AsyncRead + Unpin>(
                         Ok(Outcome::Data { offset, data })
                     })
                 };
-                spawn(&mut tasks, &tx, job, h.handle, structured, (slot, Some(permit)));
+                spawn(
+                    &mut tasks,
+                    &tx,
+                    job,
+                    h.handle,
+                    structured,
+                    (slot, Some(permit)),
+                );
                 continue;
             }
             Action::Write { offset, len, fua } => {
@@ -485,7 +504,11 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     let mut buf = Vec::with_capacity(COALESCE + 64);
     while let Some(mut reply) = rx.recv().await {
         loop {
-            tracing::trace!(handle = reply.handle, chunks = reply.msgs.len(), "NBD reply");
+            tracing::trace!(
+                handle = reply.handle,
+                chunks = reply.msgs.len(),
+                "NBD reply"
+            );
             for msg in std::mem::take(&mut reply.msgs) {
                 buf.extend_from_slice(&msg.head);
                 if let Some(data) = msg.data {

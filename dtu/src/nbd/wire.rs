@@ -694,7 +694,12 @@ mod tests {
             }
         );
         assert_eq!(
-            classify(&req(CMD_WRITE, 0, 0, MAX_REQUEST_LEN + 1), size, false, NONE),
+            classify(
+                &req(CMD_WRITE, 0, 0, MAX_REQUEST_LEN + 1),
+                size,
+                false,
+                NONE
+            ),
             Action::RejectAndClose { error: EINVAL }
         );
         assert_eq!(
@@ -705,7 +710,8 @@ mod tests {
             }
         );
         assert_eq!(
-            classify(&req(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 0, 512),
+            classify(
+                &req(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 0, 512),
                 size,
                 false,
                 NONE
@@ -717,7 +723,8 @@ mod tests {
             }
         );
         assert_eq!(
-            classify(&req(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 512),
+            classify(
+                &req(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 512),
                 size,
                 false,
                 NONE
@@ -728,7 +735,12 @@ mod tests {
             }
         );
         assert_eq!(
-            classify(&req(CMD_WRITE_ZEROES, 0, 0, u32::MAX), u64::MAX, false, NONE),
+            classify(
+                &req(CMD_WRITE_ZEROES, 0, 0, u32::MAX),
+                u64::MAX,
+                false,
+                NONE
+            ),
             Action::WriteZeroes {
                 offset: 0,
                 len: u32::MAX,
@@ -789,7 +801,10 @@ mod tests {
             error: EINVAL,
             discard: 0,
         };
-        assert_eq!(classify(&req(CMD_READ, CMD_FLAG_DF, 0, 512), size, false, NONE), einval);
+        assert_eq!(
+            classify(&req(CMD_READ, CMD_FLAG_DF, 0, 512), size, false, NONE),
+            einval
+        );
         assert_eq!(
             classify(&req(CMD_READ, CMD_FLAG_DF, 0, 512), size, false, sr),
             Action::Read {
@@ -798,18 +813,35 @@ mod tests {
                 df: true
             }
         );
-        assert_eq!(classify(&req(CMD_BLOCK_STATUS, 0, 0, 512), size, false, sr), einval);
         assert_eq!(
-            classify(&req(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 4096, u32::MAX), u64::MAX, true, meta),
+            classify(&req(CMD_BLOCK_STATUS, 0, 0, 512), size, false, sr),
+            einval
+        );
+        assert_eq!(
+            classify(
+                &req(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 4096, u32::MAX),
+                u64::MAX,
+                true,
+                meta
+            ),
             Action::BlockStatus {
                 offset: 4096,
                 len: u32::MAX,
                 one: true
             }
         );
-        assert_eq!(classify(&req(CMD_BLOCK_STATUS, 0, 0, 0), size, false, meta), einval);
-        assert_eq!(classify(&req(CMD_BLOCK_STATUS, 0, size, 1), size, false, meta), einval);
-        assert_eq!(classify(&req(CMD_BLOCK_STATUS, CMD_FLAG_DF, 0, 1), size, false, meta), einval);
+        assert_eq!(
+            classify(&req(CMD_BLOCK_STATUS, 0, 0, 0), size, false, meta),
+            einval
+        );
+        assert_eq!(
+            classify(&req(CMD_BLOCK_STATUS, 0, size, 1), size, false, meta),
+            einval
+        );
+        assert_eq!(
+            classify(&req(CMD_BLOCK_STATUS, CMD_FLAG_DF, 0, 1), size, false, meta),
+            einval
+        );
         assert_eq!(transmission_flags(false, NONE) & FLAG_SEND_DF, 0);
         assert_ne!(transmission_flags(true, sr) & FLAG_SEND_DF, 0);
         assert_ne!(transmission_flags(false, NONE) & FLAG_SEND_CACHE, 0);

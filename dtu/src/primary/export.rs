@@ -198,7 +198,11 @@ mod tests {
     fn pieces_follow_spans_and_fall_back_to_data() {
         let data = Bytes::from((0..100u8).collect::<Vec<_>>());
         let span = |offset, len, hole| Span { offset, len, hole };
-        let p = pieces_of(1000, data.clone(), &[span(1000, 10, true), span(1010, 500, false)]);
+        let p = pieces_of(
+            1000,
+            data.clone(),
+            &[span(1000, 10, true), span(1010, 500, false)],
+        );
         assert_eq!(
             p,
             [
