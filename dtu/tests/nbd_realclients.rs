@@ -444,6 +444,8 @@ fn fio_nbd_engine_randwrite_with_crc32c_verify_passes() {
                 "--verify=crc32c",
                 "--do_verify=1",
                 "--verify_fatal=1",
+                // No verify state file in the working directory.
+                "--verify_state_save=0",
                 "--output-format=json",
             ],
             LIMIT,
