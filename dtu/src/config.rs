@@ -217,6 +217,22 @@ pub struct NbdSection {
     /// from it), like DRBD's local disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<PathBuf>,
+    /// TLS on the TCP listener (NBD_OPT_STARTTLS): `off`, `on` (clients
+    /// choose) or `require`. `off` is the default, fine for a listener on
+    /// loopback or a unix socket only (which never speaks TLS).
+    #[serde(default = "default_tls", skip_serializing_if = "is_default_tls")]
+    pub tls: String,
+    /// Directory with `ca-cert.pem`, `server-cert.pem`, `server-key.pem`
+    /// (`dtu init` writes it); client certificates must chain to the CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<PathBuf>,
+}
+
+fn default_tls() -> String {
+    "off".into()
+}
+fn is_default_tls(s: &str) -> bool {
+    s == "off"
 }
 
 fn default_export() -> String {
@@ -230,6 +246,8 @@ impl Default for NbdSection {
             unix: None,
             export: default_export(),
             local: None,
+            tls: default_tls(),
+            tls_dir: None,
         }
     }
 }
@@ -496,6 +514,26 @@ pub fn policy(p: &PolicySection) -> Result<AckPolicy, String> {
     })
 }
 
+/// The NBD listener's TLS, parsed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NbdTlsConfig {
+    pub mode: crate::nbd::tls::TlsMode,
+    /// Set whenever `mode` is not `off`.
+    pub dir: Option<PathBuf>,
+}
+
+fn nbd_tls(c: &Ctx<'_>, n: &NbdSection) -> Result<NbdTlsConfig, ConfigError> {
+    let mode: crate::nbd::tls::TlsMode = n.tls.parse().map_err(|e| c.err("nbd.tls", e))?;
+    let dir = n.tls_dir.as_deref().map(|p| c.resolve(p));
+    if mode != crate::nbd::tls::TlsMode::Off && dir.is_none() {
+        return Err(c.err(
+            "nbd.tls_dir",
+            format!("needed with nbd.tls = \"{mode}\" (`dtu init` writes one)"),
+        ));
+    }
+    Ok(NbdTlsConfig { mode, dir })
+}
+
 /// Everything `dtu primary` needs, parsed and with absolute paths.
 #[derive(Debug, Clone)]
 pub struct PrimaryConfig {
@@ -512,6 +550,7 @@ pub struct PrimaryConfig {
     pub nbd_unix: Option<PathBuf>,
     pub export: String,
     pub local: Option<PathBuf>,
+    pub nbd_tls: NbdTlsConfig,
     pub control: PathBuf,
     pub metrics: Option<SocketAddr>,
 }
@@ -530,6 +569,7 @@ pub struct RemoteConfig {
     pub nbd_tcp: Option<SocketAddr>,
     pub nbd_unix: Option<PathBuf>,
     pub export: String,
+    pub nbd_tls: NbdTlsConfig,
     pub control: PathBuf,
     pub metrics: Option<SocketAddr>,
 }
@@ -567,6 +607,7 @@ impl PrimaryConfig {
             nbd_unix: f.nbd.unix.as_deref().map(|p| c.resolve(p)),
             export: f.nbd.export.clone(),
             local: f.nbd.local.as_deref().map(|p| c.resolve(p)),
+            nbd_tls: nbd_tls(&c, &f.nbd)?,
             control: c.resolve(&f.admin.control),
             metrics: f
                 .admin
@@ -617,6 +658,7 @@ impl RemoteConfig {
                 .transpose()?,
             nbd_unix: f.nbd.unix.as_deref().map(|p| c.resolve(p)),
             export: f.nbd.export.clone(),
+            nbd_tls: nbd_tls(&c, &f.nbd)?,
             control: c.resolve(&f.admin.control),
             metrics: f
                 .admin
@@ -694,5 +736,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn nbd_tls_needs_a_directory_and_a_known_mode() {
+        let mut f = sample_primary();
+        let c = PrimaryConfig::from_file(Path::new("/etc/dtu/p.toml"), &f).unwrap();
+        assert_eq!(c.nbd_tls, NbdTlsConfig::default());
+        f.nbd.tls = "require".into();
+        let e = PrimaryConfig::from_file(Path::new("p.toml"), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nbd.tls_dir"), "{e}");
+        f.nbd.tls_dir = Some("nbd-tls".into());
+        let c = PrimaryConfig::from_file(Path::new("/etc/dtu/p.toml"), &f).unwrap();
+        assert_eq!(c.nbd_tls.mode, crate::nbd::tls::TlsMode::Require);
+        assert_eq!(c.nbd_tls.dir, Some(PathBuf::from("/etc/dtu/nbd-tls")));
+        f.nbd.tls = "maybe".into();
+        let e = PrimaryConfig::from_file(Path::new("p.toml"), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nbd.tls") && e.contains("maybe"), "{e}");
     }
 }

@@ -40,6 +40,13 @@ fn nbd_requests_corpus_replays_cleanly() {
         eprintln!("{name}: {s:?}");
         disconnected += usize::from(matches!(s.end, Ok(ConnectionEnd::Disconnected)));
         served += usize::from(s.export_calls > 0);
+        if name.contains("structured-meta-block-status") {
+            // Block status, sparse reads and cache all reached the export.
+            assert!(
+                matches!(s.end, Ok(ConnectionEnd::Disconnected)) && s.export_calls >= 5,
+                "{name}: {s:?}"
+            );
+        }
     }
     // The valid sessions among the seeds must still get through the
     // handshake to requests, or the corpus has gone stale.
@@ -297,7 +304,99 @@ fn nbd_seeds() -> Vec<(&'static str, Vec<u8>)> {
             [go(), request(0, 0, 1, 0, 512)[..13].to_vec()].concat(),
         ),
         ("empty", Vec::new()),
+        (
+            "structured-meta-block-status-sparse-read-cache",
+            [
+                3u32.to_be_bytes().to_vec(),
+                option(8, b""),
+                option(9, &meta(b"", &[])),
+                option(10, &meta(b"vol", &[b"base:allocation", b"x-other:thing"])),
+                option(7, &info(b"vol", &[3])),
+                write(1, 4096, 1024, 0),
+                request(7, 0, 2, 0, 65536),
+                request(7, 8, 3, 0, 65536),
+                request(0, 0, 4, 0, 65536),
+                request(0, 4, 5, 0, 16384),
+                request(0, 0, 6, 0, 0),
+                request(5, 0, 7, 0, 65536),
+                request(0, 0, 8, 65536 - 4, 8),
+                request(7, 0, 9, 0, 0),
+                disc(),
+            ]
+            .concat(),
+        ),
+        (
+            "meta-before-structured-and-malformed",
+            [
+                3u32.to_be_bytes().to_vec(),
+                option(10, &meta(b"vol", &[b"base:allocation"])),
+                option(8, b"x"),
+                option(8, b""),
+                option(10, &meta(b"vol", &[b"base:allocation"])[..20]),
+                option(10, &meta(b"vol", &[b"allocation"])),
+                option(10, &meta(b"other", &[b"base:allocation"])),
+                option(9, &meta(b"vol", &[b"base:"])),
+                option(10, &{
+                    let mut m = meta(b"", &[]);
+                    m.truncate(4);
+                    m.extend_from_slice(&u32::MAX.to_be_bytes());
+                    m
+                }),
+                go()[4..].to_vec(),
+                request(7, 0, 1, 0, 4096),
+                request(0, 4, 2, 0, 512),
+                disc(),
+            ]
+            .concat(),
+        ),
+        (
+            "starttls-refused-or-started-then-go",
+            [
+                3u32.to_be_bytes().to_vec(),
+                option(5, b""),
+                go()[4..].to_vec(),
+                write(1, 0, 100, 1),
+                disc(),
+            ]
+            .concat(),
+        ),
+        (
+            "starttls-then-clienthello-garbage",
+            [
+                3u32.to_be_bytes().to_vec(),
+                option(5, b""),
+                vec![0x16, 0x03, 0x01, 0x00, 0x40],
+                (0..64u8).collect(),
+            ]
+            .concat(),
+        ),
+        (
+            "tls-required-options-then-export-name",
+            [
+                3u32.to_be_bytes().to_vec(),
+                option(3, b""),
+                option(6, &info(b"vol", &[0])),
+                option(8, b""),
+                option(5, b"unexpected"),
+                option(1, b"vol"),
+                request(0, 0, 1, 0, 512),
+                disc(),
+            ]
+            .concat(),
+        ),
     ]
+}
+
+/// A meta context option's payload.
+fn meta(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
+    let mut p = (name.len() as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(name);
+    p.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    for q in queries {
+        p.extend_from_slice(&(q.len() as u32).to_be_bytes());
+        p.extend_from_slice(q);
+    }
+    p
 }
 
 mod nv {

@@ -291,7 +291,6 @@ struct Seen {
 /// Errs if the connection hung.
 async fn run_session(server: &NbdServer, input: Vec<u8>) -> Result<Seen, String> {
     let (client, server_side) = tokio::io::duplex(64 << 10);
-    let (sr, sw) = tokio::io::split(server_side);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (mut cr, mut cw) = tokio::io::split(client);
     let feed = async move {
@@ -329,7 +328,7 @@ async fn run_session(server: &NbdServer, input: Vec<u8>) -> Result<Seen, String>
             }
         }
     };
-    let served = server.serve_connection(sr, sw, stop_rx);
+    let served = server.serve_connection(server_side, stop_rx);
     match tokio::time::timeout(Duration::from_secs(20), async {
         tokio::join!(served, feed, drain)
     })
@@ -439,7 +438,6 @@ async fn flood_of_maximal_writes(dir: &std::path::Path) {
     });
     let payload = vec![0x5au8; MAX_REQUEST];
     let (client, server_side) = tokio::io::duplex(256 << 10);
-    let (sr, sw) = tokio::io::split(server_side);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (mut cr, mut cw) = tokio::io::split(client);
     let baseline = LIVE.load(Ordering::Relaxed);
@@ -470,7 +468,7 @@ async fn flood_of_maximal_writes(dir: &std::path::Path) {
         all
     };
     let (end, (), replies) = tokio::time::timeout(Duration::from_secs(120), async {
-        tokio::join!(server.serve_connection(sr, sw, stop_rx), feed, drain)
+        tokio::join!(server.serve_connection(server_side, stop_rx), feed, drain)
     })
     .await
     .expect("the flood did not finish");

@@ -224,7 +224,10 @@ fn nbdinfo_shows_size_name_flags_and_lists_the_export() {
     for uri in [s.unix_uri(), s.tcp_uri()] {
         let v = nbdinfo_json(&["--json", &uri]);
         assert_eq!(v["protocol"], "newstyle-fixed", "{v}");
-        assert_eq!(v["structured"], false, "only simple replies: {v}");
+        assert_eq!(
+            v["structured"], true,
+            "libnbd asks for structured replies: {v}"
+        );
         let e = &v["exports"][0];
         assert_eq!(e["export-name"], "mirror0", "{v}");
         assert_eq!(e["export-size"], 48 * MIB as u64, "{v}");
@@ -236,12 +239,18 @@ fn nbdinfo_shows_size_name_flags_and_lists_the_export() {
             "can_trim",
             "can_zero",
             "can_multi_conn",
+            "can_cache",
+            "can_df",
         ] {
             assert_eq!(e[cap], true, "{cap}: {v}");
         }
-        for cap in ["can_df", "can_fast_zero"] {
-            assert_eq!(e[cap], false, "{cap}: {v}");
-        }
+        assert!(
+            e["contexts"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c == "base:allocation")),
+            "base:allocation not offered: {v}"
+        );
+        assert_eq!(e["can_fast_zero"], false, "{v}");
         assert_eq!(e["block_size_minimum"], 1, "{v}");
         assert_eq!(e["block_size_preferred"], 4096, "{v}");
         assert_eq!(e["block_size_maximum"], 32 * MIB as u64, "{v}");
@@ -435,6 +444,8 @@ fn fio_nbd_engine_randwrite_with_crc32c_verify_passes() {
                 "--verify=crc32c",
                 "--do_verify=1",
                 "--verify_fatal=1",
+                // No verify state file in the working directory.
+                "--verify_state_save=0",
                 "--output-format=json",
             ],
             LIMIT,

@@ -1,6 +1,8 @@
 //! `dtu init`: everything a new pair needs, in one directory: a key pair
 //! and self-signed certificate per side, each side pinning the other's
-//! fingerprint, a volume id, a sealing key, and the two config files.
+//! fingerprint, a volume id, a sealing key, the NBD listener's TLS files
+//! (`nbd-tls/`: a CA, a server certificate for the listener's names, a
+//! client certificate for the host), and the two config files.
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +48,9 @@ pub struct InitArgs {
     pub force: bool,
 }
 
+/// The NBD TLS files' directory, beside the configs.
+pub const NBD_TLS_DIR: &str = "nbd-tls";
+
 /// Paths `dtu init` wrote.
 pub struct Pair {
     pub primary: PathBuf,
@@ -65,12 +70,21 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
         }
     }
     crate::units::parse_bytes(&a.volume_size).context("--volume-size")?;
+    let nbd_addr: std::net::SocketAddr = a.nbd_tcp.parse().with_context(|| {
+        format!(
+            "--nbd-tcp {:?} is not an address like 127.0.0.1:10809",
+            a.nbd_tcp
+        )
+    })?;
     crate::units::parse_bytes(&a.nvbuf_size).context("--nvbuf-size")?;
 
     let primary_id = Identity::generate("dtu-primary")?;
     let remote_id = Identity::generate("dtu-remote")?;
     primary_id.save(&a.dir.join("primary.crt"), &a.dir.join("primary.key"))?;
     remote_id.save(&a.dir.join("remote.crt"), &a.dir.join("remote.key"))?;
+
+    crate::nbd::tls::generate(&crate::nbd::tls::listener_names(Some(nbd_addr)))?
+        .write_to(&a.dir.join(NBD_TLS_DIR))?;
 
     let mut rng = rand::thread_rng();
     let mut volume_id = [0u8; 16];
@@ -118,6 +132,10 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
         nbd: NbdSection {
             tcp: Some(a.nbd_tcp.clone()),
             unix: Some("primary.nbd.sock".into()),
+            // TLS offered, plaintext still allowed: the default listener is
+            // on loopback. Set "require" before binding it elsewhere.
+            tls: "on".into(),
+            tls_dir: Some(NBD_TLS_DIR.into()),
             ..NbdSection::default()
         },
         admin: AdminSection {

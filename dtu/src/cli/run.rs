@@ -8,8 +8,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::admin::parse_on_off;
-use crate::config::{policy, PolicySection, PrimaryConfig, RemoteConfig};
+use crate::config::{policy, NbdTlsConfig, PolicySection, PrimaryConfig, RemoteConfig};
 use crate::control::{self, Controlled};
+use crate::nbd::tls::{NbdTls, TlsMode};
 use crate::nbd::{Export, FileExport, NbdServer};
 use crate::primary::{Primary, PrimaryExport, PrimaryOptions};
 use crate::remote::{Remote, RemoteOptions};
@@ -105,6 +106,17 @@ fn clear_socket(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The TCP listener's TLS from the config, if any.
+fn load_nbd_tls(cfg: &NbdTlsConfig) -> Result<Option<Arc<NbdTls>>> {
+    let dir = match (cfg.mode, &cfg.dir) {
+        (TlsMode::Off, _) => return Ok(None),
+        (_, Some(dir)) => dir,
+        (mode, None) => anyhow::bail!("nbd.tls = {mode} needs nbd.tls_dir"),
+    };
+    let tls = NbdTls::load(dir, cfg.mode == TlsMode::Require).context("nbd.tls")?;
+    Ok(Some(Arc::new(tls)))
+}
+
 /// Starts the NBD listeners, the control socket and the metrics endpoint.
 async fn serve_admin_and_nbd(
     target: Arc<dyn Controlled>,
@@ -113,6 +125,7 @@ async fn serve_admin_and_nbd(
     export: Option<(String, Arc<dyn Export>)>,
     tcp: Option<String>,
     unix: Option<PathBuf>,
+    tls: &NbdTlsConfig,
 ) -> Result<(
     Vec<tokio::task::JoinHandle<()>>,
     tokio::sync::watch::Sender<bool>,
@@ -141,15 +154,36 @@ async fn serve_admin_and_nbd(
         }));
     }
     if let Some((name, export)) = export {
-        let server = Arc::new(NbdServer::new(&name, export));
+        let mut server = NbdServer::new(&name, export);
+        if tcp.is_some() {
+            if let Some(t) = load_nbd_tls(tls)? {
+                server = server.with_tls(t);
+            }
+        }
+        let server = Arc::new(server);
         if let Some(addr) = tcp {
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("NBD address {addr}"))?;
+            let local = listener.local_addr()?;
+            let scheme = if tls.mode == TlsMode::Require {
+                "nbds"
+            } else {
+                "nbd"
+            };
             eprintln!(
-                "NBD export {name:?} on nbd://{}/{name}",
-                listener.local_addr()?
+                "NBD export {name:?} on {scheme}://{local}/{name} (TLS {})",
+                tls.mode
             );
+            if crate::nbd::tls::exposed(&local) && tls.mode != TlsMode::Require {
+                // The volume in plaintext, to anyone who can reach the port.
+                tracing::warn!(
+                    "NBD listener {local} is reachable beyond this machine and accepts \
+                     plaintext clients (nbd.tls = {}): anyone who can connect can read and \
+                     write the volume. Set nbd.tls = \"require\" or bind to 127.0.0.1.",
+                    tls.mode
+                );
+            }
             let s = server.clone();
             let stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
@@ -216,6 +250,7 @@ pub fn primary(a: PrimaryArgs) -> Result<()> {
             Some((cfg.export.clone(), export)),
             cfg.nbd_tcp.map(|a| a.to_string()),
             cfg.nbd_unix.clone(),
+            &cfg.nbd_tls,
         )
         .await?;
         eprintln!("primary running; control socket {}", cfg.control.display());
@@ -264,6 +299,7 @@ pub fn remote(a: RemoteArgs) -> Result<()> {
             export,
             tcp,
             unix.clone(),
+            &cfg.nbd_tls,
         )
         .await?;
         eprintln!(

@@ -1,17 +1,22 @@
 //! The `nbd_requests` fuzz target's checks: the pure parsers of
 //! [`crate::nbd::wire`] wherever the input holds a header, and the whole
-//! input as a client's byte stream into a live connection whose export
-//! checks the server keeps to the [`Export`] contract.
+//! input as a client's byte stream into two live connections, one to a
+//! plaintext server and one to a server that requires TLS (so the
+//! refusals around NBD_OPT_STARTTLS are fuzzed too; the fuzzer's bytes
+//! after a STARTTLS always arrive before the server's ACK, which drops the
+//! connection before any TLS parsing), whose export checks the server keeps
+//! to the [`Export`] contract.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::panics_so_far;
-use crate::nbd::wire::{self, Action};
+use crate::nbd::tls::NbdTls;
+use crate::nbd::wire::{self, Action, Caps};
 use crate::nbd::{ConnectionEnd, Export, IoFuture, Limits, NbdServer};
 
 /// Size of the export the fuzzed client talks to: small, so that a stream of
@@ -30,6 +35,8 @@ pub struct NbdSession {
     pub export_calls: u64,
     /// Bytes the server sent.
     pub sent: usize,
+    /// How the same stream ended against a server that requires TLS.
+    pub tls_end: Result<ConnectionEnd, String>,
 }
 
 /// An in-memory export that checks the [`Export`] contract on every call:
@@ -92,6 +99,29 @@ impl Export for ContractExport {
         self.check("trim", offset, len.into(), u32::MAX.into());
         Box::pin(async { Ok(()) })
     }
+    fn spans(&self, offset: u64, len: u64) -> IoFuture<Vec<crate::replica::Span>> {
+        let range = self.check("spans", offset, len, u32::MAX.into());
+        // Blocks of zeros are holes, so block status answers vary with
+        // what the session wrote.
+        let bytes = self.bytes();
+        let spans = range
+            .clone()
+            .step_by(4096)
+            .map(|at| {
+                let end = (at - at % 4096 + 4096).min(range.end);
+                crate::replica::Span {
+                    offset: at as u64,
+                    len: (end - at) as u64,
+                    hole: bytes[at..end].iter().all(|&b| b == 0),
+                }
+            })
+            .collect();
+        Box::pin(async move { Ok(spans) })
+    }
+    fn cache(&self, offset: u64, len: u32) -> IoFuture<()> {
+        self.check("cache", offset, len.into(), wire::MAX_REQUEST_LEN.into());
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Runs `data` through the pure parsers of [`crate::nbd::wire`] at every
@@ -114,24 +144,62 @@ pub fn nbd_requests(data: &[u8]) -> NbdSession {
         bytes: Mutex::new(vec![0; NBD_EXPORT_SIZE as usize]),
         calls: AtomicU64::new(0),
     });
-    let server = NbdServer::new("vol", export.clone() as Arc<dyn Export>).with_limits(Limits {
+    let limits = Limits {
         // Few requests in flight, so the reader waits for replies too.
         max_in_flight: 4,
         max_options: 64,
         ..Limits::default()
-    });
+    };
+    let server =
+        NbdServer::new("vol", export.clone() as Arc<dyn Export>).with_limits(limits.clone());
+    let tls_server = NbdServer::new("vol", export.clone() as Arc<dyn Export>)
+        .with_limits(limits)
+        .with_tls(fuzz_tls());
     let panics = panics_so_far();
     let (end, sent) = RT.with(|rt| rt.block_on(run_nbd_session(&server, data)));
+    let export_calls = export.calls.load(Ordering::Relaxed);
+    let (tls_end, _) = RT.with(|rt| rt.block_on(run_nbd_session(&tls_server, data)));
     assert_eq!(
         panics_so_far(),
         panics,
         "a task panicked while serving the session (see stderr)"
     );
+    // Without a TLS handshake (which the fuzzer cannot complete) a server
+    // requiring TLS must never get as far as the export.
+    assert_eq!(
+        export.calls.load(Ordering::Relaxed),
+        export_calls,
+        "a server requiring TLS served requests in plaintext"
+    );
+    assert!(
+        !matches!(tls_end, Ok(ConnectionEnd::Disconnected)),
+        "a server requiring TLS reached the transmission phase in plaintext"
+    );
     NbdSession {
         end,
-        export_calls: export.calls.load(Ordering::Relaxed),
+        export_calls,
         sent,
+        tls_end,
     }
+}
+
+/// TLS settings made once per process: certificate generation costs far
+/// more than a session.
+fn fuzz_tls() -> Arc<NbdTls> {
+    static TLS: OnceLock<Arc<NbdTls>> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let g = crate::nbd::tls::generate(&["localhost".into()]).expect("generate certificates");
+        let tls = NbdTls::from_pem(
+            std::path::Path::new("(fuzz)"),
+            g.ca_cert.as_bytes(),
+            g.server_cert.as_bytes(),
+            g.server_key.as_bytes(),
+            true,
+        )
+        .expect("load generated certificates");
+        Arc::new(tls)
+    })
+    .clone()
 }
 
 async fn run_nbd_session(
@@ -140,7 +208,6 @@ async fn run_nbd_session(
 ) -> (Result<ConnectionEnd, String>, usize) {
     // A small pipe, so that both directions fill up and wait.
     let (client, server_side) = tokio::io::duplex(4096);
-    let (sr, sw) = tokio::io::split(server_side);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (mut cr, mut cw) = tokio::io::split(client);
     let feed = async move {
@@ -164,7 +231,8 @@ async fn run_nbd_session(
             }
         }
     };
-    let session = async { tokio::join!(server.serve_connection(sr, sw, stop_rx), feed, drain) };
+    let session =
+        async { tokio::join!(server.serve_connection(server_side, stop_rx), feed, drain) };
     let Ok((end, (), (head, sent))) = tokio::time::timeout(NBD_SESSION_LIMIT, session).await else {
         panic!("the NBD session did not end within {NBD_SESSION_LIMIT:?} of the client's stream ending");
     };
@@ -196,6 +264,14 @@ fn check_wire_parsers(data: &[u8]) {
             assert_eq!(h.len.to_be_bytes(), b[12..16]);
             let payload = &rest[wire::OPTION_HEADER_LEN..];
             let payload = &payload[..payload.len().min(h.len as usize)];
+            if let Some(r) = wire::parse_meta_request(payload) {
+                let used = 8 + r.name.len() + r.queries.iter().map(|q| 4 + q.len()).sum::<usize>();
+                assert_eq!(
+                    used,
+                    payload.len(),
+                    "meta context request bytes unaccounted"
+                );
+            }
             if let Some(r) = wire::parse_info_request(payload) {
                 let requests = r.requests().count();
                 assert_eq!(4 + r.name.len() + 2 + 2 * requests, payload.len());
@@ -218,17 +294,35 @@ fn check_request_header(b: &[u8; wire::REQUEST_HEADER_LEN]) {
         return;
     };
     assert_eq!(&wire::encode_request_header(&h), b, "re-encoding differs");
-    for size in [0, NBD_EXPORT_SIZE, u64::MAX] {
-        for read_only in [false, true] {
+    let caps = [(false, false), (true, false), (true, true)].map(|(s, m)| Caps {
+        structured: s,
+        base_allocation: m,
+    });
+    for (size, read_only, caps) in [0, NBD_EXPORT_SIZE, u64::MAX]
+        .into_iter()
+        .flat_map(|size| [false, true].map(|ro| (size, ro)))
+        .flat_map(|(size, ro)| caps.map(|c| (size, ro, c)))
+    {
+        {
             let in_range = |offset: u64, len: u32| {
                 offset
                     .checked_add(len.into())
                     .is_some_and(|end| end <= size)
             };
-            match wire::classify(&h, size, read_only) {
-                Action::Read { offset, len } | Action::Write { offset, len, .. } => {
+            match wire::classify(&h, size, read_only, caps) {
+                Action::Read { offset, len, df } => {
                     assert!(len <= wire::MAX_REQUEST_LEN && in_range(offset, len));
-                    assert!(h.command == wire::CMD_READ || !read_only);
+                    assert!(!df || caps.structured, "DF without structured replies");
+                }
+                Action::Write { offset, len, .. } => {
+                    assert!(len <= wire::MAX_REQUEST_LEN && in_range(offset, len));
+                    assert!(!read_only);
+                }
+                Action::Cache { offset, len } => {
+                    assert!(len <= wire::MAX_REQUEST_LEN && in_range(offset, len));
+                }
+                Action::BlockStatus { offset, len, .. } => {
+                    assert!(caps.base_allocation && len > 0 && in_range(offset, len));
                 }
                 Action::Trim { offset, len, .. } | Action::WriteZeroes { offset, len, .. } => {
                     assert!(!read_only && in_range(offset, len));
@@ -240,7 +334,7 @@ fn check_request_header(b: &[u8; wire::REQUEST_HEADER_LEN]) {
                 Action::RejectAndClose { .. } => {
                     assert!(h.command == wire::CMD_WRITE && h.len > wire::MAX_REQUEST_LEN);
                 }
-                Action::Flush | Action::Cache | Action::Disconnect => {}
+                Action::Flush | Action::Disconnect => {}
             }
         }
     }

@@ -4,8 +4,10 @@
 //!
 //! Durability is the file's: flush is `fdatasync`, FUA is a write followed
 //! by `fdatasync`, trim and write-zeroes punch a hole (zeros are written
-//! where the file system or device cannot). Blocking calls run on tokio's
-//! blocking pool, so many requests proceed at once.
+//! where the file system or device cannot). Allocation (block status,
+//! sparse reads) comes from `SEEK_DATA`/`SEEK_HOLE`, cache from
+//! `POSIX_FADV_WILLNEED`. Blocking calls run on tokio's blocking pool, so
+//! many requests proceed at once.
 
 use std::io;
 use std::path::Path;
@@ -13,8 +15,34 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Export, IoFuture};
-use crate::replica::{FileReplica, Replica};
+use super::{Export, IoFuture, Piece};
+use crate::replica::{FileReplica, Replica, Span};
+
+/// Reads `offset..offset+len` of `file` as data and hole pieces: holes are
+/// not read at all. Blocking.
+pub(crate) fn read_pieces(file: &FileReplica, offset: u64, len: u32) -> io::Result<Vec<Piece>> {
+    let spans = if len == 0 {
+        Vec::new()
+    } else {
+        file.spans(offset, u64::from(len))?
+    };
+    let mut pieces = Vec::with_capacity(spans.len());
+    for Span { offset, len, hole } in spans {
+        // Each run lies inside a range of at most 32 MiB.
+        let n = len as u32;
+        if hole {
+            pieces.push(Piece::Hole { offset, len: n });
+        } else {
+            let mut buf = vec![0u8; n as usize];
+            file.read_at(offset, &mut buf)?;
+            pieces.push(Piece::Data {
+                offset,
+                data: Bytes::from(buf),
+            });
+        }
+    }
+    Ok(pieces)
+}
 
 /// A file or block device served over NBD.
 #[derive(Debug, Clone)]
@@ -100,6 +128,21 @@ impl Export for FileExport {
         self.blocking(move |f| f.trim(offset, u64::from(len)))
     }
 
+    fn spans(&self, offset: u64, len: u64) -> IoFuture<Vec<Span>> {
+        self.blocking(move |f| f.spans(offset, len))
+    }
+
+    fn read_sparse(&self, offset: u64, len: u32) -> IoFuture<Vec<Piece>> {
+        self.blocking(move |f| read_pieces(f, offset, len))
+    }
+
+    fn cache(&self, offset: u64, len: u32) -> IoFuture<()> {
+        // A hint the kernel acts on in the background: cheap enough to
+        // run inline.
+        let r = self.file.prefetch(offset, u64::from(len));
+        Box::pin(async move { r })
+    }
+
     fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> IoFuture<()> {
         // A trimmed range of a FileReplica reads back as zeros.
         self.blocking(move |f| {
@@ -141,5 +184,34 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert_eq!(ro.read(8192, 4).await.unwrap(), vec![9u8; 4]);
         assert!(FileExport::open(&dir.path().join("missing"), 512, true).is_err());
+    }
+
+    #[tokio::test]
+    async fn sparse_reads_skip_holes_and_cover_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = FileExport::open(&dir.path().join("s.img"), 1 << 20, false).unwrap();
+        e.write(256 << 10, Bytes::from(vec![5u8; 64 << 10]), false)
+            .await
+            .unwrap();
+        let pieces = e.read_sparse(128 << 10, 256 << 10).await.unwrap();
+        assert_eq!(
+            pieces,
+            [
+                Piece::Hole {
+                    offset: 128 << 10,
+                    len: 128 << 10
+                },
+                Piece::Data {
+                    offset: 256 << 10,
+                    data: Bytes::from(vec![5u8; 64 << 10])
+                },
+                Piece::Hole {
+                    offset: 320 << 10,
+                    len: 64 << 10
+                },
+            ]
+        );
+        e.cache(0, 1 << 20).await.unwrap();
+        assert!(e.read_sparse(0, 0).await.unwrap().is_empty());
     }
 }

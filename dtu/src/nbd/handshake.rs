@@ -1,12 +1,18 @@
 //! The fixed newstyle handshake: greeting, client flags and option haggling
-//! up to NBD_OPT_EXPORT_NAME or a successful NBD_OPT_GO.
+//! up to NBD_OPT_EXPORT_NAME, a successful NBD_OPT_GO, or an acknowledged
+//! NBD_OPT_STARTTLS (after which the caller wraps the stream in TLS and
+//! haggles again, from a clean slate, over it).
 //!
 //! Supported options: EXPORT_NAME, ABORT, LIST, INFO and GO (with
 //! NBD_INFO_EXPORT, NBD_INFO_BLOCK_SIZE always, NBD_INFO_NAME and
-//! NBD_INFO_DESCRIPTION when asked). Every other option is read past and
-//! answered NBD_REP_ERR_UNSUP, as the baseline requires. Payloads above
-//! [`MAX_OPTION_LEN`] are read and refused; above [`OPTION_DISCARD_LIMIT`]
-//! the connection is dropped, as are clients that send too many options.
+//! NBD_INFO_DESCRIPTION when asked), STARTTLS where the listener has TLS,
+//! STRUCTURED_REPLY, and LIST/SET_META_CONTEXT for `base:allocation`. Every
+//! other option is read past and answered NBD_REP_ERR_UNSUP, as the baseline
+//! requires. Where TLS is required, every option but STARTTLS and ABORT gets
+//! NBD_REP_ERR_TLS_REQD and EXPORT_NAME ends the session (proto.md's
+//! FORCEDTLS). Payloads above [`MAX_OPTION_LEN`] are read and refused; above
+//! [`OPTION_DISCARD_LIMIT`] the connection is dropped, as are clients that
+//! send too many options.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -19,7 +25,7 @@ pub(crate) struct ExportInfo<'a> {
     pub name: &'a str,
     pub description: Option<&'a str>,
     pub size: u64,
-    pub flags: u16,
+    pub read_only: bool,
     pub block_sizes: (u32, u32, u32),
 }
 
@@ -33,31 +39,47 @@ impl ExportInfo<'_> {
 /// How the handshake ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Negotiated {
-    /// The export was chosen: the transmission phase starts.
-    Transmission,
+    /// The export was chosen: the transmission phase starts, shaped by
+    /// what was agreed.
+    Transmission(Caps),
+    /// NBD_OPT_STARTTLS was acknowledged: TLS starts now.
+    StartTls,
     /// The client aborted, or the server is shutting down.
     Closed,
 }
 
-/// Runs the server side of the handshake on a fresh connection.
-pub(crate) async fn negotiate<R, W>(
-    r: &mut R,
-    w: &mut W,
-    export: &ExportInfo<'_>,
-    max_options: u32,
-    shutdown: &watch::Receiver<bool>,
-) -> Result<Negotiated, NbdError>
+/// Where this connection stands with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsState {
+    /// The listener has no TLS (proto.md's NOTLS).
+    Unavailable,
+    /// The client may start TLS or go on in plaintext.
+    Offered,
+    /// Nothing but STARTTLS and ABORT until TLS runs (FORCEDTLS).
+    Required,
+    /// TLS is running.
+    Active,
+}
+
+/// What the client said in reply to the greeting.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientFlags {
+    fixed: bool,
+    no_zeroes: bool,
+}
+
+/// Sends the greeting and reads the client's flags.
+pub(crate) async fn greet<S>(s: &mut S) -> Result<ClientFlags, NbdError>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut out = Vec::with_capacity(256);
+    let mut out = Vec::with_capacity(24);
     out.extend_from_slice(&NBDMAGIC.to_be_bytes());
     out.extend_from_slice(&IHAVEOPT.to_be_bytes());
     out.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-    send(w, &mut out).await?;
+    send(s, &mut out).await?;
 
-    let client_flags = r.read_u32().await?;
+    let client_flags = s.read_u32().await?;
     // proto.md: the server MUST drop the connection on a flag it does not
     // know or did not advertise; both known flags are advertised.
     if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
@@ -66,11 +88,31 @@ where
     let fixed = client_flags & FLAG_C_FIXED_NEWSTYLE != 0;
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
     tracing::debug!(fixed, no_zeroes, "NBD client flags");
+    Ok(ClientFlags { fixed, no_zeroes })
+}
 
-    for _ in 0..max_options {
+/// Haggles options until the export is chosen, TLS starts or the client
+/// leaves; `options_left` is the connection's budget, shared by the
+/// haggling before and after STARTTLS.
+pub(crate) async fn negotiate<S>(
+    s: &mut S,
+    export: &ExportInfo<'_>,
+    client: ClientFlags,
+    tls: TlsState,
+    options_left: &mut u32,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Negotiated, NbdError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let ClientFlags { fixed, no_zeroes } = client;
+    let mut out = Vec::with_capacity(256);
+    let mut caps = Caps::default();
+    while *options_left > 0 {
+        *options_left -= 1;
         let mut hdr = [0u8; OPTION_HEADER_LEN];
         tokio::select! {
-            read = r.read_exact(&mut hdr) => { read?; }
+            read = s.read_exact(&mut hdr) => { read?; }
             // Nothing is in flight while the client is between options.
             _ = wait_for_shutdown(shutdown) => return Ok(Negotiated::Closed),
         }
@@ -86,10 +128,10 @@ where
         }
         let payload = if len <= MAX_OPTION_LEN {
             let mut p = vec![0u8; len as usize];
-            r.read_exact(&mut p).await?;
+            s.read_exact(&mut p).await?;
             Some(p)
         } else {
-            discard(r, len).await?;
+            discard(s, len).await?;
             None
         };
 
@@ -97,6 +139,9 @@ where
             // This option cannot carry an error: an unknown name, like a
             // shutting down server, can only end the session.
             let name = payload.unwrap_or_default();
+            if tls == TlsState::Required {
+                return Err(NbdError::TlsRequired);
+            }
             if !export.answers_to(&name) {
                 return Err(NbdError::UnknownExport(printable(&name)));
             }
@@ -104,12 +149,12 @@ where
                 return Ok(Negotiated::Closed);
             }
             out.extend_from_slice(&export.size.to_be_bytes());
-            out.extend_from_slice(&export.flags.to_be_bytes());
+            out.extend_from_slice(&transmission_flags(export.read_only, caps).to_be_bytes());
             if !no_zeroes {
                 out.extend_from_slice(&[0u8; EXPORT_NAME_PADDING]);
             }
-            send(w, &mut out).await?;
-            return Ok(Negotiated::Transmission);
+            send(s, &mut out).await?;
+            return Ok(Negotiated::Transmission(caps));
         }
         if !fixed {
             // Plain newstyle has no option replies to refuse with.
@@ -118,7 +163,7 @@ where
         if option == OPT_ABORT {
             put_option_reply(&mut out, option, REP_ACK, &[]);
             // The client may already have gone; the spec allows either.
-            let _ = send(w, &mut out).await;
+            let _ = send(s, &mut out).await;
             return Ok(Negotiated::Closed);
         }
         if *shutdown.borrow() {
@@ -128,16 +173,64 @@ where
                 REP_ERR_SHUTDOWN,
                 "the server is shutting down",
             );
-            send(w, &mut out).await?;
+            send(s, &mut out).await?;
             continue;
         }
         let Some(payload) = payload else {
             let msg = format!("option data of {len} bytes exceeds the {MAX_OPTION_LEN}-byte limit");
             error_reply(&mut out, option, REP_ERR_TOO_BIG, &msg);
-            send(w, &mut out).await?;
+            send(s, &mut out).await?;
             continue;
         };
+        if tls == TlsState::Required && option != OPT_STARTTLS {
+            let msg = format!(
+                "this server requires TLS: send NBD_OPT_STARTTLS before {}",
+                option_name(option)
+            );
+            error_reply(&mut out, option, REP_ERR_TLS_REQD, &msg);
+            send(s, &mut out).await?;
+            continue;
+        }
         let go = match option {
+            OPT_STARTTLS => match tls {
+                TlsState::Unavailable => {
+                    let msg = "TLS is not configured on this listener (nbd.tls)";
+                    error_reply(&mut out, option, REP_ERR_UNSUP, msg);
+                    false
+                }
+                TlsState::Active => {
+                    error_reply(&mut out, option, REP_ERR_INVALID, "TLS is already running");
+                    false
+                }
+                TlsState::Offered | TlsState::Required if !payload.is_empty() => {
+                    error_reply(
+                        &mut out,
+                        option,
+                        REP_ERR_INVALID,
+                        "NBD_OPT_STARTTLS takes no data",
+                    );
+                    false
+                }
+                TlsState::Offered | TlsState::Required => {
+                    put_option_reply(&mut out, option, REP_ACK, &[]);
+                    send(s, &mut out).await?;
+                    return Ok(Negotiated::StartTls);
+                }
+            },
+            OPT_STRUCTURED_REPLY => {
+                if payload.is_empty() {
+                    caps.structured = true;
+                    put_option_reply(&mut out, option, REP_ACK, &[]);
+                } else {
+                    let msg = "NBD_OPT_STRUCTURED_REPLY takes no data";
+                    error_reply(&mut out, option, REP_ERR_INVALID, msg);
+                }
+                false
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                meta_reply(&mut out, option, &payload, export, &mut caps);
+                false
+            }
             OPT_LIST => {
                 if payload.is_empty() {
                     let name = export.name.as_bytes();
@@ -155,23 +248,87 @@ where
                 }
                 false
             }
-            OPT_INFO | OPT_GO => info_reply(&mut out, option, &payload, export),
+            OPT_INFO | OPT_GO => info_reply(&mut out, option, &payload, export, caps),
             _ => {
                 let msg = format!("{} is not supported", option_name(option));
                 error_reply(&mut out, option, REP_ERR_UNSUP, &msg);
                 false
             }
         };
-        send(w, &mut out).await?;
+        send(s, &mut out).await?;
         if go {
-            return Ok(Negotiated::Transmission);
+            return Ok(Negotiated::Transmission(caps));
         }
     }
-    Err(NbdError::TooManyOptions(max_options))
+    Err(NbdError::TooManyOptions)
+}
+
+/// Answers NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. The one
+/// context is `base:allocation`; queries in other namespaces select
+/// nothing, which is not an error. SET replaces the selection.
+fn meta_reply(
+    out: &mut Vec<u8>,
+    option: u32,
+    payload: &[u8],
+    export: &ExportInfo<'_>,
+    caps: &mut Caps,
+) {
+    if !caps.structured {
+        // proto.md: SHOULD answer NBD_REP_ERR_INVALID before structured replies.
+        let msg = "negotiate NBD_OPT_STRUCTURED_REPLY before metadata contexts";
+        error_reply(out, option, REP_ERR_INVALID, msg);
+        return;
+    }
+    let Some(req) = parse_meta_request(payload) else {
+        error_reply(
+            out,
+            option,
+            REP_ERR_INVALID,
+            "malformed metadata context request",
+        );
+        return;
+    };
+    if !export.answers_to(req.name) {
+        let msg = format!("no export named {:?}", printable(req.name));
+        error_reply(out, option, REP_ERR_UNKNOWN, &msg);
+        return;
+    }
+    // A query must at least name a namespace.
+    if let Some(q) = req.queries.iter().find(|q| !q.contains(&b':')) {
+        let msg = format!("metadata context query {:?} has no namespace", printable(q));
+        error_reply(out, option, REP_ERR_INVALID, &msg);
+        return;
+    }
+    let listing = option == OPT_LIST_META_CONTEXT;
+    let selected = (listing && req.queries.is_empty())
+        || req
+            .queries
+            .iter()
+            .any(|q| query_selects_base_allocation(q, listing));
+    if selected {
+        // proto.md: the id in a LIST answer is reserved, SHOULD be zero.
+        let id: u32 = if listing { 0 } else { BASE_ALLOCATION_ID };
+        put_option_reply(
+            out,
+            option,
+            REP_META_CONTEXT,
+            &[&id.to_be_bytes(), META_BASE_ALLOCATION.as_bytes()],
+        );
+    }
+    put_option_reply(out, option, REP_ACK, &[]);
+    if !listing {
+        caps.base_allocation = selected;
+    }
 }
 
 /// Answers NBD_OPT_INFO or NBD_OPT_GO; true when the export was granted.
-fn info_reply(out: &mut Vec<u8>, option: u32, payload: &[u8], export: &ExportInfo<'_>) -> bool {
+fn info_reply(
+    out: &mut Vec<u8>,
+    option: u32,
+    payload: &[u8],
+    export: &ExportInfo<'_>,
+    caps: Caps,
+) -> bool {
     let Some(req) = parse_info_request(payload) else {
         error_reply(
             out,
@@ -195,7 +352,11 @@ fn info_reply(out: &mut Vec<u8>, option: u32, payload: &[u8], export: &ExportInf
         out,
         option,
         REP_INFO,
-        &[&t, &export.size.to_be_bytes(), &export.flags.to_be_bytes()],
+        &[
+            &t,
+            &export.size.to_be_bytes(),
+            &transmission_flags(export.read_only, caps).to_be_bytes(),
+        ],
     );
     // Sent unasked too (allowed): the 32 MiB maximum is not the default.
     let (min, pref, max) = export.block_sizes;

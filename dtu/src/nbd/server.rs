@@ -6,7 +6,9 @@
 //! in flight, so memory stays bounded under any client. When the shutdown
 //! signal turns true the listener is closed at once, connections stop
 //! reading requests, finish those in flight and close; `serve_*` returns
-//! when the last one has.
+//! when the last one has. TLS ([`NbdServer::with_tls`]) applies to TCP
+//! connections (and [`NbdServer::serve_connection`]); the unix socket is
+//! guarded by its file permissions and stays plaintext.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +17,12 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::handshake::{negotiate, ExportInfo, Negotiated};
-use super::wire::{self, WireError};
+use super::handshake::{greet, negotiate, ExportInfo, Negotiated, TlsState};
+use super::tls::NbdTls;
+use super::wire::{self, Caps, WireError};
 use super::{transmission, Export};
 
 /// Resource bounds of a server.
@@ -79,10 +83,16 @@ pub enum NbdError {
     UnknownExport(String),
     #[error("NBD client did not agree to fixed newstyle but sent option {0}")]
     NotFixedNewstyle(u32),
-    #[error("NBD client sent more than {0} options without choosing an export")]
-    TooManyOptions(u32),
+    #[error("NBD client sent too many options without choosing an export")]
+    TooManyOptions,
     #[error("NBD client did not finish the handshake within {0:?}")]
     HandshakeTimeout(Duration),
+    #[error("NBD client chose the export without TLS, which this listener requires (nbd.tls = \"require\")")]
+    TlsRequired,
+    #[error("NBD client sent data before the TLS handshake")]
+    DataBeforeTls,
+    #[error("NBD TLS handshake failed: {0}")]
+    TlsHandshake(std::io::Error),
 }
 
 /// An NBD server for one named export.
@@ -91,6 +101,7 @@ pub struct NbdServer {
     description: Option<String>,
     export: Arc<dyn Export>,
     limits: Limits,
+    tls: Option<Arc<NbdTls>>,
 }
 
 impl NbdServer {
@@ -100,7 +111,14 @@ impl NbdServer {
             description: None,
             export,
             limits: Limits::default(),
+            tls: None,
         }
+    }
+
+    /// Offers (or requires) TLS by NBD_OPT_STARTTLS on TCP connections.
+    pub fn with_tls(mut self, tls: Arc<NbdTls>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// A human-readable description, shown by `nbdinfo` and NBD_OPT_LIST.
@@ -182,13 +200,10 @@ impl NbdServer {
                         Stream::Tcp(s) => {
                             // proto.md: both ends SHOULD disable Nagle.
                             let _ = s.set_nodelay(true);
-                            let (r, w) = s.into_split();
-                            server.serve_connection(r, w, shutdown).await
+                            let tls = server.tls.clone();
+                            server.serve_stream(s, tls.as_deref(), shutdown).await
                         }
-                        Stream::Unix(s) => {
-                            let (r, w) = s.into_split();
-                            server.serve_connection(r, w, shutdown).await
-                        }
+                        Stream::Unix(s) => server.serve_stream(s, None, shutdown).await,
                     };
                     match result {
                         Ok(end) => tracing::info!(?end, "NBD connection closed"),
@@ -210,50 +225,123 @@ impl NbdServer {
     }
 
     /// Runs one connection (handshake, then requests) over any byte stream,
-    /// e.g. an accepted socket split in two. Returns how it ended.
-    pub async fn serve_connection<R, W>(
+    /// e.g. an in-memory pipe, with the server's TLS if it has one.
+    /// Returns how it ended.
+    pub async fn serve_connection<S>(
         &self,
-        reader: R,
-        mut writer: W,
+        stream: S,
         shutdown: watch::Receiver<bool>,
     ) -> Result<ConnectionEnd, NbdError>
     where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut reader = BufReader::with_capacity(64 << 10, reader);
+        self.serve_stream(stream, self.tls.as_deref(), shutdown)
+            .await
+    }
+
+    async fn serve_stream<S>(
+        &self,
+        stream: S,
+        tls: Option<&NbdTls>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<ConnectionEnd, NbdError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let timeout = self.limits.handshake_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut s = BufReader::with_capacity(64 << 10, stream);
         let info = ExportInfo {
             name: &self.name,
             description: self.description.as_deref(),
             size: self.export.size(),
-            flags: wire::transmission_flags(self.export.read_only()),
+            read_only: self.export.read_only(),
             block_sizes: wire::block_size_constraints(self.export.block_size()),
         };
-        let negotiated = tokio::time::timeout(
-            self.limits.handshake_timeout,
-            negotiate(
-                &mut reader,
-                &mut writer,
-                &info,
-                self.limits.max_options,
-                &shutdown,
-            ),
+        let mut options_left = self.limits.max_options;
+        let state = match tls {
+            None => TlsState::Unavailable,
+            Some(t) if t.required() => TlsState::Required,
+            Some(_) => TlsState::Offered,
+        };
+        let client = in_time(
+            tokio::time::timeout_at(deadline, greet(&mut s)).await,
+            timeout,
+        )??;
+        let negotiated = tokio::time::timeout_at(
+            deadline,
+            negotiate(&mut s, &info, client, state, &mut options_left, &shutdown),
         )
-        .await
-        .map_err(|_| NbdError::HandshakeTimeout(self.limits.handshake_timeout))??;
-        if negotiated == Negotiated::Closed {
-            return Ok(ConnectionEnd::Aborted);
+        .await;
+        match in_time(negotiated, timeout)?? {
+            Negotiated::Closed => Ok(ConnectionEnd::Aborted),
+            Negotiated::Transmission(caps) => self.transmit(s, caps, shutdown).await,
+            Negotiated::StartTls => {
+                let tls = tls.ok_or(NbdError::DataBeforeTls)?;
+                // The client waits for the ACK before its ClientHello, so
+                // anything buffered was sent out of turn and would be lost.
+                if !s.buffer().is_empty() {
+                    return Err(NbdError::DataBeforeTls);
+                }
+                let accepted =
+                    tokio::time::timeout_at(deadline, tls.acceptor().accept(s.into_inner())).await;
+                let stream = in_time(accepted, timeout)?.map_err(NbdError::TlsHandshake)?;
+                tracing::info!("NBD TLS established");
+                let mut s = BufReader::with_capacity(64 << 10, stream);
+                let negotiated = tokio::time::timeout_at(
+                    deadline,
+                    negotiate(
+                        &mut s,
+                        &info,
+                        client,
+                        TlsState::Active,
+                        &mut options_left,
+                        &shutdown,
+                    ),
+                )
+                .await;
+                match in_time(negotiated, timeout)?? {
+                    Negotiated::Transmission(caps) => self.transmit(s, caps, shutdown).await,
+                    // STARTTLS is never acknowledged twice.
+                    Negotiated::Closed | Negotiated::StartTls => Ok(ConnectionEnd::Aborted),
+                }
+            }
         }
-        tracing::info!(export = %self.name, size = info.size, flags = info.flags, "NBD transmission phase");
+    }
+
+    async fn transmit<S>(
+        &self,
+        s: BufReader<S>,
+        caps: Caps,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<ConnectionEnd, NbdError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        tracing::info!(
+            export = %self.name,
+            size = self.export.size(),
+            structured = caps.structured,
+            block_status = caps.base_allocation,
+            "NBD transmission phase"
+        );
+        // Buffered requests the client pipelined stay in the reader half.
+        let (mut r, w) = tokio::io::split(s);
         transmission::serve(
-            &mut reader,
-            writer,
+            &mut r,
+            w,
             self.export.clone(),
             &self.limits,
+            caps,
             &shutdown,
         )
         .await
     }
+}
+
+/// A handshake step's result, or the timeout's error.
+fn in_time<T>(r: Result<T, tokio::time::error::Elapsed>, limit: Duration) -> Result<T, NbdError> {
+    r.map_err(|_| NbdError::HandshakeTimeout(limit))
 }
 
 enum Listener {

@@ -15,6 +15,7 @@ pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 // Handshake flags (server) and client flags.
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
@@ -51,6 +52,7 @@ pub const OPT_EXTENDED_HEADERS: u32 = 11;
 pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 pub const REP_INFO: u32 = 3;
+pub const REP_META_CONTEXT: u32 = 4;
 pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
 pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
 pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
@@ -76,6 +78,21 @@ pub const CMD_TRIM: u16 = 4;
 pub const CMD_CACHE: u16 = 5;
 pub const CMD_WRITE_ZEROES: u16 = 6;
 pub const CMD_BLOCK_STATUS: u16 = 7;
+
+// Structured reply chunks: the flag and the types.
+pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+pub const REPLY_TYPE_NONE: u16 = 0;
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+
+// The base:allocation metadata context: its name, the id this server gives
+// it, and its status flags.
+pub const META_BASE_ALLOCATION: &str = "base:allocation";
+pub const BASE_ALLOCATION_ID: u32 = 1;
+pub const STATE_HOLE: u32 = 1 << 0;
+pub const STATE_ZERO: u32 = 1 << 1;
 
 // Command flags.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
@@ -111,6 +128,14 @@ pub const OPTION_DISCARD_LIMIT: u32 = 64 << 10;
 pub const REQUEST_HEADER_LEN: usize = 28;
 pub const OPTION_HEADER_LEN: usize = 16;
 pub const SIMPLE_REPLY_HEADER_LEN: usize = 16;
+pub const STRUCTURED_REPLY_HEADER_LEN: usize = 20;
+/// Extents answered to one NBD_CMD_BLOCK_STATUS at most (the spec lets a
+/// server answer a prefix of the range): bounds the reply to 32 KiB
+/// whatever the fragmentation of the file behind the export.
+pub const MAX_EXTENTS: usize = 4096;
+/// Error messages in structured error chunks are cut to this (the spec's
+/// limit for strings).
+pub const MAX_ERROR_MESSAGE: usize = 4096;
 /// Zeros closing an NBD_OPT_EXPORT_NAME reply unless NO_ZEROES was agreed.
 pub const EXPORT_NAME_PADDING: usize = 124;
 
@@ -182,6 +207,47 @@ pub fn parse_info_request(p: &[u8]) -> Option<InfoRequest<'_>> {
     Some(InfoRequest { name, requests })
 }
 
+/// The payload of NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT:
+/// an export name and the queries, borrowed from the option's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRequest<'a> {
+    pub name: &'a [u8],
+    pub queries: Vec<&'a [u8]>,
+}
+
+/// Parses a meta context payload: 32-bit name length, name, 32-bit query
+/// count, then each query as a 32-bit length and its bytes. `None` when the
+/// lengths do not add up to exactly the payload. Each query takes at least 4
+/// bytes, so the count is bounded by the payload's length.
+pub fn parse_meta_request(p: &[u8]) -> Option<MetaRequest<'_>> {
+    let (name, rest) = take_string(p)?;
+    let count = u32::from_be_bytes(rest.get(0..4)?.try_into().ok()?) as usize;
+    let mut rest = &rest[4..];
+    if count > rest.len() / 4 {
+        return None;
+    }
+    let mut queries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (q, r) = take_string(rest)?;
+        queries.push(q);
+        rest = r;
+    }
+    rest.is_empty().then_some(MetaRequest { name, queries })
+}
+
+/// A 32-bit length and that many bytes, and what follows.
+fn take_string(p: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_be_bytes(p.get(0..4)?.try_into().ok()?) as usize;
+    let rest = &p[4..];
+    (len <= rest.len()).then(|| rest.split_at(len))
+}
+
+/// Whether a meta context query selects `base:allocation`. LIST also
+/// accepts the bare namespace `base:`, which asks for every context in it.
+pub fn query_selects_base_allocation(query: &[u8], listing: bool) -> bool {
+    query == META_BASE_ALLOCATION.as_bytes() || (listing && query == b"base:")
+}
+
 /// Appends one fixed newstyle option reply.
 pub fn put_option_reply(out: &mut Vec<u8>, option: u32, reply: u32, data: &[&[u8]]) {
     let len: usize = data.iter().map(|d| d.len()).sum();
@@ -206,16 +272,30 @@ pub fn block_size_constraints(preferred: u32) -> (u32, u32, u32) {
     (MIN_BLOCK_SIZE, p, MAX_REQUEST_LEN)
 }
 
-/// The transmission flags for an export.
-pub fn transmission_flags(read_only: bool) -> u16 {
+/// What the handshake agreed, which shapes the transmission phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// NBD_OPT_STRUCTURED_REPLY was acknowledged.
+    pub structured: bool,
+    /// `base:allocation` was selected with NBD_OPT_SET_META_CONTEXT.
+    pub base_allocation: bool,
+}
+
+/// The transmission flags for an export. DF only exists with structured
+/// replies (proto.md: MUST be clear without them).
+pub fn transmission_flags(read_only: bool, caps: Caps) -> u16 {
     let mut f = FLAG_HAS_FLAGS
         | FLAG_SEND_FLUSH
         | FLAG_SEND_FUA
         | FLAG_SEND_TRIM
         | FLAG_SEND_WRITE_ZEROES
+        | FLAG_SEND_CACHE
         | FLAG_CAN_MULTI_CONN;
     if read_only {
         f |= FLAG_READ_ONLY;
+    }
+    if caps.structured {
+        f |= FLAG_SEND_DF;
     }
     f
 }
@@ -263,13 +343,75 @@ pub fn encode_simple_reply(error: u32, handle: u64) -> [u8; SIMPLE_REPLY_HEADER_
     b
 }
 
+/// One structured reply chunk's header.
+pub fn encode_structured_header(
+    flags: u16,
+    kind: u16,
+    handle: u64,
+    len: u32,
+) -> [u8; STRUCTURED_REPLY_HEADER_LEN] {
+    let mut b = [0u8; STRUCTURED_REPLY_HEADER_LEN];
+    b[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    b[4..6].copy_from_slice(&flags.to_be_bytes());
+    b[6..8].copy_from_slice(&kind.to_be_bytes());
+    b[8..16].copy_from_slice(&handle.to_be_bytes());
+    b[16..20].copy_from_slice(&len.to_be_bytes());
+    b
+}
+
+/// The base:allocation status flags of a run: a hole reads as zeros.
+pub fn allocation_flags(hole: bool) -> u32 {
+    if hole {
+        STATE_HOLE | STATE_ZERO
+    } else {
+        0
+    }
+}
+
+/// The extent descriptors (length, flags) answering a block status request
+/// for `offset..offset+len` from an export's runs: the runs are trusted
+/// only as far as they continue each other from `offset` inside the range,
+/// runs of one kind are merged, at most `max` (at least 1) are kept, and if
+/// nothing usable remains the whole range is reported as data (always
+/// true). The result is never empty and never runs past the range.
+pub fn extents(
+    offset: u64,
+    len: u32,
+    spans: &[crate::replica::Span],
+    max: usize,
+) -> Vec<(u32, u32)> {
+    let end = offset + u64::from(len);
+    let mut out: Vec<(u32, bool)> = Vec::new();
+    let mut at = offset;
+    for s in spans {
+        if s.offset != at || s.len == 0 || at >= end {
+            break;
+        }
+        let n = s.len.min(end - at) as u32;
+        let full = out.len() >= max.max(1);
+        match out.last_mut() {
+            Some((l, hole)) if *hole == s.hole => *l += n,
+            _ if full => break,
+            _ => out.push((n, s.hole)),
+        }
+        at += u64::from(n);
+    }
+    if out.is_empty() {
+        out.push((len, false));
+    }
+    out.into_iter()
+        .map(|(l, hole)| (l, allocation_flags(hole)))
+        .collect()
+}
+
 /// What the server does with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Reply with `len` bytes read at `offset`.
+    /// Reply with `len` bytes read at `offset`; `df`: in one content chunk.
     Read {
         offset: u64,
         len: u32,
+        df: bool,
     },
     /// Read the `len`-byte payload, write it at `offset`.
     Write {
@@ -288,8 +430,17 @@ pub enum Action {
         fua: bool,
     },
     Flush,
-    /// NBD_CMD_CACHE: a hint, answered with success and no effect.
-    Cache,
+    /// NBD_CMD_CACHE: a hint to prefetch, answered once the export took it.
+    Cache {
+        offset: u64,
+        len: u32,
+    },
+    /// NBD_CMD_BLOCK_STATUS for `base:allocation`; `one`: a single extent.
+    BlockStatus {
+        offset: u64,
+        len: u32,
+        one: bool,
+    },
     /// NBD_CMD_DISC: finish what is in flight, then close.
     Disconnect,
     /// Reply `error` after reading and dropping `discard` payload bytes;
@@ -304,16 +455,18 @@ pub enum Action {
     },
 }
 
-/// Decides what to do with a request on an export of `size` bytes.
+/// Decides what to do with a request on an export of `size` bytes, given
+/// what the handshake agreed.
 ///
 /// Error choices follow proto.md's "Error values": `EINVAL` for unknown
-/// commands, flags not valid for the command, reads, trims and caches past
-/// the end and read, write and cache lengths above the maximum block size
-/// (write-zeroes may be longer, see below); `ENOSPC` for writes
-/// and write-zeroes past the end; `EPERM` for writes, trims and write-zeroes
-/// on a read-only export. The only payload is NBD_CMD_WRITE's, so only a
-/// refused write needs `discard`.
-pub fn classify(h: &RequestHeader, size: u64, read_only: bool) -> Action {
+/// commands, flags not valid for the command, reads, trims, caches and
+/// block status past the end, read, write and cache lengths above the
+/// maximum block size (write-zeroes may be longer, see below), empty block
+/// status requests and block status without a selected metadata context;
+/// `ENOSPC` for writes and write-zeroes past the end; `EPERM` for writes,
+/// trims and write-zeroes on a read-only export. The only payload is
+/// NBD_CMD_WRITE's, so only a refused write needs `discard`.
+pub fn classify(h: &RequestHeader, size: u64, read_only: bool, caps: Caps) -> Action {
     let in_range = h
         .offset
         .checked_add(u64::from(h.len))
@@ -325,12 +478,15 @@ pub fn classify(h: &RequestHeader, size: u64, read_only: bool) -> Action {
     let reject = |error| Action::Reject { error, discard: 0 };
     match h.command {
         CMD_READ => {
-            if !flags_ok(0) || h.len > MAX_REQUEST_LEN || !in_range {
+            // DF is advertised only with structured replies.
+            let df_ok = if caps.structured { CMD_FLAG_DF } else { 0 };
+            if !flags_ok(df_ok) || h.len > MAX_REQUEST_LEN || !in_range {
                 reject(EINVAL)
             } else {
                 Action::Read {
                     offset: h.offset,
                     len: h.len,
+                    df: h.flags & CMD_FLAG_DF != 0,
                 }
             }
         }
@@ -383,7 +539,22 @@ pub fn classify(h: &RequestHeader, size: u64, read_only: bool) -> Action {
             if !flags_ok(0) || h.len > MAX_REQUEST_LEN || !in_range {
                 reject(EINVAL)
             } else {
-                Action::Cache
+                Action::Cache {
+                    offset: h.offset,
+                    len: h.len,
+                }
+            }
+        }
+        CMD_BLOCK_STATUS => {
+            // proto.md: SHOULD answer EINVAL when no context was selected.
+            if !caps.base_allocation || !flags_ok(CMD_FLAG_REQ_ONE) || h.len == 0 || !in_range {
+                reject(EINVAL)
+            } else {
+                Action::BlockStatus {
+                    offset: h.offset,
+                    len: h.len,
+                    one: h.flags & CMD_FLAG_REQ_ONE != 0,
+                }
             }
         }
         CMD_WRITE_ZEROES => {
@@ -407,8 +578,6 @@ pub fn classify(h: &RequestHeader, size: u64, read_only: bool) -> Action {
                 }
             }
         }
-        // BLOCK_STATUS needs a negotiated metadata context, which this
-        // server never grants; everything else is unknown.
         _ => reject(EINVAL),
     }
 }
@@ -482,53 +651,59 @@ mod tests {
     fn classify_follows_the_error_values_section() {
         let size = 1 << 20;
         assert_eq!(
-            classify(&req(CMD_READ, 0, size - 512, 512), size, false),
+            classify(&req(CMD_READ, 0, size - 512, 512), size, false, NONE),
             Action::Read {
                 offset: size - 512,
-                len: 512
+                len: 512,
+                df: false
             }
         );
         assert_eq!(
-            classify(&req(CMD_READ, 0, size - 512, 1024), size, false),
+            classify(&req(CMD_READ, 0, size - 512, 1024), size, false, NONE),
             Action::Reject {
                 error: EINVAL,
                 discard: 0
             }
         );
         assert_eq!(
-            classify(&req(CMD_READ, 0, u64::MAX, 2), size, false),
+            classify(&req(CMD_READ, 0, u64::MAX, 2), size, false, NONE),
             Action::Reject {
                 error: EINVAL,
                 discard: 0
             }
         );
         assert_eq!(
-            classify(&req(CMD_READ, CMD_FLAG_DF, 0, 512), size, false),
+            classify(&req(CMD_READ, CMD_FLAG_DF, 0, 512), size, false, NONE),
             Action::Reject {
                 error: EINVAL,
                 discard: 0
             }
         );
         assert_eq!(
-            classify(&req(CMD_WRITE, 0, size, 512), size, false),
+            classify(&req(CMD_WRITE, 0, size, 512), size, false, NONE),
             Action::Reject {
                 error: ENOSPC,
                 discard: 512
             }
         );
         assert_eq!(
-            classify(&req(CMD_WRITE, 0, 0, 512), size, true),
+            classify(&req(CMD_WRITE, 0, 0, 512), size, true, NONE),
             Action::Reject {
                 error: EPERM,
                 discard: 512
             }
         );
         assert_eq!(
-            classify(&req(CMD_WRITE, 0, 0, MAX_REQUEST_LEN + 1), size, false),
+            classify(
+                &req(CMD_WRITE, 0, 0, MAX_REQUEST_LEN + 1),
+                size,
+                false,
+                NONE
+            ),
             Action::RejectAndClose { error: EINVAL }
         );
         assert_eq!(
-            classify(&req(CMD_TRIM, 0, 0, 512), size, true),
+            classify(&req(CMD_TRIM, 0, 0, 512), size, true, NONE),
             Action::Reject {
                 error: EPERM,
                 discard: 0
@@ -538,7 +713,8 @@ mod tests {
             classify(
                 &req(CMD_WRITE_ZEROES, CMD_FLAG_NO_HOLE, 0, 512),
                 size,
-                false
+                false,
+                NONE
             ),
             Action::WriteZeroes {
                 offset: 0,
@@ -550,7 +726,8 @@ mod tests {
             classify(
                 &req(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 512),
                 size,
-                false
+                false,
+                NONE
             ),
             Action::Reject {
                 error: EINVAL,
@@ -558,7 +735,12 @@ mod tests {
             }
         );
         assert_eq!(
-            classify(&req(CMD_WRITE_ZEROES, 0, 0, u32::MAX), u64::MAX, false),
+            classify(
+                &req(CMD_WRITE_ZEROES, 0, 0, u32::MAX),
+                u64::MAX,
+                false,
+                NONE
+            ),
             Action::WriteZeroes {
                 offset: 0,
                 len: u32::MAX,
@@ -566,33 +748,152 @@ mod tests {
             }
         );
         assert_eq!(
-            classify(&req(CMD_FLUSH, 0, 0, 1), size, false),
+            classify(&req(CMD_FLUSH, 0, 0, 1), size, false, NONE),
             Action::Reject {
                 error: EINVAL,
                 discard: 0
             }
         );
         assert_eq!(
-            classify(&req(CMD_BLOCK_STATUS, 0, 0, 512), size, false),
+            classify(&req(CMD_BLOCK_STATUS, 0, 0, 512), size, false, NONE),
             Action::Reject {
                 error: EINVAL,
                 discard: 0
             }
         );
         assert_eq!(
-            classify(&req(99, 0, 0, 0), size, false),
+            classify(&req(99, 0, 0, 0), size, false, NONE),
             Action::Reject {
                 error: EINVAL,
                 discard: 0
             }
         );
         assert_eq!(
-            classify(&req(CMD_DISC, 0, 0, 0), size, false),
+            classify(&req(CMD_DISC, 0, 0, 0), size, false, NONE),
             Action::Disconnect
         );
         assert_eq!(
-            classify(&req(CMD_CACHE, CMD_FLAG_FUA, 0, 512), size, false),
-            Action::Cache
+            classify(&req(CMD_CACHE, CMD_FLAG_FUA, 0, 512), size, false, NONE),
+            Action::Cache {
+                offset: 0,
+                len: 512
+            }
+        );
+    }
+
+    const NONE: Caps = Caps {
+        structured: false,
+        base_allocation: false,
+    };
+
+    #[test]
+    fn negotiated_caps_unlock_df_and_block_status() {
+        let size = 1 << 20;
+        let sr = Caps {
+            structured: true,
+            base_allocation: false,
+        };
+        let meta = Caps {
+            structured: true,
+            base_allocation: true,
+        };
+        let einval = Action::Reject {
+            error: EINVAL,
+            discard: 0,
+        };
+        assert_eq!(
+            classify(&req(CMD_READ, CMD_FLAG_DF, 0, 512), size, false, NONE),
+            einval
+        );
+        assert_eq!(
+            classify(&req(CMD_READ, CMD_FLAG_DF, 0, 512), size, false, sr),
+            Action::Read {
+                offset: 0,
+                len: 512,
+                df: true
+            }
+        );
+        assert_eq!(
+            classify(&req(CMD_BLOCK_STATUS, 0, 0, 512), size, false, sr),
+            einval
+        );
+        assert_eq!(
+            classify(
+                &req(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 4096, u32::MAX),
+                u64::MAX,
+                true,
+                meta
+            ),
+            Action::BlockStatus {
+                offset: 4096,
+                len: u32::MAX,
+                one: true
+            }
+        );
+        assert_eq!(
+            classify(&req(CMD_BLOCK_STATUS, 0, 0, 0), size, false, meta),
+            einval
+        );
+        assert_eq!(
+            classify(&req(CMD_BLOCK_STATUS, 0, size, 1), size, false, meta),
+            einval
+        );
+        assert_eq!(
+            classify(&req(CMD_BLOCK_STATUS, CMD_FLAG_DF, 0, 1), size, false, meta),
+            einval
+        );
+        assert_eq!(transmission_flags(false, NONE) & FLAG_SEND_DF, 0);
+        assert_ne!(transmission_flags(true, sr) & FLAG_SEND_DF, 0);
+        assert_ne!(transmission_flags(false, NONE) & FLAG_SEND_CACHE, 0);
+    }
+
+    #[test]
+    fn meta_requests_parse_and_select_base_allocation() {
+        let mut p = Vec::new();
+        p.extend_from_slice(&3u32.to_be_bytes());
+        p.extend_from_slice(b"vol");
+        p.extend_from_slice(&2u32.to_be_bytes());
+        for q in [&b"base:allocation"[..], b"qemu:dirty-bitmap:x"] {
+            p.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            p.extend_from_slice(q);
+        }
+        let r = parse_meta_request(&p).unwrap();
+        assert_eq!(r.name, b"vol");
+        assert_eq!(r.queries, [&b"base:allocation"[..], b"qemu:dirty-bitmap:x"]);
+        assert!(parse_meta_request(&p[..p.len() - 1]).is_none());
+        let mut long = p.clone();
+        long.push(0);
+        assert!(parse_meta_request(&long).is_none());
+        // A count far above what the payload can hold is refused up front.
+        let mut huge = b"\0\0\0\0".to_vec();
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse_meta_request(&huge).is_none());
+        assert!(query_selects_base_allocation(b"base:allocation", false));
+        assert!(query_selects_base_allocation(b"base:", true));
+        assert!(!query_selects_base_allocation(b"base:", false));
+        assert!(!query_selects_base_allocation(b"base:allocation2", true));
+    }
+
+    #[test]
+    fn extents_merge_clip_and_fall_back_to_data() {
+        use crate::replica::Span;
+        let span = |offset, len, hole| Span { offset, len, hole };
+        let h = STATE_HOLE | STATE_ZERO;
+        let spans = [
+            span(100, 50, true),
+            span(150, 50, true),
+            span(200, 10, false),
+            span(210, 1000, true),
+        ];
+        assert_eq!(extents(100, 300, &spans, 16), [(100, h), (10, 0), (190, h)]);
+        assert_eq!(extents(100, 300, &spans, 1), [(100, h)]);
+        // Runs that do not start at the offset are not trusted.
+        assert_eq!(extents(90, 300, &spans, 16), [(300, 0)]);
+        assert_eq!(extents(100, 300, &[], 16), [(300, 0)]);
+        // A gap ends the answer early, which the spec allows.
+        assert_eq!(
+            extents(0, 100, &[span(0, 10, true), span(20, 80, false)], 16),
+            [(10, h)]
         );
     }
 
@@ -637,14 +938,22 @@ mod tests {
             size in any::<u64>(),
             read_only in any::<bool>(),
             valid_magic in any::<bool>(),
+            structured in any::<bool>(),
+            meta in any::<bool>(),
         ) {
             let mut b = bytes;
             if valid_magic {
                 b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
             }
             let Ok(h) = parse_request_header(&b) else { return Ok(()); };
-            match classify(&h, size, read_only) {
-                Action::Read { offset, len } | Action::Write { offset, len, .. } => {
+            let caps = Caps { structured, base_allocation: structured && meta };
+            match classify(&h, size, read_only, caps) {
+                Action::Read { offset, len, df } => {
+                    prop_assert!(len <= MAX_REQUEST_LEN);
+                    prop_assert!(offset + u64::from(len) <= size);
+                    prop_assert!(!df || structured);
+                }
+                Action::Write { offset, len, .. } | Action::Cache { offset, len } => {
                     prop_assert!(len <= MAX_REQUEST_LEN);
                     prop_assert!(offset + u64::from(len) <= size);
                 }
@@ -657,7 +966,11 @@ mod tests {
                     prop_assert!(discard == 0 || h.command == CMD_WRITE);
                 }
                 Action::RejectAndClose { .. } => prop_assert_eq!(h.command, CMD_WRITE),
-                Action::Flush | Action::Cache | Action::Disconnect => {}
+                Action::BlockStatus { offset, len, .. } => {
+                    prop_assert!(caps.base_allocation && len > 0);
+                    prop_assert!(offset + u64::from(len) <= size);
+                }
+                Action::Flush | Action::Disconnect => {}
             }
         }
 
@@ -671,6 +984,40 @@ mod tests {
         #[test]
         fn option_header_parser_never_panics(b in proptest::array::uniform16(any::<u8>())) {
             let _ = parse_option_header(&b);
+        }
+
+        #[test]
+        fn meta_request_parser_accounts_for_every_byte(
+            p in proptest::collection::vec(any::<u8>(), 0..64)
+        ) {
+            if let Some(r) = parse_meta_request(&p) {
+                let used = 4 + r.name.len() + 4 + r.queries.iter().map(|q| 4 + q.len()).sum::<usize>();
+                prop_assert_eq!(used, p.len());
+            }
+        }
+
+        #[test]
+        fn extents_cover_a_prefix_of_the_range_and_never_more(
+            offset in 0u64..1 << 40,
+            len in 1u32..u32::MAX,
+            runs in proptest::collection::vec((0u64..1 << 33, any::<bool>(), any::<bool>()), 0..20),
+            max in 0usize..8,
+        ) {
+            // Runs that mostly continue each other, sometimes not.
+            let mut at = offset;
+            let spans: Vec<crate::replica::Span> = runs
+                .iter()
+                .map(|&(l, hole, gap)| {
+                    let s = crate::replica::Span { offset: at + u64::from(gap), len: l, hole };
+                    at = s.offset + l;
+                    s
+                })
+                .collect();
+            let e = extents(offset, len, &spans, max);
+            prop_assert!(!e.is_empty() && e.len() <= max.max(1));
+            prop_assert!(e.iter().all(|&(l, _)| l > 0));
+            prop_assert!(e.iter().map(|&(l, _)| u64::from(l)).sum::<u64>() <= u64::from(len));
+            prop_assert!(e.windows(2).all(|w| w[0].1 != w[1].1), "adjacent runs of one kind: {e:?}");
         }
     }
 }

@@ -20,6 +20,14 @@ pub use state::{
     StateStore, VolumeState,
 };
 
+/// One run of a volume range as the storage holds it: data, or a hole that reads as zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub offset: u64,
+    pub len: u64,
+    pub hole: bool,
+}
+
 /// Where the remote writes the volume.
 pub trait Replica: Send + Sync + 'static {
     /// Bytes in the volume.
@@ -39,6 +47,14 @@ pub trait Replica: Send + Sync + 'static {
             size: self.size(),
             ..ReplicaIdentity::default()
         }
+    }
+    /// The runs of `offset..offset+len`; storage that cannot tell reports all of it as data.
+    fn spans(&self, offset: u64, len: u64) -> io::Result<Vec<Span>> {
+        Ok(vec![Span {
+            offset,
+            len,
+            hole: false,
+        }])
     }
 }
 
@@ -145,6 +161,63 @@ impl FileReplica {
         }
     }
 
+    /// Asks the kernel to read `offset..offset+len` into the page cache
+    /// ahead of use (`POSIX_FADV_WILLNEED`); a hint, so it never blocks on
+    /// the reads.
+    pub fn prefetch(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check(offset, len)?;
+        let Some(len) = std::num::NonZeroU64::new(len) else {
+            return Ok(());
+        };
+        rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::WillNeed)?;
+        Ok(())
+    }
+
+    /// The file's allocation by `SEEK_DATA`/`SEEK_HOLE`, or `None` where the
+    /// file cannot tell (block devices and file systems without the calls
+    /// answer `EINVAL`/`EOPNOTSUPP`).
+    fn seek_spans(&self, offset: u64, len: u64) -> io::Result<Option<Vec<Span>>> {
+        use rustix::fs::{seek, SeekFrom};
+        use rustix::io::Errno;
+        let end = offset + len;
+        let mut out: Vec<Span> = Vec::new();
+        let mut push = |offset: u64, len: u64, hole: bool| match out.last_mut() {
+            Some(last) if last.hole == hole && last.offset + last.len == offset => last.len += len,
+            _ => out.push(Span { offset, len, hole }),
+        };
+        let mut at = offset;
+        while at < end {
+            // The file offset these calls move is not used by anything
+            // else: every read and write here is positional.
+            let data = match seek(&self.file, SeekFrom::Data(at)) {
+                Ok(d) => d.min(end),
+                // No data at or after `at`: the rest is one hole.
+                Err(Errno::NXIO) => end,
+                Err(Errno::INVAL | Errno::OPNOTSUPP) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if data > at {
+                push(at, data - at, true);
+                at = data;
+                continue;
+            }
+            let hole = match seek(&self.file, SeekFrom::Hole(at)) {
+                Ok(h) => h.min(end),
+                // Past the end of a file shorter than the volume: reads
+                // fail there anyway; call it data rather than invent zeros.
+                Err(Errno::NXIO) => end,
+                Err(Errno::INVAL | Errno::OPNOTSUPP) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            // A hole offset at or before `at` would loop: the file changed
+            // under us; report the rest as data, which is always true.
+            let hole = if hole <= at { end } else { hole };
+            push(at, hole - at, false);
+            at = hole;
+        }
+        Ok(Some(out))
+    }
+
     fn check_writable(&self) -> io::Result<()> {
         if self.read_only {
             Err(io::Error::new(
@@ -220,6 +293,20 @@ impl Replica for FileReplica {
             },
         }
     }
+
+    fn spans(&self, offset: u64, len: u64) -> io::Result<Vec<Span>> {
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.seek_spans(offset, len)?.unwrap_or_else(|| {
+            vec![Span {
+                offset,
+                len,
+                hole: false,
+            }]
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -252,5 +339,57 @@ mod tests {
             FileReplica::open_read_only(&path, 2 << 20),
             Err(ReplicaError::Size { .. })
         ));
+    }
+
+    #[test]
+    fn spans_follow_the_holes_of_a_sparse_file() {
+        const K: u64 = 1 << 10;
+        let dir = tempfile::tempdir().unwrap();
+        let r = FileReplica::open(&dir.path().join("s.img"), 4096 * K).unwrap();
+        let span = |offset, len, hole| Span { offset, len, hole };
+        // A fresh file is one hole.
+        assert_eq!(r.spans(0, 4096 * K).unwrap(), [span(0, 4096 * K, true)]);
+        r.write_at(1024 * K, &[1u8; 64 * 1024]).unwrap();
+        r.write_at(3072 * K, &[2u8; 128 * 1024]).unwrap();
+        assert_eq!(
+            r.spans(0, 4096 * K).unwrap(),
+            [
+                span(0, 1024 * K, true),
+                span(1024 * K, 64 * K, false),
+                span(1088 * K, 1984 * K, true),
+                span(3072 * K, 128 * K, false),
+                span(3200 * K, 896 * K, true),
+            ]
+        );
+        // A range starting inside data and ending inside a hole is clipped.
+        assert_eq!(
+            r.spans(1056 * K, 64 * K).unwrap(),
+            [span(1056 * K, 32 * K, false), span(1088 * K, 32 * K, true)]
+        );
+        // Trimming punches the hole back.
+        r.trim(1024 * K, 64 * K).unwrap();
+        assert_eq!(r.spans(0, 2048 * K).unwrap(), [span(0, 2048 * K, true)]);
+        assert_eq!(r.spans(5, 0).unwrap(), []);
+        assert!(r.spans(4096 * K, 1).is_err());
+        // The trait's default for storage that cannot tell: all data.
+        struct Opaque;
+        impl Replica for Opaque {
+            fn size(&self) -> u64 {
+                10
+            }
+            fn write_at(&self, _: u64, _: &[u8]) -> io::Result<()> {
+                Ok(())
+            }
+            fn read_at(&self, _: u64, _: &mut [u8]) -> io::Result<()> {
+                Ok(())
+            }
+            fn trim(&self, _: u64, _: u64) -> io::Result<()> {
+                Ok(())
+            }
+            fn sync(&self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        assert_eq!(Opaque.spans(2, 5).unwrap(), [span(2, 5, false)]);
     }
 }

@@ -50,6 +50,8 @@ pub struct ServeOpts<'a> {
     pub limits: Option<Limits>,
     /// Put the image here instead of the server's own temporary directory.
     pub image_dir: Option<&'a Path>,
+    /// TLS on the TCP listener (the unix socket stays plaintext).
+    pub tls: Option<Arc<dtu::nbd::tls::NbdTls>>,
 }
 
 impl Default for ServeOpts<'_> {
@@ -62,6 +64,7 @@ impl Default for ServeOpts<'_> {
             description: None,
             limits: None,
             image_dir: None,
+            tls: None,
         }
     }
 }
@@ -90,6 +93,9 @@ impl Served {
         }
         if let Some(l) = opts.limits {
             server = server.with_limits(l);
+        }
+        if let Some(t) = opts.tls {
+            server = server.with_tls(t);
         }
         Served::run(dir, image, opts.name, opts.size, server)
     }
@@ -178,6 +184,7 @@ fn package_of(tool: &str) -> &'static str {
         "qemu-io" | "qemu-img" => "qemu-utils",
         "nbdcopy" | "nbdinfo" => "libnbd-bin",
         "nbdkit" => "nbdkit",
+        "nbdsh" => "libnbd-bin",
         "fio" => "fio",
         "timeout" => "coreutils",
         _ => "?",
@@ -359,6 +366,21 @@ pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 pub const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+
+pub const REPLY_FLAG_DONE: u16 = 1;
+pub const REPLY_TYPE_NONE: u16 = 0;
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+pub const REPLY_TYPE_ERROR: u16 = 0x8001;
+pub const STATE_HOLE: u32 = 1;
+pub const STATE_ZERO: u32 = 2;
+pub const FLAG_REQ_ONE: u16 = 8;
+pub const REP_META_CONTEXT: u32 = 4;
+pub const REP_ERR_TLS_REQD: u32 = 0x8000_0005;
+pub const TFLAG_SEND_DF: u16 = 128;
+pub const TFLAG_SEND_CACHE: u16 = 1024;
 
 pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
@@ -631,6 +653,47 @@ pub fn request_bytes(cmd: u16, flags: u16, handle: u64, offset: u64, len: u32) -
     b[16..24].copy_from_slice(&offset.to_be_bytes());
     b[24..28].copy_from_slice(&len.to_be_bytes());
     b
+}
+
+/// One structured reply chunk: (flags, type, handle, payload).
+pub type Chunk = (u16, u16, u64, Vec<u8>);
+
+impl RawClient {
+    /// Reads one structured reply chunk.
+    pub fn chunk(&mut self) -> Chunk {
+        assert_eq!(self.u32(), STRUCTURED_REPLY_MAGIC, "structured reply magic");
+        let flags = self.u16();
+        let kind = self.u16();
+        let handle = self.u64();
+        let len = self.u32();
+        assert!(len <= 64 << 20, "chunk of {len} bytes");
+        (flags, kind, handle, self.bytes(len as usize))
+    }
+
+    /// Reads chunks up to and including the one flagged done.
+    pub fn chunks(&mut self) -> Vec<Chunk> {
+        let mut v = Vec::new();
+        loop {
+            let c = self.chunk();
+            let done = c.0 & REPLY_FLAG_DONE != 0;
+            v.push(c);
+            if done {
+                return v;
+            }
+        }
+    }
+
+    /// A meta context option's payload: export name and queries.
+    pub fn meta_payload(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
+        let mut p = (name.len() as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(name);
+        p.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+        for q in queries {
+            p.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            p.extend_from_slice(q);
+        }
+        p
+    }
 }
 
 /// (size, transmission flags) from a successful INFO/GO reply list.
