@@ -469,3 +469,58 @@ fn a_damaged_nvbuf_refuses_to_start_and_an_accepted_loss_marks_the_replica() {
     drop(primary);
     drop(remote);
 }
+
+/// A changed `nvbuf.size` is not silently ignored: an nvbuf holding
+/// unreplicated records keeps its size (and says so), an empty one is
+/// replaced by one of the new size that continues its seqs and epoch, so
+/// the remote keeps accepting the primary.
+#[test]
+fn a_changed_nvbuf_size_resizes_an_empty_nvbuf_and_keeps_a_busy_one() {
+    let pair = Pair::new(true);
+    let port = free_udp_port();
+    let nvbuf = pair.dir.path().join("primary.nvbuf");
+    let policy = AckPolicy {
+        dirty_threshold: 0.0,
+        ..AckPolicy::default()
+    };
+    let start = |size: u64| {
+        Primary::start(PrimaryOptions {
+            nvbuf_size: size,
+            ..pair.primary_options(port, policy)
+        })
+        .unwrap()
+    };
+    // Unreplicated records (no remote yet): the size stays.
+    let primary = start(64 << 20);
+    primary
+        .write(0, Bytes::from(vec![1; 8192]))
+        .unwrap()
+        .wait()
+        .unwrap();
+    primary.shutdown();
+    let primary = start(32 << 20);
+    assert_eq!(std::fs::metadata(&nvbuf).unwrap().len(), 64 << 20);
+    let remote = pair.remote(port);
+    wait_for("the replica to catch up", Duration::from_secs(30), || {
+        stored_everything(&primary)
+    });
+    primary.shutdown();
+    // Empty now: the next start resizes it and the pair goes on.
+    let primary = start(32 << 20);
+    assert_eq!(std::fs::metadata(&nvbuf).unwrap().len(), 32 << 20);
+    primary
+        .write(8192, Bytes::from(vec![2; 8192]))
+        .unwrap()
+        .wait()
+        .unwrap();
+    wait_for(
+        "the write after the resize",
+        Duration::from_secs(30),
+        || stored_everything(&primary),
+    );
+    let replica = pair.replica();
+    assert!(replica[..8192].iter().all(|&b| b == 1));
+    assert!(replica[8192..16384].iter().all(|&b| b == 2));
+    drop(primary);
+    drop(remote);
+}

@@ -109,6 +109,10 @@ pub struct NvbufConfig {
     pub first_seq: Seq,
     /// Let `create` replace an existing non-empty file.
     pub overwrite: bool,
+    /// Epoch of a new nvbuf (default 1); a replacement of an older nvbuf
+    /// continues above the old one's, so the remote does not take it for a
+    /// stale primary.
+    pub first_epoch: u32,
     /// What `open_or_create` does with an existing file whose durable
     /// records cannot all be recovered.
     pub on_loss: OnLoss,
@@ -163,6 +167,7 @@ impl NvbufConfig {
             volume_id,
             first_seq: 1,
             overwrite: false,
+            first_epoch: 1,
             on_loss: OnLoss::Refuse,
         }
     }

@@ -125,6 +125,49 @@ impl Nvbuf<MmapStore> {
         Nvbuf::recover(store, volume_id, path.to_path_buf(), on_loss)
     }
 
+    /// Replaces an nvbuf that holds no unreleased records with a new file
+    /// of another size, continuing its seqs, epoch and metadata. The new
+    /// file is built beside the old one and renamed over it, so a crash
+    /// leaves one or the other, never neither.
+    pub fn resize_empty(self, path: &Path, size: u64) -> Result<Nvbuf, NvbufError> {
+        let st = lock(&self.state);
+        if !st.index.is_empty() {
+            return Err(NvbufError::InvalidHeader(format!(
+                "cannot resize an nvbuf holding {} unreleased records",
+                st.index.len()
+            )));
+        }
+        let cfg = NvbufConfig {
+            size,
+            volume_id: self.volume_id,
+            first_seq: st.next_seq,
+            overwrite: true,
+            first_epoch: self
+                .epoch
+                .checked_add(1)
+                .ok_or(NvbufError::EpochExhausted)?,
+            on_loss: super::OnLoss::Refuse,
+        };
+        drop(st);
+        let meta = self.meta();
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".resize");
+        let tmp = PathBuf::from(tmp);
+        let new = Nvbuf::create(&tmp, &cfg)?;
+        new.set_meta(&meta)?;
+        drop(self);
+        std::fs::rename(&tmp, path).map_err(io(path, "rename the resized nvbuf into place"))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(Nvbuf {
+            label: path.to_path_buf(),
+            ..new
+        })
+    }
+
     /// Opens the file if it exists and is not empty, else creates it.
     pub fn open_or_create(path: &Path, cfg: &NvbufConfig) -> Result<(Nvbuf, Recovery), NvbufError> {
         let exists = std::fs::metadata(path)
@@ -219,7 +262,7 @@ impl<S: NvStore> Nvbuf<S> {
             label,
             volume_id: cfg.volume_id,
             instance: rand::random(),
-            epoch: 1,
+            epoch: cfg.first_epoch.max(1),
             base_seq: cfg.first_seq,
             ring_len,
             file_size,

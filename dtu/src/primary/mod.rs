@@ -238,6 +238,30 @@ impl Primary {
             });
             nvbuf.set_meta(&meta.encode()).map_err(|e| start_err(&e))?;
         }
+        let wanted = opts.nvbuf_size / crate::nvbuf::PAGE as u64 * crate::nvbuf::PAGE as u64;
+        let nvbuf = if nvbuf.file_size() == wanted {
+            nvbuf
+        } else if recovery.records.is_empty() {
+            tracing::info!(
+                "nvbuf {} is {} bytes, the config asks for {wanted}: it holds nothing \
+                 unreplicated, so it is replaced by one of the new size",
+                opts.nvbuf_path.display(),
+                nvbuf.file_size()
+            );
+            nvbuf
+                .resize_empty(&opts.nvbuf_path, wanted)
+                .map_err(|e| start_err(&e))?
+        } else {
+            tracing::warn!(
+                "nvbuf {} is {} bytes but nvbuf.size asks for {wanted}: it still holds {} \
+                 unreplicated records, so it keeps its size for now; a start after the remote \
+                 has stored them resizes it",
+                opts.nvbuf_path.display(),
+                nvbuf.file_size(),
+                recovery.records.len()
+            );
+            nvbuf
+        };
         let nvbuf = Arc::new(nvbuf);
         let epoch = nvbuf.epoch();
         let now = Instant::now();
