@@ -403,7 +403,7 @@ mod nv {
     //! Builders of nvbuf seed images through the real API.
     use super::NVBUF_VOLUME;
     use dtu::nvbuf::format::MIN_SIZE;
-    use dtu::nvbuf::{MemStore, Nvbuf, NvbufConfig, RecordHeader};
+    use dtu::nvbuf::{MemStore, Nvbuf, NvbufConfig, RecordHeader, Wait};
 
     pub fn fresh() -> Nvbuf<MemStore> {
         let cfg = NvbufConfig::new(NVBUF_VOLUME).with_size(MIN_SIZE);
@@ -427,7 +427,9 @@ mod nv {
                     chunk_count: sizes.len() as u32,
                 };
                 let p: Vec<u8> = (0..len).map(|j| (j as u8) ^ (seq as u8)).collect();
-                lsn = nv.append(&h, &p, None).unwrap();
+                lsn = nv
+                    .append(&h, &p, std::time::Instant::now(), Wait::Forever)
+                    .unwrap();
             }
         }
         nv.sync_to(lsn).unwrap();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dtu::nvbuf::{MemStore, Nvbuf, NvbufConfig, NvbufError};
+use dtu::nvbuf::{MemStore, Nvbuf, NvbufConfig, NvbufError, OnLoss, Wait};
 use nvbuf_common::*;
 
 fn cfg(size: usize) -> NvbufConfig {
@@ -45,7 +45,7 @@ fn append_read_release_reopen_on_a_real_file() {
             Err(NvbufError::NotFound { seq: 20 })
         ));
         assert_eq!(nv.first_unreleased_seq(), 21);
-        let st = nv.stats();
+        let st = nv.stats(Instant::now());
         assert_eq!(st.unreleased_seqs, 30);
         assert!(st.fill_pct > 0.0 && st.fill_pct < 100.0);
         assert!(st.oldest_unreleased_age.is_some());
@@ -148,7 +148,7 @@ fn refuses_other_volume_unknown_version_second_open_and_existing_file() {
             e,
             NvbufError::UnknownVersion {
                 found: 7,
-                supported: 1
+                supported: 2
             }
         ),
         "{e}"
@@ -175,7 +175,16 @@ fn refuses_other_volume_unknown_version_second_open_and_existing_file() {
 
     let cut = dir.path().join("cut");
     std::fs::write(&cut, &std::fs::read(&path).unwrap()[..3 * MIB]).unwrap();
-    let e = Nvbuf::open(&cut, VOL).err().unwrap();
+    let e = Nvbuf::open_with(&cut, VOL, OnLoss::Refuse).err().unwrap();
+    assert!(
+        matches!(e, NvbufError::Lost { .. }) && e.to_string().contains("truncated"),
+        "{e}"
+    );
+    let grown = dir.path().join("grown");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(&[0; 4096]);
+    std::fs::write(&grown, &bytes).unwrap();
+    let e = Nvbuf::open(&grown, VOL).err().unwrap();
     assert!(matches!(e, NvbufError::SizeMismatch { .. }), "{e}");
 
     // open_or_create creates once, then opens.
@@ -197,45 +206,54 @@ fn validates_appends() {
     let e = nv.epoch();
     let err = |r: Result<u64, NvbufError>| r.expect_err("must fail");
     assert!(matches!(
-        err(nv.append(&header(2, 0, 1, e, 1), b"x", None)),
+        err(nv.append(&header(2, 0, 1, e, 1), b"x", Instant::now(), Wait::Forever)),
         NvbufError::OutOfOrder { seq: 2, .. }
     ));
     assert!(matches!(
-        err(nv.append(&header(1, 0, 1, e + 1, 1), b"x", None)),
+        err(nv.append(
+            &header(1, 0, 1, e + 1, 1),
+            b"x",
+            Instant::now(),
+            Wait::Forever
+        )),
         NvbufError::WrongEpoch { .. }
     ));
     assert!(matches!(
-        err(nv.append(&header(1, 0, 0, e, 1), b"x", None)),
+        err(nv.append(&header(1, 0, 0, e, 1), b"x", Instant::now(), Wait::Forever)),
         NvbufError::InvalidHeader(_)
     ));
     assert!(matches!(
-        err(nv.append(&header(1, 2, 2, e, 1), b"x", None)),
+        err(nv.append(&header(1, 2, 2, e, 1), b"x", Instant::now(), Wait::Forever)),
         NvbufError::InvalidHeader(_)
     ));
     let big = vec![0u8; nv.max_payload() + 1];
     assert!(matches!(
-        err(nv.append(&header(1, 0, 1, e, 1), &big, None)),
+        err(nv.append(&header(1, 0, 1, e, 1), &big, Instant::now(), Wait::Forever)),
         NvbufError::TooLarge { .. }
     ));
     // Mid-seq: only the next chunk of the same seq, with the same count.
-    nv.append(&header(1, 0, 3, e, 1), b"a", None).unwrap();
+    nv.append(&header(1, 0, 3, e, 1), b"a", Instant::now(), Wait::Forever)
+        .unwrap();
     assert!(matches!(
-        err(nv.append(&header(2, 0, 1, e, 1), b"x", None)),
+        err(nv.append(&header(2, 0, 1, e, 1), b"x", Instant::now(), Wait::Forever)),
         NvbufError::OutOfOrder { .. }
     ));
     assert!(matches!(
-        err(nv.append(&header(1, 2, 3, e, 1), b"x", None)),
+        err(nv.append(&header(1, 2, 3, e, 1), b"x", Instant::now(), Wait::Forever)),
         NvbufError::OutOfOrder { .. }
     ));
     assert!(matches!(
-        err(nv.append(&header(1, 1, 4, e, 1), b"x", None)),
+        err(nv.append(&header(1, 1, 4, e, 1), b"x", Instant::now(), Wait::Forever)),
         NvbufError::InvalidHeader(_)
     ));
-    nv.append(&header(1, 1, 3, e, 1), b"b", None).unwrap();
+    nv.append(&header(1, 1, 3, e, 1), b"b", Instant::now(), Wait::Forever)
+        .unwrap();
     // A release cannot free a seq that is not fully appended.
     nv.release_through(1);
     assert_eq!(nv.read_seq(1).unwrap().len(), 2);
-    let lsn = nv.append(&header(1, 2, 3, e, 1), b"c", None).unwrap();
+    let lsn = nv
+        .append(&header(1, 2, 3, e, 1), b"c", Instant::now(), Wait::Forever)
+        .unwrap();
     assert!(matches!(
         nv.sync_to(lsn + 8),
         Err(NvbufError::BeyondHead { .. })
@@ -274,7 +292,7 @@ fn full_ring_blocks_writers_until_release_and_deadline_returns_full() {
         }
         assert!(seq < 1000, "ring never filled");
     }
-    let stats = nv.stats();
+    let stats = nv.stats(Instant::now());
     assert!(stats.fill_pct > 95.0, "{}", stats.fill_pct);
     assert_eq!(stats.full_waits, 1);
 
@@ -312,7 +330,7 @@ fn full_ring_blocks_writers_until_release_and_deadline_returns_full() {
         })
         .collect();
     let t = Instant::now();
-    while nv.stats().waiting_appenders == 0 {
+    while nv.stats(Instant::now()).waiting_appenders == 0 {
         assert!(t.elapsed() < Duration::from_secs(20), "writer never waited");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -321,7 +339,7 @@ fn full_ring_blocks_writers_until_release_and_deadline_returns_full() {
         !done.load(Ordering::SeqCst),
         "a writer proceeded on a full ring"
     );
-    assert_eq!(nv.stats().waiting_appenders, 1);
+    assert_eq!(nv.stats(Instant::now()).waiting_appenders, 1);
     nv.release_through(3);
     let mut got: Vec<u64> = (0..2)
         .map(|_| {
@@ -334,7 +352,7 @@ fn full_ring_blocks_writers_until_release_and_deadline_returns_full() {
     }
     got.sort();
     assert_eq!(got, vec![seq, seq + 1]);
-    let st = nv.stats();
+    let st = nv.stats(Instant::now());
     assert_eq!(st.waiting_appenders, 0);
     assert!(st.full_waits >= 3);
     assert_eq!(nv.durable_seq(), Some(seq + 1));
@@ -364,7 +382,7 @@ fn group_commit_accounts_every_record_once() {
     for t in threads {
         t.join().unwrap();
     }
-    let st = nv.stats();
+    let st = nv.stats(Instant::now());
     assert_eq!(st.appended_records, 1600);
     assert_eq!(st.flushed_records, 1600);
     assert!(st.flushes >= 1 && st.flushes <= 1600);

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dtu::nvbuf::{MemStore, NvStore, Nvbuf, NvbufConfig, NvbufError, Seq};
+use dtu::nvbuf::{MemStore, NvStore, Nvbuf, NvbufConfig, NvbufError, Seq, Wait};
 use nvbuf_common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -84,7 +84,7 @@ fn start_load<S: NvStore + 'static>(
                 // A remote that lags: it frees space only once the ring is
                 // nearly full or writers wait, so appends keep reusing space
                 // freed moments ago (which needs a durable superblock first).
-                let st = nv.stats();
+                let st = nv.stats(std::time::Instant::now());
                 if let Some(d) = nv.durable_seq() {
                     // A few seqs at a time, less than the superblock's lazy
                     // threshold, so appenders must persist the tail themselves.
@@ -197,8 +197,14 @@ fn crash_images_during_parallel_load_recover_every_buffered_seq() {
     for h in handles {
         h.join().unwrap();
     }
-    assert!(nv.stats().full_waits == 0 || nv.stats().superblock_writes > 1);
-    assert!(nv.stats().head_lsn > 2 * nv.capacity(), "ring did not wrap");
+    assert!(
+        nv.stats(std::time::Instant::now()).full_waits == 0
+            || nv.stats(std::time::Instant::now()).superblock_writes > 1
+    );
+    assert!(
+        nv.stats(std::time::Instant::now()).head_lsn > 2 * nv.capacity(),
+        "ring did not wrap"
+    );
     let mut nonempty = 0;
     for s in &snaps {
         if !check_snapshot(s.image.clone(), &s.buffered, s.released).is_empty() {
@@ -282,10 +288,20 @@ fn a_dropped_tail_is_never_resurrected_after_a_rewrite() {
     }
     let e = nv.epoch();
     let c0_end = nv
-        .append(&header(10, 0, 2, e, 1000), &payload(10, 0, e, 1000), None)
+        .append(
+            &header(10, 0, 2, e, 1000),
+            &payload(10, 0, e, 1000),
+            std::time::Instant::now(),
+            Wait::Forever,
+        )
         .unwrap();
-    nv.append(&header(10, 1, 2, e, 2000), &payload(10, 1, e, 2000), None)
-        .unwrap();
+    nv.append(
+        &header(10, 1, 2, e, 2000),
+        &payload(10, 1, e, 2000),
+        std::time::Instant::now(),
+        Wait::Forever,
+    )
+    .unwrap();
     let end = append_seq(&nv, 11, &[500], None).unwrap();
     nv.sync_to(end).unwrap();
     assert!(lsn < c0_end);

@@ -10,7 +10,7 @@ mod nvbuf_common;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
-use dtu::nvbuf::{MemStore, Nvbuf, NvbufError, RecordHeader, Recovery, Seq};
+use dtu::nvbuf::{MemStore, Nvbuf, NvbufError, RecordHeader, Recovery, Seq, Wait};
 use nvbuf_common::*;
 use proptest::prelude::*;
 
@@ -118,7 +118,7 @@ fn run(ops: Vec<Op>) {
                 for (c, &len) in sizes.iter().enumerate() {
                     let h = header(seq, c as u32, sizes.len() as u32, nv.epoch(), len);
                     let p = payload(seq, c as u32, nv.epoch(), len);
-                    match nv.append(&h, &p, Some(Instant::now())) {
+                    match nv.append(&h, &p, Instant::now(), Wait::No) {
                         Ok(_) => {}
                         Err(NvbufError::Full { .. }) => {
                             // The remote catches up: release every complete seq.
@@ -126,7 +126,7 @@ fn run(ops: Vec<Op>) {
                                 nv.release_through(last);
                                 m.unreleased.clear();
                             }
-                            nv.append(&h, &p, Some(Instant::now()))
+                            nv.append(&h, &p, Instant::now(), Wait::No)
                                 .expect("fits in an emptied ring");
                         }
                         Err(e) => panic!("append: {e}"),
@@ -180,7 +180,7 @@ fn run(ops: Vec<Op>) {
                 m.recovered(&nv, &rec, durable, false);
             }
         }
-        let st = nv.stats();
+        let st = nv.stats(Instant::now());
         assert_eq!(st.unreleased_seqs as usize, m.unreleased.len());
         assert!(st.used_bytes <= st.capacity);
     }

@@ -17,6 +17,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod handshake;
 pub mod histogram;
+pub mod planted;
 pub mod policy;
 pub mod receiver;
 pub mod rtt;

@@ -27,7 +27,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use dtu::nvbuf::{MemStore, Nvbuf, NvbufConfig, NvbufError, RecordHeader};
+use dtu::nvbuf::{MemStore, Nvbuf, NvbufConfig, NvbufError, RecordHeader, Wait};
 use dtu_proto::chunk::ChunkPlan;
 use dtu_proto::codec::{decode_chunk, encode_chunk, EncodeOptions, Key};
 use dtu_proto::frame::{self, Flush, Frame, Hello, Role, Write};
@@ -740,7 +740,7 @@ impl World {
         // Append what fits, then one flush for all of it (group commit).
         let mut appended = None;
         while let Some((h, f)) = p.backlog.front() {
-            match p.nvbuf.append(h, f, Some(Instant::now())) {
+            match p.nvbuf.append(h, f, Instant::now(), Wait::No) {
                 Ok(lsn) => {
                     appended = Some(lsn);
                     p.backlog.pop_front();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use dtu::nvbuf::{Nvbuf, NvbufConfig, RecordHeader};
+use dtu::nvbuf::{Nvbuf, NvbufConfig, RecordHeader, Wait};
 use rand::{Rng, SeedableRng};
 
 #[derive(Parser)]
@@ -158,7 +158,7 @@ fn run_one(
 ) -> Result<Row> {
     let (nv, _rec) = Nvbuf::open(path, volume)?;
     let nv = Arc::new(nv);
-    let before = nv.stats();
+    let before = nv.stats(Instant::now());
     let order = Arc::new(Mutex::new(()));
     let stop = Arc::new(AtomicBool::new(false));
     // An infinitely fast remote: everything durable is released at once, so
@@ -198,7 +198,7 @@ fn run_one(
                             chunk_index: 0,
                             chunk_count: 1,
                         };
-                        nv.append(&hdr, &payload, None)?
+                        nv.append(&hdr, &payload, Instant::now(), Wait::Forever)?
                     };
                     nv.sync_to(lsn)?;
                     lat.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -217,7 +217,7 @@ fn run_one(
     let secs = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let _ = releaser.join();
-    let after = nv.stats();
+    let after = nv.stats(Instant::now());
     if let Some(d) = nv.durable_seq() {
         nv.release_through(d);
     }
@@ -294,7 +294,7 @@ fn crash_child(path: &Path, volume: &str, seed: u64, threads: usize) -> Result<(
                                 chunk_index: c,
                                 chunk_count: chunks,
                             };
-                            lsn = nv.append(&hdr, &payload, None)?;
+                            lsn = nv.append(&hdr, &payload, Instant::now(), Wait::Forever)?;
                         }
                         (seq, lsn)
                     };

@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::nvbuf::format::{
     FORMAT_VERSION_1, MIN_SIZE, RING_OFFSET, SB_LEN, SB_LEN_V1, SB_SLOT_LEN,
 };
-use crate::nvbuf::{MemStore, Nvbuf, NvbufConfig, NvbufError, RecordHeader, Recovery};
+use crate::nvbuf::{MemStore, Nvbuf, NvbufConfig, NvbufError, RecordHeader, Recovery, Wait};
 
 /// The volume id every fuzzed nvbuf belongs to.
 pub const NVBUF_VOLUME: [u8; 16] = *b"dtu-fuzz-volume!";
@@ -163,7 +163,7 @@ fn check_appends_after(nv: Nvbuf<MemStore>, rec: &Recovery) {
         chunk_index: 0,
         chunk_count: 1,
     };
-    let lsn = match nv.append(&hdr, b"after", Some(Instant::now())) {
+    let lsn = match nv.append(&hdr, b"after", Instant::now(), Wait::No) {
         Ok(lsn) => lsn,
         // A recovered log can fill a small ring, and the ring a superblock
         // declares may be too small for any payload: nothing more to check.
@@ -395,7 +395,7 @@ fn build(inp: &mut Input) -> Built {
         nv.release_through(first_fuzzed_seq + release as u64 - 1);
         nv.checkpoint().expect("checkpoint");
     }
-    let stats = nv.stats();
+    let stats = nv.stats(Instant::now());
     let image = match image_kind {
         0 => nv.store().working_image(),
         1 => nv.store().crash_image(),
@@ -434,7 +434,9 @@ fn append_seq(nv: &Nvbuf<MemStore>, sizes: &[usize], appended: &mut Vec<Appended
         } else {
             payload(seq, i as u32, len)
         };
-        lsn = nv.append(&hdr, &p, Some(Instant::now())).expect("append");
+        lsn = nv
+            .append(&hdr, &p, Instant::now(), Wait::No)
+            .expect("append");
         appended.push(Appended {
             hdr,
             payload: p,

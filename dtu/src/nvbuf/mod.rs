@@ -98,6 +98,18 @@ pub struct RecordHeader {
     pub chunk_count: u32,
 }
 
+/// What [`Nvbuf::append`] does when the ring is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Fail with `Full` at once (the simulator, and appenders that first
+    /// make what they appended durable).
+    No,
+    /// Block until space is released or this moment passes.
+    Until(std::time::Instant),
+    /// Block until space is released.
+    Forever,
+}
+
 /// Parameters for creating an nvbuf.
 #[derive(Clone, Debug)]
 pub struct NvbufConfig {

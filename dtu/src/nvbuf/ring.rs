@@ -18,7 +18,7 @@ use super::format::{
 };
 use super::recovery::{evidence, scan, Padded};
 use super::store::{Flusher, MmapStore, NvStore, PAGE};
-use super::{Loss, Lsn, NvbufConfig, NvbufStats, OnLoss, RecordHeader, Recovery, Seq};
+use super::{Loss, Lsn, NvbufConfig, NvbufStats, OnLoss, RecordHeader, Recovery, Seq, Wait};
 
 /// A flusher also persists the superblock once this fraction of the ring is
 /// released but not yet reusable.
@@ -53,7 +53,8 @@ struct Entry {
     start: Lsn,
     end: Lsn,
     payload_len: u32,
-    at: Instant,
+    /// When it was appended; `None` for a record recovered at open.
+    at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -393,7 +394,6 @@ impl<S: NvStore> Nvbuf<S> {
             .max(sc.max_epoch)
             .checked_add(1)
             .ok_or(NvbufError::EpochExhausted)?;
-        let now = Instant::now();
         let mut st = State {
             head: sc.end_lsn,
             durable: sc.end_lsn,
@@ -413,7 +413,7 @@ impl<S: NvStore> Nvbuf<S> {
                 start: f.start,
                 end: f.end,
                 payload_len: f.payload.len() as u32,
-                at: now,
+                at: None,
             });
             if h.chunk_index + 1 == h.chunk_count {
                 st.unreleased_seqs += 1;
@@ -515,16 +515,19 @@ impl<S: NvStore> Nvbuf<S> {
 
     /// Copies one record into the ring (not yet durable). Records must follow
     /// each other: same seq and chunk index + 1, or [`Nvbuf::next_seq`] with
-    /// chunk 0 (else `OutOfOrder`), carrying this nvbuf's epoch. Blocks while
-    /// the ring is full until space is released or `deadline` passes (then
-    /// `Full`; chunks of the seq appended before stay, and the seq continues
-    /// with the chunk that failed). Returns the log position just past the
-    /// record, to hand to [`Nvbuf::sync_to`].
+    /// chunk 0 (else `OutOfOrder`), carrying this nvbuf's epoch. `now` stamps
+    /// the record for the status. While the ring is full, `wait` says what
+    /// to do: fail at once, or block until space is released or a deadline
+    /// passes (then `Full`; chunks of the seq appended before stay, and the
+    /// seq continues with the chunk that failed). Only a blocking wait reads
+    /// the clock. Returns the log position just past the record, to hand to
+    /// [`Nvbuf::sync_to`].
     pub fn append(
         &self,
         hdr: &RecordHeader,
         payload: &[u8],
-        deadline: Option<Instant>,
+        now: Instant,
+        wait: Wait,
     ) -> Result<Lsn, NvbufError> {
         if hdr.chunk_count == 0 || hdr.chunk_index >= hdr.chunk_count {
             return Err(NvbufError::InvalidHeader(format!(
@@ -589,7 +592,7 @@ impl<S: NvStore> Nvbuf<S> {
                     start,
                     end,
                     payload_len: payload.len() as u32,
-                    at: Instant::now(),
+                    at: Some(now),
                 });
                 if hdr.chunk_index == 0 {
                     st.next_seq = hdr.seq + 1;
@@ -615,28 +618,33 @@ impl<S: NvStore> Nvbuf<S> {
                 }
                 continue;
             }
+            let full = NvbufError::Full {
+                needed: size,
+                used: st.head - st.released_tail,
+                capacity: r,
+            };
+            if wait == Wait::No {
+                st.full_waits += 1;
+                break Err(full);
+            }
             if !waiting {
                 waiting = true;
                 st.full_waits += 1;
                 st.waiting += 1;
             }
-            let now = Instant::now();
-            match deadline {
-                Some(d) if now >= d => {
-                    break Err(NvbufError::Full {
-                        needed: size,
-                        used: st.head - st.released_tail,
-                        capacity: r,
-                    });
-                }
-                Some(d) => {
+            match wait {
+                Wait::Until(d) => {
+                    let clock = Instant::now();
+                    if clock >= d {
+                        break Err(full);
+                    }
                     drop(
                         self.space_cv
-                            .wait_timeout(st, d - now)
+                            .wait_timeout(st, d - clock)
                             .unwrap_or_else(|p| p.into_inner()),
                     );
                 }
-                None => {
+                Wait::Forever | Wait::No => {
                     drop(self.space_cv.wait(st).unwrap_or_else(|p| p.into_inner()));
                 }
             }
@@ -645,6 +653,37 @@ impl<S: NvStore> Nvbuf<S> {
             lock(&self.state).waiting -= 1;
         }
         res
+    }
+
+    /// Blocks until records are released (space may be free again) or
+    /// `deadline` passes: how an appender that got `Full` with
+    /// [`Wait::No`] waits. Counts as a waiting writer in the status.
+    pub fn wait_for_space(&self, deadline: Instant) {
+        let mut st = lock(&self.state);
+        let released = (st.released_tail, st.sb_tail);
+        st.waiting += 1;
+        st.full_waits += 1;
+        // A release that is recorded but not yet durable frees the space as
+        // soon as a superblock says so: write it now instead of waiting.
+        if st.released_tail > st.sb_tail {
+            drop(st);
+            if let Err(e) = self.persist_superblock() {
+                tracing::warn!(error = %e, "nvbuf superblock update failed");
+            }
+            st = lock(&self.state);
+        }
+        while (st.released_tail, st.sb_tail) == released {
+            let clock = Instant::now();
+            if clock >= deadline {
+                break;
+            }
+            st = self
+                .space_cv
+                .wait_timeout(st, deadline - clock)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        st.waiting -= 1;
     }
 
     /// Group commit: returns once every byte up to `lsn` is durable. One
@@ -825,8 +864,8 @@ impl<S: NvStore> Nvbuf<S> {
             .collect())
     }
 
-    /// Levels and counters for the status.
-    pub fn stats(&self) -> NvbufStats {
+    /// Levels and counters for the status, with ages as of `now`.
+    pub fn stats(&self, now: Instant) -> NvbufStats {
         let st = lock(&self.state);
         let used = st.head - st.released_tail;
         NvbufStats {
@@ -837,7 +876,11 @@ impl<S: NvStore> Nvbuf<S> {
             records: st.index.len() as u64,
             unreleased_seqs: st.unreleased_seqs,
             first_unreleased_seq: st.index.front().map(|e| e.hdr.seq),
-            oldest_unreleased_age: st.index.front().map(|e| e.at.elapsed()),
+            oldest_unreleased_age: st
+                .index
+                .front()
+                .and_then(|e| e.at)
+                .map(|at| now.saturating_duration_since(at)),
             epoch: self.epoch,
             next_seq: st.next_seq,
             durable_seq: st.durable_seq,

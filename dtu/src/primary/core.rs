@@ -18,6 +18,8 @@ use dtu_proto::{Seq, Trigger};
 use tokio::sync::{oneshot, Notify};
 
 use crate::nvbuf::Nvbuf;
+
+use super::local::LocalCopy;
 use crate::status::{RateMeter, Rates};
 
 use super::{Answer, PrimaryError};
@@ -57,6 +59,9 @@ pub(crate) struct State {
 pub(crate) struct Core {
     state: Mutex<State>,
     pub nvbuf: Arc<Nvbuf>,
+    /// The local copy, which must hold a record durably before the nvbuf
+    /// may free it.
+    pub local: Option<Arc<LocalCopy>>,
     /// New seqs to send, or the connection changed.
     pub lanes_wake: Notify,
     /// Control frames to send.
@@ -98,7 +103,7 @@ pub(crate) struct Counters {
 }
 
 impl Core {
-    pub fn new(sender: Sender, nvbuf: Arc<Nvbuf>) -> Core {
+    pub fn new(sender: Sender, nvbuf: Arc<Nvbuf>, local: Option<Arc<LocalCopy>>) -> Core {
         Core {
             state: Mutex::new(State {
                 sender,
@@ -112,6 +117,7 @@ impl Core {
                 timer_armed: None,
             }),
             nvbuf,
+            local,
             lanes_wake: Notify::new(),
             control_wake: Notify::new(),
             timer_wake: Notify::new(),
@@ -165,9 +171,10 @@ impl Core {
         };
         drop(st);
         answer(done);
-        // Space the remote has stored is free again.
-        if progress.remote_stored >= self.nvbuf.first_unreleased_seq() {
-            self.nvbuf.release_through(progress.remote_stored);
+        // Space the remote has stored (and the local copy synced) is free.
+        let done = release_point(&progress, self.local.as_deref());
+        if done >= self.nvbuf.first_unreleased_seq() {
+            self.nvbuf.release_through(done);
         }
         if sendable {
             self.lanes_wake.notify_waiters();
@@ -234,6 +241,15 @@ impl Core {
 
     pub fn is_shutdown(&self) -> bool {
         self.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+/// Up to which seq the nvbuf may free records: those the remote has
+/// stored and, with a local copy, the local copy has synced.
+pub fn release_point(progress: &dtu_proto::sender::Progress, local: Option<&LocalCopy>) -> Seq {
+    match local {
+        Some(l) => progress.remote_stored.min(l.synced()),
+        None => progress.remote_stored,
     }
 }
 

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::{Pending, Primary, PrimaryError};
 use crate::nbd::{Export, IoFuture, Piece};
-use crate::replica::{Replica, Span};
+use crate::replica::Span;
 
 /// The NBD face of a [`Primary`].
 pub struct PrimaryExport {
@@ -159,7 +159,7 @@ impl Export for PrimaryExport {
                 }]);
             }
             blocking(move || match &p.local {
-                Some(local) => local.spans(offset, len),
+                Some(local) => local.disk().spans(offset, len),
                 None => Ok(Vec::new()),
             })
             .await
@@ -183,7 +183,7 @@ impl Export for PrimaryExport {
         // With a local image the kernel can read it ahead; without one,
         // reads go to the remote and nothing here would keep them.
         let r = match &self.primary.local {
-            Some(local) => local.prefetch(offset, u64::from(len)),
+            Some(local) => local.disk().prefetch(offset, u64::from(len)),
             None => Ok(()),
         };
         Box::pin(async move { r })

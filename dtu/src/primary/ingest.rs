@@ -1,15 +1,16 @@
 //! Ingest: from a host operation with a seq to durable records in the nvbuf.
 //!
-//! Writes are cut into chunks that the encode workers checksum, compress and
-//! seal in parallel; each result becomes one nvbuf record holding the
-//! encoded Write frame, so the bytes a lane later sends are exactly the bytes
-//! in the buffer. The single appender thread puts records back in (seq,
-//! chunk) order, appends every record that is ready, makes them durable with
-//! one flush (group commit), and reports the seq frontier as `buffered`.
-//! Every queue is bounded, so a slow link or a full nvbuf stalls the host's
-//! writes instead of growing memory.
+//! Writes are cut into chunks ([`encode_jobs`]) that the encode workers
+//! checksum, compress and seal in parallel ([`encode_one`]); each result
+//! becomes one nvbuf record holding the encoded Write frame, so the bytes a
+//! lane later sends are exactly the bytes in the buffer. Flushes, trims and
+//! checkpoints become one record each ([`Record::control`]). The appender
+//! thread is a thin loop around [`Appender`]: it takes records as they come,
+//! lets the appender put them in order, append, sync and apply them to the
+//! local copy, reports the `buffered` frontier, and waits for space when the
+//! ring is full. Every queue is bounded, so a slow link or a full nvbuf
+//! stalls the host's writes instead of growing memory.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,10 +23,12 @@ use dtu_proto::frame::{Frame, Write};
 use dtu_proto::sender::OpKind;
 use dtu_proto::{ChunkId, Epoch, Seq};
 
-use crate::nvbuf::{NvbufError, RecordHeader};
+use crate::nvbuf::RecordHeader;
 use crate::workers::WorkerPool;
 
+use super::appender::{AppendError, Appender};
 use super::core::Core;
+use super::local::{LocalCopy, LocalOp, LOCAL_SYNC_EVERY};
 
 /// Op kinds as stored in the low byte of a record's flags.
 pub(crate) fn kind_code(kind: OpKind) -> u32 {
@@ -37,7 +40,8 @@ pub(crate) fn kind_code(kind: OpKind) -> u32 {
     }
 }
 
-pub(crate) fn kind_from_flags(flags: u32) -> Option<OpKind> {
+/// The op kind a record's flags name, if they name one.
+pub fn kind_from_flags(flags: u32) -> Option<OpKind> {
     match flags & 0xff {
         1 => Some(OpKind::Write),
         2 => Some(OpKind::Flush),
@@ -48,7 +52,8 @@ pub(crate) fn kind_from_flags(flags: u32) -> Option<OpKind> {
 }
 
 /// One chunk to encode.
-pub(crate) struct EncodeJob {
+#[derive(Debug, Clone)]
+pub struct EncodeJob {
     pub seq: Seq,
     pub epoch: Epoch,
     pub index: u32,
@@ -57,10 +62,12 @@ pub(crate) struct EncodeJob {
     pub data: Bytes,
 }
 
-/// One record ready for the nvbuf.
-pub(crate) struct Record {
+/// One record ready for the nvbuf, with what it does to the local copy.
+#[derive(Debug, Clone)]
+pub struct Record {
     pub hdr: RecordHeader,
     pub frame: Bytes,
+    pub local: LocalOp,
 }
 
 impl Record {
@@ -84,108 +91,52 @@ impl Record {
                 chunk_count: 1,
             },
             frame: frame.to_bytes(),
+            local: match kind {
+                OpKind::Trim => LocalOp::Trim {
+                    offset,
+                    len: length,
+                },
+                _ => LocalOp::None,
+            },
         }
     }
 }
 
 /// Settings of the encode stage.
-pub(crate) struct EncodeSettings {
+#[derive(Debug, Clone)]
+pub struct EncodeSettings {
     pub key: Option<Key>,
     pub compress: bool,
     pub chunk_size: usize,
+    /// Keep each chunk's plaintext in its record, for the local copy.
+    pub keep_plain: bool,
 }
 
-/// The encode workers and the appender thread.
-pub(crate) struct Ingest {
-    pub encode: WorkerPool<EncodeJob>,
-    pub records: Sender<Record>,
-    pub settings: Arc<EncodeSettings>,
-    appender: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Records in flight between the encoders and the appender; with 64 KiB
-/// chunks this bounds that stage to a few MiB.
-const RECORD_QUEUE: usize = 64;
-
-impl Ingest {
-    pub fn start(
-        core: Arc<Core>,
-        settings: EncodeSettings,
-        workers: usize,
-    ) -> std::io::Result<Ingest> {
-        let settings = Arc::new(settings);
-        let (records, rx) = crossbeam_channel::bounded::<Record>(RECORD_QUEUE);
-        let enc_records = records.clone();
-        let enc_settings = settings.clone();
-        let enc_core = core.clone();
-        let encode = WorkerPool::new("dtu-encode", workers, workers * 4, move |job: EncodeJob| {
-            let rec = encode_one(&enc_settings, job);
-            enc_core
-                .counters
-                .encoded_bytes
-                .fetch_add(rec.frame.len() as u64, Ordering::Relaxed);
-            // The appender only stops at shutdown; a lost record then is fine.
-            let _ = enc_records.send(rec);
-        })?;
-        let app_core = core.clone();
-        let appender = std::thread::Builder::new()
-            .name("dtu-append".into())
-            .spawn(move || {
-                if let Err(e) = append_loop(&app_core, rx) {
-                    tracing::error!("nvbuf append failed, the primary stops accepting writes: {e}");
-                    app_core.fail(format!("nvbuf: {e}"));
-                }
-            })?;
-        Ok(Ingest {
-            encode,
-            records,
-            settings,
-            appender: Some(appender),
+/// The chunks of one write, as jobs for the encode workers.
+pub fn encode_jobs(
+    seq: Seq,
+    epoch: Epoch,
+    offset: u64,
+    data: &Bytes,
+    chunk_size: usize,
+) -> impl Iterator<Item = EncodeJob> + '_ {
+    let plan = ChunkPlan::new(offset, data.len(), chunk_size);
+    let count = plan.count();
+    (0..count).filter_map(move |i| {
+        let span = plan.span(i)?;
+        Some(EncodeJob {
+            seq,
+            epoch,
+            index: span.index,
+            count,
+            offset: span.offset,
+            data: data.slice(span.range),
         })
-    }
-
-    /// Queues the chunks of one write for encoding; blocks while the encode
-    /// queue is full (backpressure).
-    pub fn submit_write(
-        &self,
-        seq: Seq,
-        epoch: Epoch,
-        offset: u64,
-        data: Bytes,
-    ) -> Result<(), String> {
-        let plan = ChunkPlan::new(offset, data.len(), self.settings.chunk_size);
-        let count = plan.count();
-        for span in plan.spans() {
-            self.encode
-                .submit(EncodeJob {
-                    seq,
-                    epoch,
-                    index: span.index,
-                    count,
-                    offset: span.offset,
-                    data: data.slice(span.range),
-                })
-                .map_err(|_| "the encode workers have stopped".to_string())?;
-        }
-        Ok(())
-    }
-
-    /// Queues a ready record (flush, trim, checkpoint).
-    pub fn submit_record(&self, rec: Record) -> Result<(), String> {
-        self.records
-            .send(rec)
-            .map_err(|_| "the appender has stopped".to_string())
-    }
-
-    /// Waits for the appender to finish (after shutdown was flagged).
-    pub fn join(&mut self) {
-        if let Some(t) = self.appender.take() {
-            let _ = t.join();
-        }
-    }
+    })
 }
 
-fn encode_one(s: &EncodeSettings, job: EncodeJob) -> Record {
+/// Checksums, compresses and seals one chunk into its record.
+pub fn encode_one(s: &EncodeSettings, job: EncodeJob) -> Record {
     let id = ChunkId {
         epoch: job.epoch,
         seq: job.seq,
@@ -218,61 +169,175 @@ fn encode_one(s: &EncodeSettings, job: EncodeJob) -> Record {
             chunk_count: job.count,
         },
         frame: frame.to_bytes(),
+        local: if s.keep_plain {
+            LocalOp::Write {
+                offset: job.offset,
+                data: job.data,
+            }
+        } else {
+            LocalOp::None
+        },
     }
 }
 
-/// Appends records in order, flushes each batch once, reports `buffered`.
-fn append_loop(core: &Core, rx: Receiver<Record>) -> Result<(), NvbufError> {
+/// The encode workers and the appender thread.
+pub(crate) struct Ingest {
+    pub encode: WorkerPool<EncodeJob>,
+    pub records: Sender<Record>,
+    pub settings: Arc<EncodeSettings>,
+    appender: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Records in flight between the encoders and the appender; with 64 KiB
+/// chunks this bounds that stage to a few MiB.
+const RECORD_QUEUE: usize = 64;
+
+/// How long the appender waits for space in a full ring before it looks at
+/// shutdown again.
+const SPACE_WAIT: Duration = Duration::from_millis(500);
+
+/// How long the appender waits for records before it does idle chores.
+const IDLE: Duration = Duration::from_millis(200);
+
+impl Ingest {
+    pub fn start(
+        core: Arc<Core>,
+        settings: EncodeSettings,
+        workers: usize,
+        local: Option<Arc<LocalCopy>>,
+    ) -> std::io::Result<Ingest> {
+        let settings = Arc::new(settings);
+        let (records, rx) = crossbeam_channel::bounded::<Record>(RECORD_QUEUE);
+        let enc_records = records.clone();
+        let enc_settings = settings.clone();
+        let enc_core = core.clone();
+        let encode = WorkerPool::new("dtu-encode", workers, workers * 4, move |job: EncodeJob| {
+            let rec = encode_one(&enc_settings, job);
+            enc_core
+                .counters
+                .encoded_bytes
+                .fetch_add(rec.frame.len() as u64, Ordering::Relaxed);
+            // The appender only stops at shutdown; a lost record then is fine.
+            let _ = enc_records.send(rec);
+        })?;
+        let app_core = core.clone();
+        let next = core.nvbuf.next_seq();
+        let appender = std::thread::Builder::new()
+            .name("dtu-append".into())
+            .spawn(move || {
+                if let Err(e) = append_loop(&app_core, rx, Appender::new(next), local.as_deref()) {
+                    tracing::error!("the appender failed, the primary stops accepting writes: {e}");
+                    app_core.fail(e.to_string());
+                }
+            })?;
+        Ok(Ingest {
+            encode,
+            records,
+            settings,
+            appender: Some(appender),
+        })
+    }
+
+    /// Queues the chunks of one write for encoding; blocks while the encode
+    /// queue is full (backpressure).
+    pub fn submit_write(
+        &self,
+        seq: Seq,
+        epoch: Epoch,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<(), String> {
+        for job in encode_jobs(seq, epoch, offset, &data, self.settings.chunk_size) {
+            self.encode
+                .submit(job)
+                .map_err(|_| "the encode workers have stopped".to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Queues a ready record (flush, trim, checkpoint).
+    pub fn submit_record(&self, rec: Record) -> Result<(), String> {
+        self.records
+            .send(rec)
+            .map_err(|_| "the appender has stopped".to_string())
+    }
+
+    /// Waits for the appender to finish (after shutdown was flagged).
+    pub fn join(&mut self) {
+        if let Some(t) = self.appender.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The appender thread: records in, [`Appender::step`], answers out.
+fn append_loop(
+    core: &Core,
+    rx: Receiver<Record>,
+    mut app: Appender,
+    local: Option<&LocalCopy>,
+) -> Result<(), AppendError> {
     let nvbuf = &core.nvbuf;
-    let mut waiting: BTreeMap<(Seq, u32), Record> = BTreeMap::new();
-    let mut next = (nvbuf.next_seq(), 0u32);
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(rec) => {
-                waiting.insert((rec.hdr.seq, rec.hdr.chunk_index), rec);
-            }
+        match rx.recv_timeout(IDLE) {
+            Ok(rec) => app.push(rec)?,
             Err(RecvTimeoutError::Timeout) => {
                 if core.is_shutdown() {
                     return Ok(());
                 }
-                // Idle: let the superblock vouch for what is durable.
+                // Idle: let the superblock vouch for what is durable, and
+                // sync the local copy so the nvbuf can free what it holds.
                 nvbuf.checkpoint_if_behind()?;
+                sync_local(core, local, Instant::now(), true)?;
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }
         // Everything else already queued joins this batch.
         while let Ok(rec) = rx.try_recv() {
-            waiting.insert((rec.hdr.seq, rec.hdr.chunk_index), rec);
+            app.push(rec)?;
         }
-        let mut lsn = None;
-        let mut complete = None;
-        while let Some(rec) = waiting.remove(&next) {
-            lsn = Some(append_waiting_for_space(core, &rec)?);
-            next = if rec.hdr.chunk_index + 1 == rec.hdr.chunk_count {
-                complete = Some(rec.hdr.seq);
-                (rec.hdr.seq + 1, 0)
-            } else {
-                (rec.hdr.seq, rec.hdr.chunk_index + 1)
-            };
-        }
-        if let Some(lsn) = lsn {
-            nvbuf.sync_to(lsn)?;
-        }
-        if let Some(seq) = complete {
-            core.event(|s, now| s.on_buffered(seq, now));
+        loop {
+            let now = Instant::now();
+            let step = app.step(nvbuf, local, now)?;
+            if let Some(seq) = step.buffered {
+                core.event(|s, now| s.on_buffered(seq, now));
+            }
+            sync_local(core, local, now, step.blocked)?;
+            if !step.blocked {
+                break;
+            }
+            // The ring is full: what we appended is durable and on its way;
+            // wait for the remote to free space, as long as the primary runs.
+            if core.is_shutdown() {
+                return Ok(());
+            }
+            nvbuf.wait_for_space(Instant::now() + SPACE_WAIT);
+            while let Ok(rec) = rx.try_recv() {
+                app.push(rec)?;
+            }
         }
     }
 }
 
-/// Appends one record, waiting for space as long as the primary runs: a
-/// full nvbuf is backpressure, never a dropped write.
-fn append_waiting_for_space(core: &Core, rec: &Record) -> Result<u64, NvbufError> {
-    loop {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        match core.nvbuf.append(&rec.hdr, &rec.frame, Some(deadline)) {
-            Err(NvbufError::Full { .. }) if !core.is_shutdown() => continue,
-            other => return other,
-        }
+/// Syncs the local copy when due, and lets the nvbuf free what that allows.
+fn sync_local(
+    core: &Core,
+    local: Option<&LocalCopy>,
+    now: Instant,
+    force: bool,
+) -> Result<(), AppendError> {
+    let Some(local) = local else {
+        return Ok(());
+    };
+    let moved = local
+        .sync_due(now, LOCAL_SYNC_EVERY, force)
+        .map_err(|source| AppendError::Local {
+            seq: local.applied(),
+            source,
+        })?;
+    if moved {
+        core.event(|_, _| ());
     }
+    Ok(())
 }

@@ -22,11 +22,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod appender;
 mod core;
 mod export;
 mod host;
 mod ingest;
+pub mod local;
 pub(crate) mod meta;
+pub mod replay;
 mod session;
 
 use std::future::Future;
@@ -58,6 +61,7 @@ pub(crate) use self::core::SenderSnapshot;
 pub use self::export::PrimaryExport;
 pub use self::host::HostSink;
 use self::ingest::{EncodeSettings, Ingest, Record};
+use self::local::LocalCopy;
 use self::meta::{LostWrites, PrimaryMeta};
 
 /// How a host operation was answered.
@@ -174,9 +178,7 @@ impl PrimaryOptions {
 pub struct Primary {
     core: Arc<Core>,
     ingest: Ingest,
-    local: Option<FileReplica>,
-    /// Held while a write gets its seq and reaches the local copy.
-    local_order: std::sync::Mutex<()>,
+    local: Option<Arc<LocalCopy>>,
     volume: Volume,
     epoch: u32,
     runtime: Option<tokio::runtime::Runtime>,
@@ -278,34 +280,9 @@ impl Primary {
             now,
         );
         // Recovered records are resent; no host waits for them any more.
-        let mut recovered = 0;
-        let mut current: Option<(Seq, OpKind, u64)> = None;
-        for (hdr, _) in &recovery.records {
-            let kind = ingest::kind_from_flags(hdr.flags).unwrap_or(OpKind::Write);
-            match &mut current {
-                Some((seq, _, bytes)) if *seq == hdr.seq => *bytes += hdr.length as u64,
-                _ => {
-                    if let Some((seq, kind, bytes)) = current.take() {
-                        sender
-                            .recover(seq, kind, bytes, now)
-                            .map_err(|e| start_err(&e))?;
-                        recovered += 1;
-                    }
-                    let bytes = if kind == OpKind::Write {
-                        hdr.length as u64
-                    } else {
-                        0
-                    };
-                    current = Some((hdr.seq, kind, bytes));
-                }
-            }
-        }
-        if let Some((seq, kind, bytes)) = current.take() {
-            sender
-                .recover(seq, kind, bytes, now)
-                .map_err(|e| start_err(&e))?;
-            recovered += 1;
-        }
+        let recovered = replay::into_sender(&recovery, &mut sender, now)
+            .map_err(|e| start_err(&e))?
+            .ops;
         if sender.next_seq() != nvbuf.next_seq() {
             return Err(PrimaryError::Start(format!(
                 "nvbuf recovery is inconsistent: records end at seq {}, nvbuf expects seq {} next",
@@ -321,25 +298,32 @@ impl Primary {
             );
         }
         let carried_over = nvbuf.next_seq() - 1;
-        let core = Arc::new(Core::new(sender, nvbuf));
+        let key = opts.volume.key.as_ref().map(Key::from_bytes);
+        let local = match &opts.local {
+            Some(path) => {
+                let disk: Arc<dyn Replica> =
+                    Arc::new(FileReplica::open(path, opts.volume.size).map_err(|e| start_err(&e))?);
+                let local = Arc::new(LocalCopy::new(disk, carried_over));
+                replay::into_local(&recovery, &local, key.as_ref()).map_err(|e| start_err(&e))?;
+                Some(local)
+            }
+            None => None,
+        };
+        let core = Arc::new(Core::new(sender, nvbuf, local.clone()));
         *core
             .unreported_loss
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = meta.unreported_loss;
-        let local = match &opts.local {
-            Some(path) => {
-                Some(FileReplica::open(path, opts.volume.size).map_err(|e| start_err(&e))?)
-            }
-            None => None,
-        };
         let ingest = Ingest::start(
             core.clone(),
             EncodeSettings {
-                key: opts.volume.key.as_ref().map(Key::from_bytes),
+                key,
                 compress: opts.compress,
                 chunk_size: opts.chunk_size,
+                keep_plain: local.is_some(),
             },
             opts.workers,
+            local.clone(),
         )
         .map_err(|e| start_err(&e))?;
 
@@ -398,7 +382,6 @@ impl Primary {
             core,
             ingest,
             local,
-            local_order: std::sync::Mutex::new(()),
             volume: opts.volume,
             epoch,
             runtime: None,
@@ -423,41 +406,13 @@ impl Primary {
         }
     }
 
-    /// Gives a write or trim its seq and applies it to the local copy as one
-    /// step, so the local copy sees writes in seq order, the order the
-    /// replica applies them in: two overlapping writes racing from two host
-    /// connections then end the same way on both copies. A local copy that
-    /// fails after the seq is given would differ from the replica for good,
-    /// so the primary stops.
-    fn in_order(
-        &self,
-        kind: OpKind,
-        bytes: u64,
-        apply: impl FnOnce(&FileReplica) -> std::io::Result<()>,
-    ) -> Result<(Seq, oneshot::Receiver<Result<Answer, PrimaryError>>), PrimaryError> {
-        let Some(local) = &self.local else {
-            return self.core.submit(kind, bytes);
-        };
-        let _order = self.local_order.lock().unwrap_or_else(|p| p.into_inner());
-        let (seq, rx) = self.core.submit(kind, bytes)?;
-        if let Err(e) = apply(local) {
-            let why = format!(
-                "the local copy failed at seq {seq} ({e}): it no longer matches the stream the replica gets"
-            );
-            tracing::error!("{why}; the primary stops accepting writes");
-            self.core.fail(why.clone());
-            return Err(PrimaryError::Local(why));
-        }
-        Ok((seq, rx))
-    }
-
     /// Mirrors a write. Blocks only while the pipeline is full
     /// (backpressure); the returned [`Pending`] resolves when the write is
     /// answered.
     pub fn write(&self, offset: u64, data: Bytes) -> Result<Pending, PrimaryError> {
         self.check_range(offset, data.len() as u64)?;
         let len = data.len() as u64;
-        let (seq, rx) = self.in_order(OpKind::Write, len, |local| local.write_at(offset, &data))?;
+        let (seq, rx) = self.core.submit(OpKind::Write, len)?;
         self.core
             .counters
             .plain_bytes
@@ -470,13 +425,9 @@ impl Primary {
     }
 
     /// A barrier: resolves once every earlier operation is answered (and,
-    /// with a local image, that image is synced).
+    /// with a local copy, the writes before it are durable in the nvbuf,
+    /// from which a restart brings the local copy back).
     pub fn flush(&self) -> Result<Pending, PrimaryError> {
-        if let Some(local) = &self.local {
-            local
-                .sync()
-                .map_err(|e| PrimaryError::Local(e.to_string()))?;
-        }
         let (seq, rx) = self.core.submit(OpKind::Flush, 0)?;
         let frame = Frame::Flush(Flush {
             seq,
@@ -498,7 +449,7 @@ impl Primary {
     /// Discards a range; the replica reads it back as zeros.
     pub fn trim(&self, offset: u64, len: u64) -> Result<Pending, PrimaryError> {
         self.check_range(offset, len)?;
-        let (seq, rx) = self.in_order(OpKind::Trim, 0, |local| local.trim(offset, len))?;
+        let (seq, rx) = self.core.submit(OpKind::Trim, 0)?;
         let frame = Frame::Trim(Trim {
             seq,
             epoch: self.epoch,
@@ -545,8 +496,17 @@ impl Primary {
         self.check_range(offset, len as u64)?;
         self.core.counters.reads.fetch_add(1, Ordering::Relaxed);
         if let Some(local) = &self.local {
+            // Every write answered before this read must be visible in it.
+            let answered = self.core.lock().sender.progress().answered;
+            if !local.wait_applied(answered, self.read_timeout).await {
+                return Err(PrimaryError::ReadUnavailable(format!(
+                    "the local copy did not reach seq {answered} within {:?}",
+                    self.read_timeout
+                )));
+            }
             let mut buf = vec![0u8; len as usize];
             local
+                .disk()
                 .read_at(offset, &mut buf)
                 .map_err(|e| PrimaryError::Local(e.to_string()))?;
             return Ok(Bytes::from(buf));
@@ -594,7 +554,7 @@ impl Primary {
     /// Everything the status display shows.
     pub fn status(&self) -> Status {
         let snap = self.core.snapshot();
-        let nv = self.core.nvbuf.stats();
+        let nv = self.core.nvbuf.stats(Instant::now());
         let c = &self.core.counters;
         Status::Primary(Box::new(PrimaryStatus::build(
             &self.volume,

@@ -8,6 +8,7 @@
 //! one sync covers many writes. A trimmed range reads back as zeros: a hole
 //! is punched where the file system allows it, zeros are written otherwise.
 
+mod mem;
 mod state;
 
 use std::fs::{File, OpenOptions};
@@ -15,6 +16,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+pub use mem::{MemReplica, MemStateStore};
 pub use state::{
     boot_id, open_state_file, sample_digest, Inconsistency, OpenState, Resume, StateError,
     StateStore, VolumeState,
@@ -40,6 +42,12 @@ pub trait Replica: Send + Sync + 'static {
     fn trim(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Makes every earlier write durable.
     fn sync(&self) -> io::Result<()>;
+    /// A hint that `offset..offset+len` will be read soon (NBD_CMD_CACHE);
+    /// storage that cannot use it ignores it.
+    fn prefetch(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
     /// What identifies this storage, so that a state written for it is not
     /// applied to another; the default names only the size.
     fn identity(&self) -> ReplicaIdentity {
@@ -161,18 +169,6 @@ impl FileReplica {
         }
     }
 
-    /// Asks the kernel to read `offset..offset+len` into the page cache
-    /// ahead of use (`POSIX_FADV_WILLNEED`); a hint, so it never blocks on
-    /// the reads.
-    pub fn prefetch(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.check(offset, len)?;
-        let Some(len) = std::num::NonZeroU64::new(len) else {
-            return Ok(());
-        };
-        rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::WillNeed)?;
-        Ok(())
-    }
-
     /// The file's allocation by `SEEK_DATA`/`SEEK_HOLE`, or `None` where the
     /// file cannot tell (block devices and file systems without the calls
     /// answer `EINVAL`/`EOPNOTSUPP`).
@@ -275,6 +271,18 @@ impl Replica for FileReplica {
 
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// Asks the kernel to read `offset..offset+len` into the page cache
+    /// ahead of use (`POSIX_FADV_WILLNEED`); a hint, so it never blocks on
+    /// the reads.
+    fn prefetch(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check(offset, len)?;
+        let Some(len) = std::num::NonZeroU64::new(len) else {
+            return Ok(());
+        };
+        rustix::fs::fadvise(&self.file, offset, Some(len), rustix::fs::Advice::WillNeed)?;
+        Ok(())
     }
 
     fn identity(&self) -> ReplicaIdentity {

@@ -3,7 +3,7 @@
 //! that a recovery is a genuine, gap-free prefix.
 #![allow(dead_code)]
 
-use dtu::nvbuf::{Lsn, MemStore, NvStore, Nvbuf, NvbufConfig, NvbufError, RecordHeader, Seq};
+use dtu::nvbuf::{Lsn, MemStore, NvStore, Nvbuf, NvbufConfig, NvbufError, RecordHeader, Seq, Wait};
 
 pub const VOL: [u8; 16] = *b"nvbuf-test-vol-1";
 pub const MIB: usize = 1 << 20;
@@ -50,7 +50,12 @@ pub fn append_seq<S: NvStore>(
     let mut lsn = 0;
     for (i, &len) in sizes.iter().enumerate() {
         let h = header(seq, i as u32, sizes.len() as u32, nv.epoch(), len);
-        lsn = nv.append(&h, &payload(seq, i as u32, nv.epoch(), len), deadline)?;
+        lsn = nv.append(
+            &h,
+            &payload(seq, i as u32, nv.epoch(), len),
+            std::time::Instant::now(),
+            deadline.map_or(Wait::Forever, Wait::Until),
+        )?;
     }
     Ok(lsn)
 }
