@@ -228,7 +228,7 @@ fn a_wrong_certificate_is_refused_and_writes_nothing() {
     let dtu::status::Status::Primary(s) = primary.status() else {
         panic!()
     };
-    assert_ne!(s.connection, "connected");
+    assert_ne!(s.connection, dtu::status::ConnectionState::Connected);
     assert!(
         s.connection_detail
             .as_deref()

@@ -77,6 +77,7 @@ fn take_batch(core: &RCore) -> Vec<Apply> {
 fn apply_batch(core: &RCore, batch: Vec<Apply>) -> std::io::Result<()> {
     let replica = core.replica.as_ref();
     let mut last = 0;
+    let bytes: u64 = batch.iter().map(Apply::bytes).sum();
     for op in &batch {
         match op {
             Apply::Write { chunks, .. } => {
@@ -107,6 +108,7 @@ fn apply_batch(core: &RCore, batch: Vec<Apply>) -> std::io::Result<()> {
         let mut st = core.lock();
         st.receiver.on_synced(last);
         st.syncs += 1;
+        st.stored_bytes += bytes;
         if st.inconsistent_until.is_some_and(|u| last >= u) {
             st.inconsistent_until = None;
             tracing::info!("replica is consistent again at seq {last}");
