@@ -67,7 +67,12 @@ fn quic(q: &QuicStatus) -> String {
             opt_ms(q.rtt_ms)
         );
     }
-    let _ = write!(s, "; {} connections", q.connections);
+    let _ = write!(
+        s,
+        "; {} connection{}",
+        q.connections,
+        if q.connections == 1 { "" } else { "s" }
+    );
     s
 }
 
@@ -192,13 +197,8 @@ impl std::fmt::Display for Status {
                         row(&format!("  at {name}"), distribution(l));
                     }
                 }
-                row(
-                    "replication delay",
-                    format!(
-                        "{} (write to remote-stored)",
-                        distribution(&p.replication_delay)
-                    ),
-                );
+                // From the host's write to remote-stored.
+                row("replication delay", distribution(&p.replication_delay));
                 row("compression", format!("{:.2}:1", p.compression_ratio));
                 row(
                     "errors",
@@ -263,10 +263,11 @@ impl std::fmt::Display for Status {
                 row(
                     "apply",
                     format!(
-                        "{}/s, {} ops ({}), {} syncs ({:.1} ops/sync)",
+                        "{}/s, {} ops ({}, {} synced), {} syncs ({:.1} ops/sync)",
                         format_rate(r.apply_throughput_bps as u64),
                         r.applied_ops,
                         format_bytes(r.applied_bytes),
+                        format_bytes(r.stored_bytes),
                         r.syncs,
                         r.ops_per_sync
                     ),
