@@ -141,6 +141,13 @@ fn stored_everything(p: &Primary) -> bool {
     }
 }
 
+fn quic_of(p: &Primary) -> dtu::status::QuicStatus {
+    match p.status() {
+        dtu::status::Status::Primary(s) => s.quic,
+        dtu::status::Status::Remote(_) => unreachable!("a primary reports a primary status"),
+    }
+}
+
 #[test]
 fn writes_reach_the_replica_in_order_and_survive_restarts() {
     let _ = tracing_subscriber::fmt()
@@ -166,6 +173,7 @@ fn writes_reach_the_replica_in_order_and_survive_restarts() {
     );
 
     // Restart the remote while the primary keeps writing (buffered acks).
+    let quic_before = quic_of(&primary);
     remote.shutdown();
     primary.set_policy(AckPolicy {
         trigger: Trigger::Buffered,
@@ -183,6 +191,15 @@ fn writes_reach_the_replica_in_order_and_survive_restarts() {
         pair.replica(),
         image,
         "replica differs after the remote restart"
+    );
+    // QUIC's counters carry on across the reconnect (Prometheus counters
+    // must never go down); the second connection carried half the writes.
+    let quic_after = quic_of(&primary);
+    assert!(quic_after.connections >= 2, "{quic_after:?}");
+    assert!(
+        quic_after.sent_packets > quic_before.sent_packets
+            && quic_after.udp_tx_bytes > quic_before.udp_tx_bytes,
+        "{quic_before:?} -> {quic_after:?}"
     );
 
     // Restart the primary with writes not yet stored: the nvbuf resends them.

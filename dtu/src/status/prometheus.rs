@@ -606,4 +606,24 @@ mod tests {
         assert_eq!(b.len(), LATENCY_BUCKETS_S.len() + 1);
         assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), s.count);
     }
+
+    /// The README's metrics table names every family served.
+    #[test]
+    fn the_readme_lists_every_family() {
+        let readme = include_str!("../../../README.md");
+        for s in [
+            Status::Primary(Box::new(samples::primary())),
+            Status::Remote(Box::new(samples::remote())),
+        ] {
+            for line in lines(&s) {
+                if let Some(t) = line.strip_prefix("# TYPE ") {
+                    let name = t.split(' ').next().unwrap();
+                    assert!(
+                        readme.contains(&format!("`{name}")),
+                        "README.md does not list {name}"
+                    );
+                }
+            }
+        }
+    }
 }
