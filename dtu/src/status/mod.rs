@@ -1,7 +1,7 @@
 //! Status: the numbers an operator looks at, as plain data, rendered three
-//! ways: a table in the spirit of `drbdadm status` ([`table`]), JSON for
+//! ways: a table in the spirit of `drbdadm status` (`table`), JSON for
 //! scripts (serde), and the Prometheus/OpenMetrics exposition for
-//! monitoring ([`prometheus`]). Each side builds its own status (the
+//! monitoring (`prometheus`). Each side builds its own status (the
 //! primary in `primary::status`, the remote in `remote::status`); this
 //! module knows nothing of their internals.
 
