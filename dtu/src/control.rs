@@ -1,5 +1,6 @@
 //! The control socket: how `dtu status`, `dtu policy set` and `dtu dirty`
-//! talk to a running DTU, and the Prometheus endpoint beside it.
+//! talk to a running DTU, and the Prometheus endpoint beside it (hyper's
+//! HTTP/1.1 server on the DTU's runtime, the exposition from [`crate::status`]).
 //!
 //! The control socket is a unix socket carrying one JSON request per line
 //! and one JSON response per line, so it can also be driven with `socat`.
@@ -140,46 +141,87 @@ pub async fn serve(path: PathBuf, target: Arc<dyn Controlled>) -> std::io::Resul
     }
 }
 
-/// Serves `GET /metrics` in the Prometheus text format.
+/// How long a scraper may take to send its request head.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one metrics connection may stay open (keep-alive included).
+const METRICS_CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+
+/// Serves `GET /metrics` (and `/`) in the OpenMetrics text format that
+/// Prometheus scrapes, over HTTP/1.1 with hyper on the DTU's runtime.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     target: Arc<dyn Controlled>,
 ) -> std::io::Result<()> {
     loop {
-        let (mut stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors and the like: keep serving.
+            Err(e) => {
+                tracing::warn!("metrics endpoint: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let target = target.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            // Read the request head (bounded); the body, if any, is ignored.
-            while n < buf.len() {
-                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf[n..])).await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(k)) => {
-                        n += k;
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
+            let service =
+                hyper::service::service_fn(move |req| metrics_answer(target.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // A connection past its time limit is simply dropped.
+            if let Ok(Err(e)) = tokio::time::timeout(METRICS_CONNECTION_LIMIT, conn).await {
+                tracing::debug!("metrics connection: {e}");
             }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let (code, ctype, body) =
-                if head.starts_with("GET /metrics ") || head.starts_with("GET / ") {
-                    let t = target.clone();
-                    let body = tokio::task::spawn_blocking(move || t.status().prometheus())
-                        .await
-                        .unwrap_or_default();
-                    ("200 OK", "text/plain; version=0.0.4", body)
-                } else {
-                    ("404 Not Found", "text/plain", "try /metrics\n".to_string())
-                };
-            let resp = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
         });
     }
+}
+
+type MetricsBody = http_body_util::Full<bytes::Bytes>;
+
+async fn metrics_answer(
+    target: Arc<dyn Controlled>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<MetricsBody>, std::convert::Infallible> {
+    use hyper::{header, Method, StatusCode};
+    let plain = |code: StatusCode, text: &str| {
+        let mut r = hyper::Response::new(MetricsBody::from(text.to_string()));
+        *r.status_mut() = code;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    let path = req.uri().path();
+    if path != "/metrics" && path != "/" {
+        return Ok(plain(StatusCode::NOT_FOUND, "try /metrics\n"));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return Ok(r);
+    }
+    // Building the status takes locks the pipeline holds: not on the runtime.
+    let body = match tokio::task::spawn_blocking(move || {
+        crate::status::encode_openmetrics(&target.status())
+    })
+    .await
+    {
+        Ok(body) => body,
+        Err(e) => {
+            return Ok(plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("status failed: {e}\n"),
+            ))
+        }
+    };
+    let mut r = hyper::Response::new(MetricsBody::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(crate::status::OPENMETRICS_CONTENT_TYPE),
+    );
+    Ok(r)
 }

@@ -5,8 +5,8 @@
 //! One module per noun of the design: the [`nvbuf`] journal, the
 //! [`primary`] and [`remote`] pipelines, the [`replica`], the QUIC
 //! [`transport`] and peer [`identity`], the [`nbd`] front end, the
-//! [`control`] socket, the [`status`] display, the [`config`] files and the
-//! [`cli`].
+//! [`control`] socket, the [`status`] display and the [`metrics`] it is
+//! built from, the [`config`] files and the [`cli`].
 
 pub mod cli;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod control;
 pub mod fuzzing;
 pub mod identity;
 pub mod inproc;
+pub mod metrics;
 pub mod nbd;
 pub mod nvbuf;
 pub mod primary;

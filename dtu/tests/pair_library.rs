@@ -150,6 +150,13 @@ fn stored_everything(p: &Primary) -> bool {
     }
 }
 
+fn quic_of(p: &Primary) -> dtu::status::QuicStatus {
+    match p.status() {
+        dtu::status::Status::Primary(s) => s.quic,
+        dtu::status::Status::Remote(_) => unreachable!("a primary reports a primary status"),
+    }
+}
+
 #[test]
 fn writes_reach_the_replica_in_order_and_survive_restarts() {
     let _ = tracing_subscriber::fmt()
@@ -175,6 +182,7 @@ fn writes_reach_the_replica_in_order_and_survive_restarts() {
     );
 
     // Restart the remote while the primary keeps writing (buffered acks).
+    let quic_before = quic_of(&primary);
     remote.shutdown();
     primary.set_policy(AckPolicy {
         trigger: Trigger::Buffered,
@@ -192,6 +200,15 @@ fn writes_reach_the_replica_in_order_and_survive_restarts() {
         pair.replica(),
         image,
         "replica differs after the remote restart"
+    );
+    // QUIC's counters carry on across the reconnect (Prometheus counters
+    // must never go down); the second connection carried half the writes.
+    let quic_after = quic_of(&primary);
+    assert!(quic_after.connections >= 2, "{quic_after:?}");
+    assert!(
+        quic_after.sent_packets > quic_before.sent_packets
+            && quic_after.udp_tx_bytes > quic_before.udp_tx_bytes,
+        "{quic_before:?} -> {quic_after:?}"
     );
 
     // Restart the primary with writes not yet stored: the nvbuf resends them.
@@ -237,7 +254,7 @@ fn a_wrong_certificate_is_refused_and_writes_nothing() {
     let dtu::status::Status::Primary(s) = primary.status() else {
         panic!()
     };
-    assert_ne!(s.connection, "connected");
+    assert_ne!(s.connection, dtu::status::ConnectionState::Connected);
     assert!(
         s.connection_detail
             .as_deref()
@@ -363,7 +380,8 @@ fn different_volume_keys_are_refused_at_connect_and_the_primary_backs_off() {
     };
     let detail = p.connection_detail.clone().unwrap_or_default();
     assert!(
-        p.connection == "refused" && detail.contains("volume keys differ"),
+        p.connection == dtu::status::ConnectionState::Refused
+            && detail.contains("volume keys differ"),
         "the primary says why it is refused: {} {detail:?}",
         p.connection
     );

@@ -97,6 +97,9 @@ pub struct SenderStats {
     pub replication_delay: Histogram,
     /// From submission to the host's answer.
     pub answer_latency: Histogram,
+    /// The same, split by the trigger that answered, indexed by
+    /// [`Trigger::index`].
+    pub answer_latency_by_trigger: [Histogram; 5],
 }
 
 #[derive(Debug, Clone)]
@@ -488,6 +491,7 @@ impl Sender {
                 };
                 self.stats.answered_by[trigger.index()] += 1;
                 self.stats.answer_latency.record(done.latency);
+                self.stats.answer_latency_by_trigger[trigger.index()].record(done.latency);
                 self.completions.push_back(done);
             }
             self.answered_upto = seq;

@@ -98,6 +98,11 @@ fn each_trigger_answers_at_its_stage() {
                 );
                 assert_eq!(c.trigger, expect);
                 assert_eq!(s.stats().answered_by[expect.index()], 1);
+                // The answer's latency lands in its trigger's histogram only.
+                for t in Trigger::ALL {
+                    let n = s.stats().answer_latency_by_trigger[t.index()].count();
+                    assert_eq!(n, u64::from(t == expect), "{t} after answering at {expect}");
+                }
             }
         }
     }

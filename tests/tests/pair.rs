@@ -199,7 +199,7 @@ fn a_wrong_certificate_is_refused_and_nothing_reaches_the_replica() {
     pair.nbdcopy(&image, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));
     let s = pair.primary_status();
-    assert_ne!(s.connection, "connected");
+    assert_ne!(s.connection, dtu::status::ConnectionState::Connected);
     let detail = s.connection_detail.unwrap_or_default();
     assert!(
         detail.contains("pinned"),

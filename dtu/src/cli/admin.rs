@@ -1,6 +1,7 @@
 //! The administrative subcommands: they talk to a running DTU over its
 //! control socket.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,9 +18,34 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Refresh every N seconds until interrupted.
-    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
-    pub watch: Option<f64>,
+    /// Refresh every SECS seconds (0.1 to 3600) until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1",
+          value_parser = parse_watch)]
+    pub watch: Option<Duration>,
+}
+
+/// The shortest `--watch` period: faster only loads the DTU.
+pub const WATCH_MIN: Duration = Duration::from_millis(100);
+/// The longest `--watch` period.
+pub const WATCH_MAX: Duration = Duration::from_secs(3600);
+
+/// A `--watch` period in seconds, within [`WATCH_MIN`]..=[`WATCH_MAX`].
+pub fn parse_watch(s: &str) -> Result<Duration, String> {
+    let range = || {
+        format!(
+            "expected seconds between {} and {}",
+            WATCH_MIN.as_secs_f64(),
+            WATCH_MAX.as_secs_f64()
+        )
+    };
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds: {}", range()))?;
+    if !(WATCH_MIN.as_secs_f64()..=WATCH_MAX.as_secs_f64()).contains(&secs) {
+        return Err(format!("{s:?}: {}", range()));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// `dtu policy ...`.
@@ -130,7 +156,11 @@ pub fn status(a: StatusArgs) -> Result<()> {
             print!("{status}");
         }
         match a.watch {
-            Some(secs) => std::thread::sleep(Duration::from_secs_f64(secs.max(0.1))),
+            Some(period) => {
+                // Whoever reads the pipe sees each refresh as it comes.
+                std::io::stdout().flush()?;
+                std::thread::sleep(period);
+            }
             None => return Ok(()),
         }
     }
@@ -162,4 +192,22 @@ pub fn dirty(a: DirtyArgs) -> Result<()> {
 
 pub fn checkpoint(a: CheckpointArgs) -> Result<()> {
     print_ok(ask(&a.target, Request::Checkpoint { label: a.label })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_periods_are_bounded() {
+        assert_eq!(parse_watch("1"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_watch("0.1"), Ok(WATCH_MIN));
+        assert_eq!(parse_watch("3600"), Ok(WATCH_MAX));
+        for bad in [
+            "inf", "-inf", "NaN", "-1", "0", "0.05", "3600.5", "1e19", "", "soon",
+        ] {
+            let e = parse_watch(bad).unwrap_err();
+            assert!(e.contains("between 0.1 and 3600"), "{bad}: {e}");
+        }
+    }
 }

@@ -260,9 +260,19 @@ pub fn run(a: DemoArgs) -> Result<()> {
         ms(s.ack_latency_p99_ms)
     );
     println!(
-        "primary→replica delay: p50 {}, p99 {}",
-        ms(s.replication_delay_p50_ms),
-        ms(s.replication_delay_p99_ms)
+        "primary→replica delay: p50 {}, p90 {}, p99 {}, max {}",
+        ms(s.replication_delay.p50_ms),
+        ms(s.replication_delay.p90_ms),
+        ms(s.replication_delay.p99_ms),
+        ms(s.replication_delay.max_ms)
+    );
+    println!(
+        "QUIC: {} packets sent, {} lost ({:.2}%), {} congestion events; dtu resent {} seqs",
+        s.quic.sent_packets,
+        s.quic.lost_packets,
+        s.quic.loss_pct(),
+        s.quic.congestion_events,
+        s.retransmits
     );
     println!(
         "host time series: {}",

@@ -11,16 +11,16 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dtu_proto::sender::{Completion, OpKind, Sender};
-use dtu_proto::{Seq, Trigger};
+use dtu_proto::Seq;
 use tokio::sync::{oneshot, Notify};
 
+use crate::metrics::{QuicMeter, RateMeter};
 use crate::nvbuf::Nvbuf;
 
 use super::local::LocalCopy;
-use crate::status::{RateMeter, Rates};
 
 use super::{Answer, PrimaryError};
 
@@ -72,21 +72,26 @@ pub(crate) struct Core {
     pub conn_wake: Notify,
     pub shutdown: AtomicBool,
     pub counters: Counters,
+    /// QUIC's own figures, across connections.
+    pub quic: QuicMeter,
     rates: Mutex<RateState>,
     /// Answered writes lost with the nvbuf that the remote has not yet
     /// recorded; told at every connect until it has.
     pub unreported_loss: Mutex<Option<super::meta::LostWrites>>,
 }
 
-/// Link and host byte rates; UDP bytes are counted across connections.
+/// Link and host byte rates.
 #[derive(Default)]
 struct RateState {
     link: RateMeter,
     host: RateMeter,
-    /// UDP bytes sent by earlier connections.
-    udp_earlier: u64,
-    conn: Option<usize>,
-    udp_current: u64,
+}
+
+/// Rates the primary samples once a second, in bytes per second.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Rates {
+    pub link_bps: f64,
+    pub host_bps: f64,
 }
 
 /// Byte counters kept outside the lock.
@@ -124,6 +129,7 @@ impl Core {
             conn_wake: Notify::new(),
             shutdown: AtomicBool::new(false),
             counters: Counters::default(),
+            quic: QuicMeter::default(),
             rates: Mutex::new(RateState::default()),
             unreported_loss: Mutex::new(None),
         }
@@ -211,21 +217,8 @@ impl Core {
     pub fn sample_rates(&self, now: Instant) {
         // What QUIC put on the wire (UDP payload bytes), not what the lanes
         // handed to QUIC: on a slow link the two differ by QUIC's buffer.
-        let udp = {
-            let st = self.lock();
-            st.conn
-                .as_ref()
-                .map(|c| (c.stable_id(), c.stats().udp_tx.bytes))
-        };
+        let udp_total = self.quic.udp_tx_bytes();
         let mut r = self.rates.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((id, bytes)) = udp {
-            if r.conn != Some(id) {
-                r.udp_earlier += r.udp_current;
-                r.conn = Some(id);
-            }
-            r.udp_current = bytes;
-        }
-        let udp_total = r.udp_earlier + r.udp_current;
         r.link.sample(now, udp_total);
         r.host
             .sample(now, self.counters.plain_bytes.load(Ordering::Relaxed));
@@ -276,42 +269,5 @@ fn answer(done: Vec<(Waiter, Completion)>) {
             trigger: c.trigger,
             latency: c.latency,
         }));
-    }
-}
-
-/// A snapshot of the sender for the status.
-#[derive(Debug, Clone)]
-pub(crate) struct SenderSnapshot {
-    pub progress: dtu_proto::sender::Progress,
-    pub stats: dtu_proto::sender::SenderStats,
-    pub rtt: Option<Duration>,
-    pub policy: dtu_proto::AckPolicy,
-    pub dirty: Option<f64>,
-    pub spoofing_active: bool,
-    pub effective: Trigger,
-    pub oldest_unstored: Option<Duration>,
-    pub link: LinkState,
-    pub failed: Option<String>,
-}
-
-impl Core {
-    pub fn snapshot(&self) -> SenderSnapshot {
-        let now = Instant::now();
-        let st = self.lock();
-        let s = &st.sender;
-        SenderSnapshot {
-            progress: s.progress(),
-            stats: s.stats().clone(),
-            rtt: s.rtt().smoothed,
-            policy: s.policy(),
-            dirty: s.dirty(),
-            spoofing_active: s.spoofing_active(),
-            effective: s.policy().effective(s.dirty()).0,
-            oldest_unstored: s
-                .oldest_unstored()
-                .map(|t| now.saturating_duration_since(t)),
-            link: st.link.clone(),
-            failed: st.failed.clone(),
-        }
     }
 }

@@ -31,6 +31,7 @@ pub mod local;
 pub(crate) mod meta;
 pub mod replay;
 mod session;
+mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,12 +53,11 @@ use crate::config::{PrimaryConfig, Volume};
 use crate::identity::{Fingerprint, Identity};
 use crate::nvbuf::{Nvbuf, NvbufConfig, NvbufError, OnLoss};
 use crate::replica::{FileReplica, Replica};
-use crate::status::{PrimaryStatus, Status};
+use crate::status::Status;
 use crate::transport::{self, LinkTuning};
 
 use self::core::Core;
 pub use self::core::LinkState;
-pub(crate) use self::core::SenderSnapshot;
 pub use self::export::PrimaryExport;
 pub use self::host::HostSink;
 use self::ingest::{EncodeSettings, Ingest, Record};
@@ -553,27 +553,7 @@ impl Primary {
 
     /// Everything the status display shows.
     pub fn status(&self) -> Status {
-        let snap = self.core.snapshot();
-        let nv = self.core.nvbuf.stats(Instant::now());
-        let c = &self.core.counters;
-        Status::Primary(Box::new(PrimaryStatus::build(
-            &self.volume,
-            self.epoch,
-            snap,
-            nv,
-            crate::status::ByteCounters {
-                plain: c.plain_bytes.load(Ordering::Relaxed),
-                encoded: c.encoded_bytes.load(Ordering::Relaxed),
-                wire: c.wire_bytes.load(Ordering::Relaxed),
-                writes: c.writes.load(Ordering::Relaxed),
-                reads: c.reads.load(Ordering::Relaxed),
-            },
-            self.started.elapsed(),
-            self.recovered,
-            self.ingest.encode.threads(),
-            self.lanes,
-            self.core.rates(),
-        )))
+        Status::Primary(Box::new(status::build(self)))
     }
 
     /// Stops accepting operations, says goodbye to the remote and stops

@@ -203,6 +203,7 @@ async fn session_inner(
     {
         let mut st = core.lock();
         st.conn = Some(conn.clone());
+        core.quic.attach(&conn);
         st.link = LinkState::Connected {
             since: Instant::now(),
             peer: conn.remote_address().to_string(),

@@ -77,6 +77,7 @@ fn take_batch(core: &RCore) -> Vec<Apply> {
 fn apply_batch(core: &RCore, batch: Vec<Apply>) -> std::io::Result<()> {
     let replica = core.replica.as_ref();
     let mut last = 0;
+    let bytes: u64 = batch.iter().map(Apply::bytes).sum();
     for op in &batch {
         match op {
             Apply::Write { chunks, .. } => {
@@ -111,6 +112,7 @@ fn apply_batch(core: &RCore, batch: Vec<Apply>) -> std::io::Result<()> {
         let mut st = core.lock();
         st.receiver.on_synced(last);
         st.syncs += 1;
+        st.stored_bytes += bytes;
     }
     core.applied.send_replace(last);
     core.control_wake.notify_waiters();

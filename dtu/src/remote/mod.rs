@@ -9,6 +9,7 @@
 
 mod apply;
 mod session;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,8 +24,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{RemoteConfig, Volume};
 use crate::identity::{Fingerprint, Identity};
+use crate::metrics::{QuicMeter, RateMeter};
 use crate::replica::{FileReplica, Replica, VolumeState};
-use crate::status::{RateMeter, RemoteStatus, Status};
+use crate::status::Status;
 use crate::transport::{self, LinkTuning};
 use crate::workers::WorkerPool;
 
@@ -87,6 +89,8 @@ pub(crate) struct RState {
     pub last_refusal: Option<String>,
     pub failed: Option<String>,
     pub syncs: u64,
+    /// Payload bytes applied and synced on the replica.
+    pub stored_bytes: u64,
 }
 
 /// Shared by the network tasks, the decode workers and the applier.
@@ -105,6 +109,8 @@ pub(crate) struct RCore {
     pub shutdown: AtomicBool,
     pub shutdown_wake: Notify,
     apply_rate: Mutex<RateMeter>,
+    /// QUIC's own figures, across the primary's connections.
+    pub quic: QuicMeter,
 }
 
 impl RCore {
@@ -230,6 +236,7 @@ impl Remote {
                 last_refusal: None,
                 failed: None,
                 syncs: 0,
+                stored_bytes: 0,
             }),
             volume_state: Mutex::new(vstate),
             replica,
@@ -241,6 +248,7 @@ impl Remote {
             shutdown: AtomicBool::new(false),
             shutdown_wake: Notify::new(),
             apply_rate: Mutex::new(RateMeter::default()),
+            quic: QuicMeter::default(),
         });
 
         let dcore = core.clone();
@@ -326,67 +334,9 @@ impl Remote {
         self.core.replica.clone()
     }
 
+    /// Everything the status display shows.
     pub fn status(&self) -> Status {
-        let st = self.core.lock();
-        let r = &st.receiver;
-        let stats = r.stats().clone();
-        let reasons = self
-            .core
-            .volume_state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .inconsistencies();
-        let consistent = reasons.is_empty();
-        let replay_until = reasons.iter().find_map(|i| match i {
-            crate::replica::Inconsistency::Replay { until } => Some(*until),
-            _ => None,
-        });
-        Status::Remote(Box::new(RemoteStatus {
-            volume: dtu_proto::handshake::volume_hex(&self.volume.id),
-            volume_size: self.volume.size,
-            uptime_s: self.started.elapsed().as_secs_f64(),
-            connection: if st.peer.is_some() {
-                "connected"
-            } else {
-                "waiting"
-            }
-            .into(),
-            peer: st.peer.clone(),
-            primary_epoch: r.epoch_seen(),
-            rtt_ms: r.rtt().smoothed.map(|d| d.as_secs_f64() * 1e3),
-            replica: self.replica_path.display().to_string(),
-            consistent,
-            inconsistent_until: replay_until,
-            inconsistent_reasons: reasons.iter().map(|r| r.to_string()).collect(),
-            received_seq: r.received_upto(),
-            applied_seq: r.applied_upto(),
-            stored_seq: r.stored_upto(),
-            pending_bytes: r.pending_bytes(),
-            apply_throughput_bps: self
-                .core
-                .apply_rate
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .per_second()
-                * 8.0,
-            decode_workers: self.workers,
-            lanes: st.lanes,
-            chunks: stats.chunks,
-            duplicates: stats.duplicates,
-            checksum_failures: stats.checksum_failures,
-            decode_failures: stats.decode_failures,
-            applied_ops: stats.applied_ops,
-            applied_bytes: stats.applied_bytes,
-            syncs: st.syncs,
-            ops_per_sync: if st.syncs == 0 {
-                0.0
-            } else {
-                stats.applied_ops as f64 / st.syncs as f64
-            },
-            last_checkpoint: st.last_checkpoint.clone(),
-            refused: st.refused,
-            last_refusal: st.last_refusal.clone(),
-        }))
+        Status::Remote(Box::new(status::build(self)))
     }
 
     pub fn runtime(&self) -> &tokio::runtime::Handle {

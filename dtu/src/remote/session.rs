@@ -95,6 +95,7 @@ async fn session_inner(
             Ok(reply) => {
                 st.session += 1;
                 st.peer = Some(conn.remote_address().to_string());
+                core.quic.attach(&conn);
                 Ok((reply, st.session))
             }
             Err(e) => {

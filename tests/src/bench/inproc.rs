@@ -16,7 +16,7 @@ use bytes::Bytes;
 use dtu::inproc::{preset_tuning, primary_status, remote_status, PairSetup};
 use dtu::primary::Primary;
 use dtu::remote::Remote;
-use dtu::status::{PrimaryStatus, RemoteStatus};
+use dtu::status::{ConnectionState, PrimaryStatus, RemoteStatus};
 use dtu::transport::{Congestion, LinkTuning};
 use dtu_proto::AckPolicy;
 use dtu_sim::host::DataGen;
@@ -192,7 +192,7 @@ impl InprocPair {
 
     pub fn wait_connected(&self, limit: Duration) -> Result<()> {
         wait_for("the primary to connect", limit, || {
-            Ok(self.status().connection == "connected")
+            Ok(self.status().connection == ConnectionState::Connected)
         })
     }
 

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use dtu::status::ConnectionState;
 use serde_json::json;
 
 use super::inproc::{write_stream, Blocks, InprocPair, PairConfig};
@@ -58,7 +59,7 @@ pub fn run(o: &Opts) -> Result<Report> {
     let done = loop {
         let now = Instant::now();
         let stored = pair.remote().stored_seq();
-        if connected_s.is_none() && pair.status().connection == "connected" {
+        if connected_s.is_none() && pair.status().connection == ConnectionState::Connected {
             connected_s = Some(t0.elapsed().as_secs_f64());
         }
         let applied = pair.remote_status().applied_bytes;
