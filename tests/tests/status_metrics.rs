@@ -320,7 +320,9 @@ fn metrics_of_a_running_pair_parse_and_move() {
         "dtu_host_written_bytes_total",
         &[],
     );
-    assert!(written >= (4 << 20) as f64, "host wrote {written}");
+    // random_image zeroes the first quarter of every MiB, which nbdcopy
+    // sends as zeroing (a trim on the primary): the rest is written.
+    assert!(written >= (3 << 20) as f64, "host wrote {written}");
     grew(
         &p0,
         &p1,
@@ -376,7 +378,7 @@ fn metrics_of_a_running_pair_parse_and_move() {
         "dtu_applied_bytes_total",
         &[],
     );
-    assert!(applied >= (4 << 20) as f64, "remote applied {applied}");
+    assert!(applied >= (3 << 20) as f64, "remote applied {applied}");
     grew(&r0, &r1, "dtu_stored_bytes", "dtu_stored_bytes_total", &[]);
     grew(
         &r0,
@@ -533,7 +535,7 @@ fn status_table_json_and_watch_of_a_running_pair() {
         panic!("not a remote")
     };
     assert_eq!(r.connection, ConnectionState::Connected);
-    assert!(r.stored_bytes >= 1 << 20, "{}", r.stored_bytes);
+    assert!(r.stored_bytes >= 3 << 18, "{}", r.stored_bytes);
 
     // --watch: a fresh status each period until stopped.
     let lines = watch_lines(
