@@ -3,9 +3,7 @@
 //! driven by real NBD clients, and killed (with their files removed) when
 //! the test ends, pass or fail.
 
-pub mod bench;
 pub mod nbd_client;
-pub mod vopr;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};

@@ -80,7 +80,7 @@ impl std::fmt::Display for Violation {
         }
         write!(
             f,
-            "replay: cargo run --release -p dtu-tests --bin dtu-vopr -- --seed {}",
+            "replay: cargo run --release -p dtu-vopr -- --seed {}",
             self.seed
         )
     }

@@ -16,7 +16,7 @@ use super::plot::{bars, Bars};
 use super::report::f;
 use super::tools::{fio, fio_nbd, Fio, Lat, Nbdkit};
 use super::{BenchError, Opts, Report, Result, Table, Target};
-use crate::Pair;
+use dtu_tests::Pair;
 
 const TRIGGERS: [&str; 5] = [
     "received",

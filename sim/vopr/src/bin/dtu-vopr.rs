@@ -2,12 +2,12 @@
 //! seeds, or replays one.
 //!
 //! ```text
-//! cargo run --release -p dtu-tests --bin dtu-vopr -- --seeds 10000
-//! cargo run --release -p dtu-tests --bin dtu-vopr -- --seed 42 --verbose
+//! cargo run --release -p dtu-vopr -- --seeds 10000
+//! cargo run --release -p dtu-vopr -- --seed 42 --verbose
 //! ```
 
 use clap::Parser;
-use dtu_tests::vopr::{run, summary, Options};
+use dtu_vopr::{run, summary, Options};
 
 #[derive(Parser)]
 #[command(about = "Deterministic simulation of a DTU pair under faults")]

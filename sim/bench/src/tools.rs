@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{BenchError, Result};
-use crate::Proc;
+use dtu_tests::Proc;
 
 /// Fails unless `tool` is on the PATH.
 pub fn require(tool: &str) -> Result<()> {

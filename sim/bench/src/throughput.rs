@@ -20,7 +20,7 @@ use super::plot::{bars, Bars};
 use super::report::f;
 use super::tools::{cpu_seconds, fio, fio_nbd, wait_for, Nbdkit};
 use super::{BenchError, Opts, Report, Result, Table, Target};
-use crate::Pair;
+use dtu_tests::Pair;
 
 fn seq_job(name: &str, uri: &str, size: u64) -> Vec<String> {
     let mut a = fio_nbd(name, uri);
@@ -93,9 +93,9 @@ fn dtu_run(size: u64, workers: usize, compress: bool) -> Result<Run> {
     set_pipeline(&pair.path("primary.toml"), workers, compress)?;
     set_pipeline(&pair.path("remote.toml"), workers, compress)?;
     pair.start(&["--trigger", "buffered", "--dirty-threshold", "0"]);
-    let pid = |p: &Option<crate::Proc>| {
+    let pid = |p: &Option<dtu_tests::Proc>| {
         p.as_ref()
-            .and_then(crate::Proc::pid)
+            .and_then(dtu_tests::Proc::pid)
             .ok_or_else(|| BenchError::Dtu("no process".into()))
     };
     let (pp, rp) = (pid(&pair.primary)?, pid(&pair.remote)?);

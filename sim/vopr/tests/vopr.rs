@@ -1,7 +1,7 @@
 //! The deterministic simulator in CI: a fixed set of seeds must pass every
 //! invariant, and a seed must replay to the same event trace.
 
-use dtu_tests::vopr::{run, summary, Options};
+use dtu_vopr::{run, summary, Options};
 
 #[test]
 fn two_hundred_seeds_keep_every_invariant() {

@@ -5,9 +5,9 @@
 //! the exit status is non-zero only when a scenario could not run.
 //!
 //! ```text
-//! cargo run --release -p dtu-tests --bin dtu-bench -- all --out bench-out
-//! cargo run --release -p dtu-tests --bin dtu-bench -- ack-latency --quick --out /tmp/b
-//! cargo run --release -p dtu-tests --bin dtu-bench -- list
+//! cargo run --release -p dtu-bench -- all --out bench-out
+//! cargo run --release -p dtu-bench -- ack-latency --quick --out /tmp/b
+//! cargo run --release -p dtu-bench -- list
 //! ```
 
 use std::io::Write;
@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use dtu_tests::bench::{scenario, Opts, Report, SCENARIOS};
+use dtu_bench::{scenario, Opts, Report, SCENARIOS};
 
 #[derive(Parser)]
 #[command(about = "dtu benchmarks: ratios against the link, the disk, iperf3 and nbdkit")]
