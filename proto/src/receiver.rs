@@ -26,6 +26,7 @@ use crate::frame::{
     Ack, AckKind, Checkpoint, Flush, Frame, Hello, Nack, NackReason, ReadRequest, Role, Trim, Write,
 };
 use crate::handshake::{self, HandshakeError};
+use crate::planted::{self, Bug};
 use crate::rtt::{Heartbeats, RttEstimate};
 use crate::{Epoch, Seq};
 
@@ -387,9 +388,17 @@ impl Receiver {
     /// Releases complete seqs, in order, to the apply queue.
     fn release(&mut self) {
         loop {
-            let next = self.released_upto + 1;
+            let mut next = self.released_upto + 1;
             match self.pending.get(&next) {
                 Some(p) if p.all_decoded() => {}
+                _ if planted::active(Bug::ReleaseOutOfOrder)
+                    && self
+                        .pending
+                        .get(&(next + 1))
+                        .is_some_and(Pending::all_decoded) =>
+                {
+                    next += 1;
+                }
                 _ => break,
             }
             let op = match self.pending.remove(&next).expect("checked above") {
@@ -408,6 +417,9 @@ impl Receiver {
             self.pending_bytes -= op.bytes();
             self.released_upto = next;
             self.received_upto = self.received_upto.max(next);
+            if planted::active(Bug::ApplyTwice) && matches!(op, Apply::Write { .. }) {
+                self.apply.push_back(op.clone());
+            }
             self.apply.push_back(op);
         }
     }

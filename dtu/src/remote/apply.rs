@@ -1,9 +1,9 @@
-//! The applier: the one thread that writes to the replica.
+//! The apply thread: a thin loop around the [`Applier`] component.
 //!
 //! It takes every operation the receiver has released (in seq order),
-//! writes each one and notes it in the state file, then makes the whole
-//! batch durable with a single replica sync and acknowledges it as Stored:
-//! one sync covers as many writes as arrived while the previous one ran.
+//! applies each one, then makes the whole batch durable with a single
+//! replica sync and acknowledges it as Stored: one sync covers as many
+//! writes as arrived while the previous one ran.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use dtu_proto::receiver::Apply;
 
+use super::applier::{Applied, Applier, ApplyError};
 use super::RCore;
 
 /// Most bytes applied before a sync, so acks keep flowing under load.
@@ -19,7 +20,7 @@ const BATCH_BYTES: u64 = 64 << 20;
 /// a machine crash; correctness does not depend on it).
 const STATE_SYNC: Duration = Duration::from_secs(1);
 
-pub(super) fn run(core: Arc<RCore>, wake: Receiver<()>) {
+pub(super) fn run(core: Arc<RCore>, wake: Receiver<()>, mut applier: Applier) {
     let mut last_state_sync = Instant::now();
     loop {
         match wake.recv_timeout(Duration::from_millis(200)) {
@@ -31,9 +32,9 @@ pub(super) fn run(core: Arc<RCore>, wake: Receiver<()>) {
             if batch.is_empty() {
                 break;
             }
-            if let Err(e) = apply_batch(&core, batch) {
-                tracing::error!("replica I/O failed, the remote stops applying: {e}");
-                core.lock().failed = Some(format!("replica I/O: {e}"));
+            if let Err(e) = apply_batch(&core, &mut applier, batch) {
+                tracing::error!("the remote stops applying: {e}");
+                core.lock().failed = Some(e.to_string());
                 core.control_wake.notify_waiters();
                 return;
             }
@@ -74,47 +75,24 @@ fn take_batch(core: &RCore) -> Vec<Apply> {
     out
 }
 
-fn apply_batch(core: &RCore, batch: Vec<Apply>) -> std::io::Result<()> {
-    let replica = core.replica.as_ref();
-    let mut last = 0;
-    let bytes: u64 = batch.iter().map(Apply::bytes).sum();
+/// Applies a batch through the [`Applier`], one sync for all of it, and
+/// acknowledges it as Stored.
+fn apply_batch(core: &RCore, applier: &mut Applier, batch: Vec<Apply>) -> Result<(), ApplyError> {
     for op in &batch {
-        match op {
-            Apply::Write { chunks, .. } => {
-                for (offset, data) in chunks {
-                    replica.write_at(*offset, data)?;
-                }
-            }
-            Apply::Trim { offset, length, .. } => replica.trim(*offset, *length)?,
-            Apply::Flush { .. } => {}
-            Apply::Checkpoint { seq, label } => {
-                tracing::info!("checkpoint {label:?} at seq {seq}");
-                core.lock().last_checkpoint = Some(format!("{label} (seq {seq})"));
-            }
+        if let Applied::Checkpoint { seq, label } = applier.apply(op)? {
+            tracing::info!("checkpoint {label:?} at seq {seq}");
+            core.lock().last_checkpoint = Some(format!("{label} (seq {seq})"));
         }
-        last = op.seq();
-        core.volume_state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set_applied(last)?;
         core.lock().receiver.on_applied(op);
     }
-    replica.sync()?;
-    {
-        let mut vs = core.volume_state.lock().unwrap_or_else(|p| p.into_inner());
-        let was = vs.inconsistencies().len();
-        vs.set_synced(last)?;
-        if was > 0 && vs.inconsistencies().is_empty() {
-            tracing::info!("replica is consistent again at seq {last}");
-        }
-    }
-    {
+    if let Some((seq, bytes)) = applier.sync()? {
         let mut st = core.lock();
-        st.receiver.on_synced(last);
+        st.receiver.on_synced(seq);
         st.syncs += 1;
         st.stored_bytes += bytes;
+        drop(st);
+        core.applied.send_replace(seq);
     }
-    core.applied.send_replace(last);
     core.control_wake.notify_waiters();
     Ok(())
 }

@@ -7,6 +7,8 @@
 //! one sync per batch → Stored ack. At every moment the replica holds the
 //! primary's volume as it was after some prefix of its writes.
 
+mod accept;
+pub mod applier;
 mod apply;
 mod session;
 mod status;
@@ -22,6 +24,7 @@ use dtu_proto::frame::{features, Hello, Role};
 use dtu_proto::{Receiver, Seq};
 use tokio::sync::{watch, Notify};
 
+use self::applier::Applier;
 use crate::config::{RemoteConfig, Volume};
 use crate::identity::{Fingerprint, Identity};
 use crate::metrics::{QuicMeter, RateMeter};
@@ -96,7 +99,7 @@ pub(crate) struct RState {
 /// Shared by the network tasks, the decode workers and the applier.
 pub(crate) struct RCore {
     state: Mutex<RState>,
-    pub volume_state: Mutex<VolumeState>,
+    pub volume_state: Arc<Mutex<VolumeState>>,
     pub replica: Arc<dyn Replica>,
     pub key: Option<Key>,
     pub hello: Hello,
@@ -238,7 +241,7 @@ impl Remote {
                 syncs: 0,
                 stored_bytes: 0,
             }),
-            volume_state: Mutex::new(vstate),
+            volume_state: Arc::new(Mutex::new(vstate)),
             replica,
             key: opts.volume.key.as_ref().map(Key::from_bytes),
             hello,
@@ -279,7 +282,14 @@ impl Remote {
         let acore = core.clone();
         let applier = std::thread::Builder::new()
             .name("dtu-apply".into())
-            .spawn(move || apply::run(acore, apply_rx))
+            .spawn(move || {
+                let applier = Applier::new(
+                    acore.replica.clone(),
+                    acore.volume_state.clone(),
+                    resume.stored,
+                );
+                apply::run(acore, apply_rx, applier)
+            })
             .map_err(|e| err(&e))?;
 
         let endpoint = {

@@ -11,15 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dtu_proto::frame::{
-    hello_flags, Frame, Goodbye, GoodbyeReason, ReadRequest, ReadResponse, ReadStatus,
-};
+use dtu_proto::frame::{Frame, Goodbye, GoodbyeReason, ReadRequest, ReadResponse, ReadStatus};
 use dtu_proto::receiver::Inbound;
 use dtu_proto::Seq;
 
 use crate::transport::{self, FrameStream};
 use crate::workers::WorkerPool;
 
+use super::accept::{accept_primary, AcceptError};
 use super::RCore;
 
 type DecodePool = Arc<WorkerPool<dtu_proto::frame::Write>>;
@@ -89,9 +88,16 @@ async fn session_inner(
         let _ = transport::write_frame(&mut send, &Frame::Goodbye(g)).await;
         return Err(why);
     }
-    let reply = {
+    let accepted = {
         let mut st = core.lock();
-        match st.receiver.on_hello(&core.hello, &theirs, Instant::now()) {
+        let mut vs = core.volume_state.lock().unwrap_or_else(|p| p.into_inner());
+        match accept_primary(
+            &mut st.receiver,
+            &mut vs,
+            &core.hello,
+            &theirs,
+            Instant::now(),
+        ) {
             Ok(reply) => {
                 st.session += 1;
                 st.peer = Some(conn.remote_address().to_string());
@@ -105,37 +111,19 @@ async fn session_inner(
             }
         }
     };
-    let (reply, my_session) = match reply {
+    let (reply, my_session) = match accepted {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("refusing primary {}: {e}", conn.remote_address());
-            let _ = transport::write_frame(&mut send, &Frame::Goodbye(e.goodbye())).await;
-            let _ = send.finish();
-            // Give the goodbye a moment to leave before the close.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let AcceptError::Refused(h) = &e {
+                let _ = transport::write_frame(&mut send, &Frame::Goodbye(h.goodbye())).await;
+                let _ = send.finish();
+                // Give the goodbye a moment to leave before the close.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             return Err(e.to_string());
         }
     };
-    let mut reply = reply;
-    {
-        let mut vs = core.volume_state.lock().unwrap_or_else(|p| p.into_inner());
-        vs.set_epoch(theirs.epoch)
-            .map_err(|e| format!("recording the primary's epoch: {e}"))?;
-        if theirs.flags & hello_flags::LOST_WRITES != 0 {
-            tracing::error!(
-                "primary {} (epoch {}) lost answered writes after seq {}: the replica is \
-                 marked inconsistent until a resync or verify",
-                conn.remote_address(),
-                theirs.epoch,
-                theirs.stored_seq
-            );
-            vs.set_lost_writes(theirs.epoch, theirs.stored_seq.saturating_add(1), None)
-                .map_err(|e| format!("recording the primary's lost writes: {e}"))?;
-        }
-        if !vs.inconsistencies().is_empty() {
-            reply.flags |= hello_flags::INCONSISTENT;
-        }
-    }
     transport::write_frame(&mut send, &Frame::Hello(reply.clone()))
         .await
         .map_err(|e| e.to_string())?;
