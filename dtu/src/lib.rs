@@ -8,6 +8,7 @@
 //! [`control`] socket, the [`status`] display, the [`config`] files and the
 //! [`cli`].
 
+pub mod changemap;
 pub mod cli;
 pub mod config;
 pub mod control;
