@@ -42,8 +42,9 @@
 //! tag word (`"CMPG"` and the fill generation) then its 511 words. An
 //! extent is marked when its bit differs from the header's `fill`: with
 //! `fill` = 0 the bits are the marks, after `mark_all` (`fill` = 1) they are
-//! the extents cleared since. A page that is all zeros (a hole) or whose tag
-//! is not the current fill generation reads as "no bit set".
+//! the extents cleared since. A page that is all zeros (a hole), whose tag
+//! is the previous fill generation's, or whose tag is zero (a first write
+//! torn before its tag sector) reads as "no bit set".
 //!
 //! **Crash safety.** A flush writes the header (when it changed) and syncs,
 //! erases every page when the fill changed (so pages of the previous fill
@@ -60,10 +61,11 @@
 //! # Cost per TiB of volume
 //!
 //! One page (4 KiB in RAM and on disk) covers 32,704 extents: 127.75 MiB of
-//! volume at 4 KiB granularity, 2 GiB at 64 KiB, 32 GiB at 1 MiB. A page is
-//! held (RAM) and allocated (disk) only where some but not all of its
-//! extents differ from the fill; a wholly marked region costs about 50 bytes
-//! of RAM (and its page on disk), an untouched one nothing.
+//! volume at 4 KiB granularity, 2 GiB at 64 KiB, 32 GiB at 1 MiB. A page
+//! holds a 4 KiB bit array in RAM only where some but not all of its extents
+//! differ from the fill; a region that wholly differs costs about 50 bytes
+//! of RAM (and its page on disk), an untouched one nothing at all (a hole).
+//! Why 64 KiB by default: see [`DEFAULT_GRANULARITY`].
 //!
 //! | granularity | disk, worst (sparse) | RAM, worst | typical |
 //! |---|---|---|---|
@@ -114,6 +116,13 @@ struct State {
     /// Whether an extent without a bit set in its page is marked.
     fill: bool,
     fill_gen: u32,
+    /// The fill generation every page on disk belongs to: the last one
+    /// whose erase completed. The flush that carries a fill change assigns
+    /// it the generation after this one (at plan time, when no other flush
+    /// can move it), however many fill changes failed or were requested
+    /// meanwhile, so that pages left on disk are exactly the "previous
+    /// generation" open knows as stale.
+    erased_gen: u32,
     base: u64,
     /// Generation of the latest durable header.
     header_gen: u64,
@@ -184,6 +193,7 @@ pub struct MapStats {
 /// What one flush does, planned under the lock and carried out without it.
 struct Plan {
     upto: u64,
+    fill_gen: u32,
     header: Option<Header>,
     erase: bool,
     /// Runs of consecutive pages to write: offset and bytes.
@@ -281,6 +291,8 @@ impl<S: MapStore> ChangeMap<S> {
             state: Mutex::new(State {
                 fill: h.fill,
                 fill_gen: h.fill_gen,
+                // Open erases stale pages before anything else happens.
+                erased_gen: h.fill_gen,
                 base: h.base,
                 header_gen: h.generation,
                 header_dirty: false,
@@ -627,7 +639,6 @@ impl<S: MapStore> ChangeMap<S> {
         {
             let mut st = lock(&self.state);
             st.fill = marked;
-            st.fill_gen = st.fill_gen.wrapping_add(1);
             st.pages.clear();
             st.dirty.clear();
             st.bits = 0;
@@ -686,6 +697,9 @@ impl<S: MapStore> ChangeMap<S> {
     }
 
     fn plan(&self, st: &mut State) -> Plan {
+        if st.erase_pending {
+            st.fill_gen = st.erased_gen.wrapping_add(1);
+        }
         let header = std::mem::take(&mut st.header_dirty).then(|| Header {
             volume_id: self.volume_id,
             volume_size: self.geo.volume_size,
@@ -699,6 +713,7 @@ impl<S: MapStore> ChangeMap<S> {
         let tag = page_tag(st.fill_gen);
         let mut plan = Plan {
             upto: st.change,
+            fill_gen: st.fill_gen,
             header,
             erase: std::mem::take(&mut st.erase_pending),
             writes: Vec::new(),
@@ -779,6 +794,9 @@ impl<S: MapStore> ChangeMap<S> {
         }
         if plan.erase && !done.erase {
             st.erase_pending = true;
+        }
+        if done.erase {
+            st.erased_gen = plan.fill_gen;
         }
         if ok {
             st.durable = st.durable.max(plan.upto);

@@ -54,7 +54,7 @@ pub trait MapStore: Send + Sync {
     /// The default (all of it) is always correct, only slower to scan. Only
     /// called while the map is opened, never concurrently.
     fn data_ranges(&self, off: u64, len: u64) -> io::Result<Vec<Range<u64>>> {
-        Ok(vec![off..off + len])
+        Ok(std::iter::once(off..off + len).collect())
     }
 }
 
@@ -230,17 +230,14 @@ impl MapStore for SparseFile {
                 Err(Errno::NXIO) => break,
                 // A file system without SEEK_DATA: assume data everywhere.
                 Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) if out.is_empty() && pos == off => {
-                    return Ok(vec![off..end]);
+                    return Ok(std::iter::once(off..end).collect());
                 }
                 Err(e) => return Err(e.into()),
             };
             if data >= end {
                 break;
             }
-            let hole = match seek(&self.file, SeekFrom::Hole(data)) {
-                Ok(h) => h,
-                Err(e) => return Err(e.into()),
-            };
+            let hole = seek(&self.file, SeekFrom::Hole(data))?;
             out.push(data..hole.min(end));
             pos = hole;
         }
