@@ -8,6 +8,7 @@
 //! [`control`] socket, the [`status`] display and the [`metrics`] it is
 //! built from, the [`config`] files and the [`cli`].
 
+pub mod changemap;
 pub mod cli;
 pub mod config;
 pub mod control;
