@@ -22,6 +22,7 @@ fn main() -> std::io::Result<()> {
             features: 3,
             epoch: 2,
             stored_seq: 9,
+            highest_seq: 0,
             key_fingerprint: 0x0123_4567_89ab_cdef,
             flags: 0,
         }),

@@ -92,6 +92,10 @@ pub struct Hello {
     /// (recovered from its nvbuf); its new writes start after it. The remote
     /// refuses a new epoch that would reuse seqs it already holds.
     pub stored_seq: Seq,
+    /// From the primary: the highest seq it has assigned (0 from the
+    /// remote). No seq above it can have reached the replica, which bounds
+    /// the replay after the remote's machine crashed.
+    pub highest_seq: Seq,
     /// [`crate::codec::Key::fingerprint`] of the volume key, 0 without one:
     /// the two sides must hold the same key (or both none).
     pub key_fingerprint: u64,
@@ -250,7 +254,7 @@ pub enum Frame {
     ReadResponse(ReadResponse),
 }
 
-const HELLO_LEN: usize = 1 + 1 + 16 + 8 + 4 + 4 + 4 + 8 + 8 + 4;
+const HELLO_LEN: usize = 1 + 1 + 16 + 8 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
 const WRITE_FIXED: usize = 8 + 4 + 4 + 4 + 8 + 1 + 4 + 4 + 4;
 const FLUSH_LEN: usize = 8 + 4;
 const TRIM_LEN: usize = 8 + 4 + 8 + 8;
@@ -339,6 +343,7 @@ impl Frame {
                 out.put_u32(h.features);
                 out.put_u32(h.epoch);
                 out.put_u64(h.stored_seq);
+                out.put_u64(h.highest_seq);
                 out.put_u64(h.key_fingerprint);
                 out.put_u32(h.flags);
             }
@@ -612,6 +617,7 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 features: b.u32()?,
                 epoch: b.u32()?,
                 stored_seq: b.u64()?,
+                highest_seq: b.u64()?,
                 key_fingerprint: b.u64()?,
                 flags: b.u32()?,
             };

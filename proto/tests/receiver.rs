@@ -20,6 +20,7 @@ fn hello(role: Role, epoch: u32, stored_seq: u64) -> Hello {
         features: 0,
         epoch,
         stored_seq,
+        highest_seq: 0,
         key_fingerprint: 0,
         flags: 0,
     }

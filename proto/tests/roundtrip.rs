@@ -37,12 +37,16 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<u32>(),
             any::<u64>(),
         ),
-        (any::<u64>(), 0..=dtu_proto::frame::hello_flags::KNOWN),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            0..=dtu_proto::frame::hello_flags::KNOWN,
+        ),
     )
         .prop_map(
             |(
                 (version, role, volume_id, volume_size, block_size, features, epoch, stored_seq),
-                (key_fingerprint, flags),
+                (highest_seq, key_fingerprint, flags),
             )| {
                 Frame::Hello(Hello {
                     version,
@@ -53,6 +57,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     features,
                     epoch,
                     stored_seq,
+                    highest_seq,
                     key_fingerprint,
                     flags,
                 })

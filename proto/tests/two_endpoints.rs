@@ -69,6 +69,7 @@ fn hello(role: Role) -> Hello {
         features: 0,
         epoch: 1,
         stored_seq: 0,
+        highest_seq: 0,
         key_fingerprint: 0,
         flags: 0,
     }

@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::metrics::{QuicMeter, RateMeter};
 use crate::nvbuf::Nvbuf;
 
-use super::local::LocalCopy;
+use super::local::{release_point, LocalCopy};
 
 use super::{Answer, PrimaryError};
 
@@ -178,7 +178,7 @@ impl Core {
         drop(st);
         answer(done);
         // Space the remote has stored (and the local copy synced) is free.
-        let done = release_point(&progress, self.local.as_deref());
+        let done = release_point(progress.remote_stored, self.local.as_deref());
         if done >= self.nvbuf.first_unreleased_seq() {
             self.nvbuf.release_through(done);
         }
@@ -234,15 +234,6 @@ impl Core {
 
     pub fn is_shutdown(&self) -> bool {
         self.shutdown.load(Ordering::Relaxed)
-    }
-}
-
-/// Up to which seq the nvbuf may free records: those the remote has
-/// stored and, with a local copy, the local copy has synced.
-pub fn release_point(progress: &dtu_proto::sender::Progress, local: Option<&LocalCopy>) -> Seq {
-    match local {
-        Some(l) => progress.remote_stored.min(l.synced()),
-        None => progress.remote_stored,
     }
 }
 

@@ -153,3 +153,12 @@ impl LocalCopy {
         &self.disk
     }
 }
+
+/// Up to which seq the nvbuf may free records: those the remote has stored
+/// and, with a local copy, the local copy has synced.
+pub fn release_point(remote_stored: Seq, local: Option<&LocalCopy>) -> Seq {
+    match local {
+        Some(l) => remote_stored.min(l.synced()),
+        None => remote_stored,
+    }
+}

@@ -23,12 +23,13 @@
 //! ```
 
 pub mod appender;
+pub mod connect;
 mod core;
 mod export;
 mod host;
-mod ingest;
+pub mod ingest;
 pub mod local;
-pub(crate) mod meta;
+pub mod meta;
 pub mod replay;
 mod session;
 mod status;
@@ -44,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dtu_proto::codec::Key;
-use dtu_proto::frame::{features, Checkpoint, Flush, Frame, Hello, Role, Trim};
+use dtu_proto::frame::{Checkpoint, Flush, Frame, Trim};
 use dtu_proto::sender::{OpKind, SenderConfig};
 use dtu_proto::{AckPolicy, Seq, Trigger, VolumeId};
 use tokio::sync::oneshot;
@@ -337,29 +338,7 @@ impl Primary {
             transport::client_endpoint(bind, &opts.identity, &opts.peer, &opts.tuning)
                 .map_err(|e| start_err(&e))?
         };
-        let mut feats = features::READS;
-        if opts.volume.key.is_some() {
-            feats |= features::SEALING;
-        }
-        if opts.compress {
-            feats |= features::COMPRESSION;
-        }
-        let hello = Hello {
-            version: dtu_proto::PROTOCOL_VERSION,
-            role: Role::Primary,
-            volume_id: opts.volume.id,
-            volume_size: opts.volume.size,
-            block_size: opts.volume.block_size,
-            features: feats,
-            epoch,
-            stored_seq: carried_over,
-            key_fingerprint: opts
-                .volume
-                .key
-                .as_ref()
-                .map_or(0, |k| Key::from_bytes(k).fingerprint()),
-            flags: 0,
-        };
+        let hello = connect::hello(&opts.volume, epoch, carried_over, opts.compress);
         let params = session::SessionParams {
             endpoint: endpoint.clone(),
             remote: opts.remote,

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dtu_proto::frame::{hello_flags, Frame, GoodbyeReason, Hello, ReadRequest, ReadStatus, Role};
-use dtu_proto::handshake;
+use dtu_proto::frame::{Frame, GoodbyeReason, Hello, ReadRequest, ReadStatus};
 
 use crate::transport::{self, Backoff, FrameStream};
 
+use super::connect::{self, Refusal};
 use super::core::{Core, LinkState};
 use super::PrimaryError;
 
@@ -149,14 +149,12 @@ async fn session_inner(
     let (mut ctl_send, ctl_recv) = conn.open_bi().await?;
     // Heartbeats (and so RTT samples) must not queue behind lane data.
     let _ = ctl_send.set_priority(1);
-    let mut hello = p.hello.clone();
     let unreported = *core
         .unreported_loss
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if unreported.is_some() {
-        hello.flags |= hello_flags::LOST_WRITES;
-    }
+    let highest = core.lock().sender.highest_seq();
+    let hello = connect::offer(&p.hello, highest, unreported.as_ref());
     transport::write_frame(&mut ctl_send, &Frame::Hello(hello.clone())).await?;
     let mut frames = FrameStream::new(ctl_recv);
     let theirs = match frames.next().await? {
@@ -179,14 +177,16 @@ async fn session_inner(
             ))
         }
     };
-    if let Err(e) = handshake::check(&hello, &theirs) {
-        let _ = transport::write_frame(&mut ctl_send, &Frame::Goodbye(e.goodbye())).await;
-        return Err(SessionEnd::Refused(e.to_string()));
-    }
-    if theirs.role != Role::Remote {
-        return Err(SessionEnd::Refused("peer is not a remote DTU".into()));
-    }
-    if unreported.is_some() && theirs.flags & hello_flags::INCONSISTENT != 0 {
+    let accepted = match connect::check_reply(&hello, &theirs) {
+        Ok(a) => a,
+        Err(e) => {
+            if let Refusal::Handshake(h) = &e {
+                let _ = transport::write_frame(&mut ctl_send, &Frame::Goodbye(h.goodbye())).await;
+            }
+            return Err(SessionEnd::Refused(e.to_string()));
+        }
+    };
+    if unreported.is_some() && accepted.inconsistent {
         // The remote has durably recorded that its replica may lack the
         // lost writes: no need to tell it again.
         core.nvbuf

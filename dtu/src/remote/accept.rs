@@ -35,6 +35,7 @@ pub fn accept_primary(
 ) -> Result<Hello, AcceptError> {
     let mut reply = receiver.on_hello(ours, theirs, now)?;
     state.set_epoch(theirs.epoch)?;
+    state.set_replay_bound(theirs.highest_seq)?;
     if theirs.flags & hello_flags::LOST_WRITES != 0 {
         tracing::error!(
             "the primary (epoch {}) lost answered writes after seq {}: the replica is \

@@ -3,8 +3,8 @@
 //!
 //! [`Applier::apply`] writes one operation and notes it as applied (a plain
 //! write of the state, no sync); [`Applier::sync`] makes everything applied
-//! durable with one replica sync and notes the synced seq: the seq the
-//! remote may then acknowledge as Stored. The remote's apply thread and the
+//! durable with one replica sync, then records the synced seq durably in the
+//! state file: only then may the remote acknowledge it as Stored. The remote's apply thread and the
 //! simulator drive this same code; what they do around it (taking batches
 //! from the receiver, sending acks) stays in their thin loops.
 
@@ -123,9 +123,14 @@ impl Applier {
             .sync()
             .map_err(|source| ApplyError::Sync { seq, source })?;
         {
+            // The synced seq is made durable before anyone is told it is
+            // stored: a machine crash must not bring the remote back at an
+            // older position than the primary saw acknowledged, since the
+            // primary frees what was acknowledged and cannot resend it.
             let mut st = self.state();
             let was = st.inconsistencies().len();
             st.set_synced(seq)
+                .and_then(|()| st.sync())
                 .map_err(|source| ApplyError::State { seq, source })?;
             if was > 0 && st.inconsistencies().is_empty() {
                 tracing::info!("replica is consistent again at seq {seq}");

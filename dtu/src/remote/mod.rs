@@ -7,7 +7,7 @@
 //! one sync per batch → Stored ack. At every moment the replica holds the
 //! primary's volume as it was after some prefix of its writes.
 
-mod accept;
+pub mod accept;
 pub mod applier;
 mod apply;
 mod session;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use dtu_proto::codec::Key;
 use dtu_proto::frame::{features, Hello, Role};
-use dtu_proto::{Receiver, Seq};
+use dtu_proto::{Epoch, Receiver, Seq};
 use tokio::sync::{watch, Notify};
 
 use self::applier::Applier;
@@ -32,6 +32,31 @@ use crate::replica::{FileReplica, Replica, VolumeState};
 use crate::status::Status;
 use crate::transport::{self, LinkTuning};
 use crate::workers::WorkerPool;
+
+/// The Hello of a remote of `volume` whose replica holds every seq up to
+/// `stored`, having last seen a primary of `epoch_seen`.
+pub fn hello(volume: &Volume, epoch_seen: Epoch, stored: Seq) -> Hello {
+    let mut feats = features::READS;
+    if volume.key.is_some() {
+        feats |= features::SEALING;
+    }
+    Hello {
+        version: dtu_proto::PROTOCOL_VERSION,
+        role: Role::Remote,
+        volume_id: volume.id,
+        volume_size: volume.size,
+        block_size: volume.block_size,
+        features: feats,
+        epoch: epoch_seen,
+        stored_seq: stored,
+        highest_seq: 0,
+        key_fingerprint: volume
+            .key
+            .as_ref()
+            .map_or(0, |k| Key::from_bytes(k).fingerprint()),
+        flags: 0,
+    }
+}
 
 /// Why the remote cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -201,26 +226,7 @@ impl Remote {
         for why in &resume.inconsistent {
             tracing::warn!("the replica is inconsistent: {why}");
         }
-        let mut feats = features::READS;
-        if opts.volume.key.is_some() {
-            feats |= features::SEALING;
-        }
-        let hello = Hello {
-            version: dtu_proto::PROTOCOL_VERSION,
-            role: Role::Remote,
-            volume_id: opts.volume.id,
-            volume_size: opts.volume.size,
-            block_size: opts.volume.block_size,
-            features: feats,
-            epoch: resume.epoch_seen,
-            stored_seq: resume.stored,
-            key_fingerprint: opts
-                .volume
-                .key
-                .as_ref()
-                .map_or(0, |k| Key::from_bytes(k).fingerprint()),
-            flags: 0,
-        };
+        let hello = hello(&opts.volume, resume.epoch_seen, resume.stored);
         let (apply_tx, apply_rx) = crossbeam_channel::bounded(1);
         let (applied, _) = watch::channel(resume.stored);
         let core = Arc::new(RCore {

@@ -59,7 +59,10 @@ mod flag {
     pub const ADOPTED: u32 = 2;
     /// The remote stopped cleanly and the sample digest describes the replica.
     pub const CLEAN: u32 = 4;
-    pub const KNOWN: u32 = LOST_WRITES | ADOPTED | CLEAN;
+    /// After a machine crash: until a primary says how far its stream
+    /// reaches, nothing bounds what may have reached the replica.
+    pub const REPLAY_BOUND_PENDING: u32 = 8;
+    pub const KNOWN: u32 = LOST_WRITES | ADOPTED | CLEAN | REPLAY_BOUND_PENDING;
 }
 
 /// Why the state file cannot be used.
@@ -97,6 +100,10 @@ pub enum Inconsistency {
     /// After a machine crash the replay mixes old and new blocks until this
     /// seq is applied again.
     Replay { until: Seq },
+    /// After a machine crash, before a primary has said how far its stream
+    /// reaches: the replica may hold blocks of writes the state file never
+    /// recorded (its last records were not yet synced).
+    ReplayUnbounded { from: Seq },
     /// The primary lost writes it had answered (a damaged nvbuf whose loss
     /// the operator accepted): the replica may lack them.
     LostWrites {
@@ -114,6 +121,12 @@ impl std::fmt::Display for Inconsistency {
             Inconsistency::Replay { until } => write!(
                 f,
                 "replaying after a machine crash: old and new blocks mix until seq {until} is applied again"
+            ),
+            Inconsistency::ReplayUnbounded { from } => write!(
+                f,
+                "after a machine crash the replica may hold blocks of writes after seq {from} \
+                 that were never recorded; it is inconsistent until the primary connects and \
+                 resends its stream"
             ),
             Inconsistency::LostWrites {
                 epoch,
@@ -269,7 +282,9 @@ impl Record {
 
     fn inconsistencies(&self) -> Vec<Inconsistency> {
         let mut out = Vec::new();
-        if self.inconsistent_until > self.applied.min(self.synced) {
+        if self.flags & flag::REPLAY_BOUND_PENDING != 0 {
+            out.push(Inconsistency::ReplayUnbounded { from: self.synced });
+        } else if self.inconsistent_until > self.applied.min(self.synced) {
             out.push(Inconsistency::Replay {
                 until: self.inconsistent_until,
             });
@@ -526,9 +541,11 @@ impl VolumeState {
             replica.sync().map_err(io_err)?;
             st.rec.synced = rec.applied;
         } else {
-            if rec.applied > rec.synced {
-                st.rec.inconsistent_until = st.rec.inconsistent_until.max(rec.applied);
-            }
+            // The state file's last records may not have reached the disk:
+            // the replica can hold writes beyond the recorded `applied`. Only
+            // the primary knows how far its stream reaches.
+            st.rec.inconsistent_until = st.rec.inconsistent_until.max(rec.applied);
+            st.rec.flags |= flag::REPLAY_BOUND_PENDING;
             st.rec.applied = rec.synced;
         }
         st.rec.boot_id = o.boot_id;
@@ -552,7 +569,10 @@ impl VolumeState {
     /// Notes that `seq` has been written to the replica (not yet synced).
     pub fn set_applied(&mut self, seq: Seq) -> io::Result<()> {
         self.rec.applied = seq;
-        if self.rec.inconsistent_until != 0 && seq >= self.rec.inconsistent_until {
+        if self.rec.inconsistent_until != 0
+            && seq >= self.rec.inconsistent_until
+            && self.rec.flags & flag::REPLAY_BOUND_PENDING == 0
+        {
             self.rec.inconsistent_until = 0;
         }
         self.write()
@@ -570,6 +590,21 @@ impl VolumeState {
             return Ok(());
         }
         self.rec.epoch_seen = epoch;
+        self.write()?;
+        self.store.sync()
+    }
+
+    /// After a machine crash: a primary says no seq above `highest` exists,
+    /// so the replay is over once that seq is applied again. Durable.
+    pub fn set_replay_bound(&mut self, highest: Seq) -> io::Result<()> {
+        if self.rec.flags & flag::REPLAY_BOUND_PENDING == 0 {
+            return Ok(());
+        }
+        self.rec.flags &= !flag::REPLAY_BOUND_PENDING;
+        self.rec.inconsistent_until = self.rec.inconsistent_until.max(highest);
+        if self.rec.inconsistent_until <= self.rec.applied {
+            self.rec.inconsistent_until = 0;
+        }
         self.write()?;
         self.store.sync()
     }
@@ -698,13 +733,24 @@ mod tests {
         drop(st);
         let (st, r) = open(&path, &replica).unwrap();
         assert_eq!(r.stored, 12);
-        assert_eq!(r.replay_until(), Some(15));
+        assert!(matches!(
+            r.inconsistent[..],
+            [Inconsistency::ReplayUnbounded { from: 12 }]
+        ));
         drop(st);
-        // The mark survives a second restart before the replay passes it...
+        // The mark survives a second restart before a primary bounds it...
         let (mut st, r) = open(&path, &replica).unwrap();
-        assert_eq!(r.replay_until(), Some(15));
-        // ...and clears once the replay has applied seq 15 again.
+        assert_eq!(r.inconsistent.len(), 1);
+        // ...a primary whose stream reaches seq 20 bounds it...
+        st.set_replay_bound(20).unwrap();
+        assert_eq!(
+            st.inconsistencies(),
+            vec![Inconsistency::Replay { until: 20 }]
+        );
         st.set_applied(15).unwrap();
+        assert_eq!(st.inconsistencies().len(), 1);
+        // ...and it clears once the replay has applied seq 20 again.
+        st.set_applied(20).unwrap();
         assert!(st.inconsistencies().is_empty());
     }
 

@@ -1,22 +1,37 @@
-//! The deterministic simulator of a DTU pair (after TigerBeetle's VOPR).
+//! The deterministic simulator of a DTU pair (after TigerBeetle's VOPR):
+//! the primary and remote drivers as they ship, over simulated storage, a
+//! simulated link and virtual time, all decided by one `u64` seed.
 //!
-//! One `u64` seed decides everything: the host's writes, flushes and policy
-//! changes, the link's loss, duplication, reordering and corruption, link
-//! outages, crashes and restarts of the primary (its nvbuf reduced to what
-//! was flushed, with torn sectors) and of the remote, and the moments all of
-//! that happens. It runs the real `dtu-proto` state machines, the real
-//! nvbuf format and recovery code over an in-memory store, the real payload
-//! codec and the `dtu-sim` link model, all in virtual time, in one thread.
+//! What runs is dtu's own code: the sender and receiver state machines, the
+//! codec, the nvbuf with its recovery, the [`Appender`] (reorder, group
+//! commit, buffered frontier), the [`LocalCopy`] fed from the journal, the
+//! replay of recovered records into the sender and the local copy, the
+//! primary's [`connect`] offer and reply checks, the remote's
+//! [`accept_primary`], the [`Applier`] with the replica's state file, and the
+//! `dtu-sim` link model. What the simulator adds is only what the threads
+//! and sockets of the real DTUs do around them: it moves records from the
+//! encoders (finishing in a random order) to the appender, frames between
+//! the link and the state machines, and operations from the receiver to the
+//! applier. Storage is [`MemStore`], [`MemReplica`] and [`MemStateStore`],
+//! whose crash images model a killed process (the page cache survives) and
+//! a crashed machine (only what was synced survives, torn sectors too).
 //!
-//! Invariants, checked as the run goes:
-//! (a) every host write answered at `buffered` or later survives every
+//! The seed decides the host's operations (writes, flushes, trims,
+//! checkpoints), policy and dirty-% changes, the link's loss, duplication,
+//! reordering and corruption, outages, and kills and machine crashes of
+//! either side. Invariants, checked as the run goes:
+//! (a) every host operation answered at `buffered` or later survives every
 //!     crash and is on the replica once the faults heal;
-//! (b) after every operation the remote applies, the replica equals the
-//!     host's volume after exactly that prefix of its writes;
-//! (c) the remote applies each seq once, in order;
-//! (d) a write answered at `remote-stored` is synced on the replica at the
-//!     moment of the answer;
-//! (e) with the faults healed, everything drains within a bounded time.
+//! (b) whenever the replica is marked consistent, it equals the host's
+//!     volume after exactly the prefix of operations it has applied;
+//! (c) the remote applies each seq once, in order (the applier refuses
+//!     anything else, and the simulator checks it too);
+//! (d) an operation answered at `remote-stored` is synced on the replica at
+//!     the moment of the answer;
+//! (e) with the faults healed, everything drains within a bounded time;
+//! (f) the primary's local copy equals the replica once drained, and
+//!     recovery never reports the loss of durable records (no damage is
+//!     injected: only crashes).
 //!
 //! A violation names the seed, the step, the invariant and the last events;
 //! the same seed replays the same run, which a hash of the event trace
@@ -24,24 +39,38 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use dtu::nvbuf::{MemStore, Nvbuf, NvbufConfig, NvbufError, RecordHeader, Wait};
-use dtu_proto::chunk::ChunkPlan;
-use dtu_proto::codec::{decode_chunk, encode_chunk, EncodeOptions, Key};
-use dtu_proto::frame::{self, Flush, Frame, Hello, Role, Write};
-use dtu_proto::receiver::{Apply, Inbound};
+use dtu::config::Volume;
+use dtu::nvbuf::{MemStore, Nvbuf, NvbufConfig, NvbufError, OnLoss, Recovery};
+use dtu::primary::appender::Appender;
+use dtu::primary::connect;
+use dtu::primary::ingest::{encode_jobs, encode_one, EncodeJob, EncodeSettings, Record};
+use dtu::primary::local::{release_point, LocalCopy};
+use dtu::primary::replay;
+use dtu::remote::accept::accept_primary;
+use dtu::remote::applier::Applier;
+use dtu::replica::{MemReplica, MemStateStore, OpenState, Replica, VolumeState};
+use dtu_proto::codec::{decode_chunk, Key};
+use dtu_proto::frame::{self, Checkpoint, Flush, Frame, Hello, Trim, Write};
+use dtu_proto::receiver::Inbound;
 use dtu_proto::sender::{OpKind, SenderConfig};
-use dtu_proto::{AckPolicy, ChunkId, Receiver, Sender, Seq, Trigger};
+use dtu_proto::{AckPolicy, Epoch, Receiver, Sender, Seq, Trigger};
 use dtu_sim::link::{Link, LinkConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const VOLUME: usize = 128 << 10;
 const VOLUME_ID: [u8; 16] = *b"vopr-volume-0001";
+const NVBUF: usize = 4 << 20;
 const STEP: Duration = Duration::from_millis(1);
 const CHUNK: usize = 8 << 10;
+/// How often the simulated primary syncs its local copy (the real one: 1 s).
+const LOCAL_SYNC: Duration = Duration::from_millis(5);
+/// How often the simulated remote syncs its state file (the real one: 1 s).
+const STATE_SYNC_STEPS: u64 = 250;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,11 +79,14 @@ pub struct Outcome {
     pub steps: u64,
     pub trace_hash: String,
     pub writes: u64,
+    pub trims: u64,
+    pub checkpoints: u64,
     pub acked: u64,
     pub primary_crashes: u64,
     pub remote_crashes: u64,
     pub outages: u64,
     pub nacks: u64,
+    pub local_copy: bool,
 }
 
 /// An invariant that failed.
@@ -111,24 +143,68 @@ impl Default for Options {
 enum HostOp {
     Write { offset: usize, data: Vec<u8> },
     Flush,
+    Trim { offset: usize, len: usize },
+    Checkpoint,
 }
 
-struct Primary {
+/// The volume after the operations of `history` up to and including `upto`.
+fn volume_after(history: &BTreeMap<Seq, HostOp>, upto: Seq) -> Vec<u8> {
+    let mut v = vec![0u8; VOLUME];
+    for (_, op) in history.range(..=upto) {
+        apply_op(&mut v, op);
+    }
+    v
+}
+
+fn apply_op(v: &mut [u8], op: &HostOp) {
+    match op {
+        HostOp::Write { offset, data } => v[*offset..offset + data.len()].copy_from_slice(data),
+        HostOp::Trim { offset, len } => v[*offset..offset + len].fill(0),
+        HostOp::Flush | HostOp::Checkpoint => {}
+    }
+}
+
+/// A primary DTU: dtu's primary components, driven step by step.
+struct PrimaryNode {
     nvbuf: Nvbuf<MemStore>,
     sender: Sender,
-    carried_over: Seq,
-    /// Records encoded but not yet appended (the nvbuf was full).
-    backlog: VecDeque<(RecordHeader, Bytes)>,
-    /// Host operations waiting for an answer: seq -> when.
+    appender: Appender,
+    local: Option<Arc<LocalCopy>>,
+    local_disk: Option<MemReplica>,
+    encode: EncodeSettings,
+    epoch: Epoch,
+    hello: Hello,
+    /// Chunks handed to the encode workers, not yet encoded.
+    jobs: Vec<EncodeJob>,
+    /// Host operations waiting for an answer: seq -> step submitted.
     waiting: BTreeMap<Seq, u64>,
 }
 
-struct Remote {
+/// A remote DTU: dtu's remote components, driven step by step.
+struct RemoteNode {
     receiver: Receiver,
+    applier: Applier,
+    state: Arc<Mutex<VolumeState>>,
+    replica: MemReplica,
+    state_store: MemStateStore,
+    hello: Hello,
+    /// Chunks handed to the decode workers, not yet decoded.
+    decoding: Vec<Write>,
+}
+
+/// What a crashed primary leaves on its disks.
+struct PrimaryDisks {
+    nvbuf: Vec<u8>,
+    local: Option<Vec<u8>>,
+}
+
+/// What a crashed remote leaves on its disks.
+struct RemoteDisks {
     replica: Vec<u8>,
-    applied: Seq,
-    synced: Seq,
-    epoch_seen: u32,
+    state: Vec<u8>,
+    /// The seq the replica's bytes are at (what the last sync made durable,
+    /// or everything applied if only the process died).
+    replica_at: Seq,
 }
 
 struct World {
@@ -137,19 +213,21 @@ struct World {
     opts: Options,
     step: u64,
     t0: Instant,
+    volume: Volume,
     key: Key,
     /// Everything the host issued that still exists, by seq.
     history: BTreeMap<Seq, HostOp>,
     /// The highest seq answered at `buffered` or later.
     acked_durable: Seq,
+    /// The host's volume after `expected_upto`, for invariant (b).
     expected: Vec<u8>,
     expected_upto: Seq,
-    primary: Option<Primary>,
-    remote: Option<Remote>,
-    /// The last crash image of the primary's nvbuf while it is down.
-    primary_image: Option<Vec<u8>>,
-    /// What a killed remote leaves on disk: replica, applied seq, epoch seen.
-    remote_disk: Option<(Vec<u8>, Seq, u32)>,
+    primary: Option<PrimaryNode>,
+    remote: Option<RemoteNode>,
+    primary_disks: Option<PrimaryDisks>,
+    remote_disks: Option<RemoteDisks>,
+    /// Changes on every machine crash of the remote.
+    remote_boot: u64,
     connected: bool,
     reconnect_at: u64,
     link_down_until: u64,
@@ -194,7 +272,11 @@ fn link_config(rng: &mut ChaCha8Rng) -> LinkConfig {
 fn wrap(f: &Frame) -> Vec<u8> {
     let mut b = BytesMut::new();
     f.encode(&mut b);
-    let mut v = b.to_vec();
+    wrap_bytes(&b)
+}
+
+fn wrap_bytes(frame: &[u8]) -> Vec<u8> {
+    let mut v = frame.to_vec();
     v.extend_from_slice(&crc32fast::hash(&v).to_be_bytes());
     v
 }
@@ -208,27 +290,47 @@ fn unwrap_packet(v: &[u8]) -> Option<Frame> {
     Some(f)
 }
 
+fn boot_id(n: u64) -> [u8; 36] {
+    let mut id = [b'-'; 36];
+    let s = format!("vopr-boot-{n:020}");
+    id[..s.len()].copy_from_slice(s.as_bytes());
+    id
+}
+
 impl World {
-    fn new(seed: u64, opts: Options) -> World {
+    fn new(seed: u64, opts: Options) -> Result<World, Violation> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let up = Link::new(link_config(&mut rng), rng.gen()).expect("link config");
         let down = Link::new(link_config(&mut rng), rng.gen()).expect("link config");
         let policy = random_policy(&mut rng);
+        let with_local = rng.gen_bool(0.5);
+        let key_bytes = [seed as u8; 32];
         let t0 = Instant::now();
         let mut w = World {
             seed,
             opts,
             step: 0,
             t0,
-            key: Key::from_bytes(&[seed as u8; 32]),
+            volume: Volume {
+                id: VOLUME_ID,
+                size: VOLUME as u64,
+                block_size: 4096,
+                key: Some(key_bytes),
+            },
+            key: Key::from_bytes(&key_bytes),
             history: BTreeMap::new(),
             acked_durable: 0,
             expected: vec![0; VOLUME],
             expected_upto: 0,
             primary: None,
             remote: None,
-            primary_image: None,
-            remote_disk: None,
+            primary_disks: None,
+            remote_disks: Some(RemoteDisks {
+                replica: vec![0; VOLUME],
+                state: Vec::new(),
+                replica_at: 0,
+            }),
+            remote_boot: 0,
             connected: false,
             reconnect_at: 0,
             link_down_until: 0,
@@ -243,28 +345,27 @@ impl World {
                 steps: 0,
                 trace_hash: String::new(),
                 writes: 0,
+                trims: 0,
+                checkpoints: 0,
                 acked: 0,
                 primary_crashes: 0,
                 remote_crashes: 0,
                 outages: 0,
                 nacks: 0,
+                local_copy: with_local,
             },
             rng,
         };
         let nv = Nvbuf::create_in(
-            MemStore::new(4 << 20),
-            &NvbufConfig::new(VOLUME_ID).with_size(4 << 20),
+            MemStore::new(NVBUF),
+            &NvbufConfig::new(VOLUME_ID).with_size(NVBUF as u64),
         )
         .expect("create the nvbuf");
-        w.primary = Some(w.new_primary(nv, None));
-        w.remote = Some(Remote {
-            receiver: Receiver::new(0, 0, Duration::from_millis(100), t0),
-            replica: vec![0; VOLUME],
-            applied: 0,
-            synced: 0,
-            epoch_seen: 0,
-        });
-        w
+        let local = with_local.then(|| vec![0u8; VOLUME]);
+        let p = w.new_primary(nv, Recovery::default(), local)?;
+        w.primary = Some(p);
+        w.restart_remote()?;
+        Ok(w)
     }
 
     fn now(&self) -> Instant {
@@ -298,17 +399,18 @@ impl World {
         }
     }
 
+    /// A primary over `nvbuf` as `Primary::start` builds one: the sender
+    /// with the recovered operations replayed into it, and the local copy
+    /// with the recovered records applied again.
     fn new_primary(
         &mut self,
         nvbuf: Nvbuf<MemStore>,
-        recovery: Option<dtu::nvbuf::Recovery>,
-    ) -> Primary {
+        recovery: Recovery,
+        local_image: Option<Vec<u8>>,
+    ) -> Result<PrimaryNode, Violation> {
         let now = self.now();
         let epoch = nvbuf.epoch();
-        let first = recovery
-            .as_ref()
-            .and_then(|r| r.first_seq)
-            .unwrap_or_else(|| nvbuf.next_seq());
+        let first = recovery.first_seq.unwrap_or_else(|| nvbuf.next_seq());
         let mut sender = Sender::new(
             SenderConfig {
                 policy: self.policy,
@@ -320,30 +422,37 @@ impl World {
             first,
             now,
         );
-        if let Some(r) = recovery {
-            let mut seqs: BTreeMap<Seq, (OpKind, u64)> = BTreeMap::new();
-            for (h, _) in &r.records {
-                let kind = if h.flags == 2 {
-                    OpKind::Flush
-                } else {
-                    OpKind::Write
-                };
-                let e = seqs.entry(h.seq).or_insert((kind, 0));
-                e.1 += h.length as u64;
+        replay::into_sender(&recovery, &mut sender, now)
+            .map_err(|e| self.fail("a (durability)", format!("replay into the sender: {e}")))?;
+        let carried_over = nvbuf.next_seq() - 1;
+        let (local, local_disk) = match local_image {
+            Some(img) => {
+                let disk = MemReplica::from_image(img, 1);
+                let local = Arc::new(LocalCopy::new(Arc::new(disk.clone()), carried_over));
+                replay::into_local(&recovery, &local, Some(&self.key)).map_err(|e| {
+                    self.fail("f (local copy)", format!("replay into the local copy: {e}"))
+                })?;
+                (Some(local), Some(disk))
             }
-            for (seq, (kind, bytes)) in seqs {
-                sender
-                    .recover(seq, kind, bytes, now)
-                    .expect("recovered seqs are contiguous");
-            }
-        }
-        Primary {
-            carried_over: nvbuf.next_seq() - 1,
+            None => (None, None),
+        };
+        Ok(PrimaryNode {
+            appender: Appender::new(nvbuf.next_seq()),
+            hello: connect::hello(&self.volume, epoch, carried_over, true),
+            encode: EncodeSettings {
+                key: Some(self.key.clone()),
+                compress: true,
+                chunk_size: CHUNK,
+                keep_plain: local.is_some(),
+            },
             nvbuf,
             sender,
-            backlog: VecDeque::new(),
+            local,
+            local_disk,
+            epoch,
+            jobs: Vec::new(),
             waiting: BTreeMap::new(),
-        }
+        })
     }
 
     fn faults_allowed(&self) -> bool {
@@ -356,7 +465,7 @@ impl World {
             self.step += 1;
             if self.faults_allowed() {
                 self.inject_faults()?;
-                self.host_step()?;
+                self.host_step();
             } else {
                 // Healing: everything comes back and the link is clean.
                 self.link_down_until = 0;
@@ -364,7 +473,7 @@ impl World {
                     self.restart_primary()?;
                 }
                 if self.remote.is_none() {
-                    self.restart_remote();
+                    self.restart_remote()?;
                 }
             }
             self.primary_step()?;
@@ -378,9 +487,17 @@ impl World {
         Err(self.fail(
             "e (liveness)",
             format!(
-                "not drained {} ms after the faults healed: {:?}",
+                "not drained {} ms after the faults healed: primary {:?}, appender holds {}, \
+                 remote received {:?} released {:?} applied {:?} synced {:?}, {} decoding, connected {}",
                 self.opts.heal_steps,
-                self.primary.as_ref().map(|p| p.sender.progress())
+                self.primary.as_ref().map(|p| p.sender.progress()),
+                self.primary.as_ref().map_or(0, |p| p.appender.waiting()),
+                self.remote.as_ref().map(|r| r.receiver.received_upto()),
+                self.remote.as_ref().map(|r| r.receiver.released_upto()),
+                self.remote.as_ref().map(|r| r.applier.applied()),
+                self.remote.as_ref().map(|r| r.applier.synced()),
+                self.remote.as_ref().map_or(0, |r| r.decoding.len()),
+                self.connected,
             ),
         ))
     }
@@ -389,30 +506,32 @@ impl World {
         match (&self.primary, &self.remote) {
             (Some(p), Some(r)) => {
                 let prog = p.sender.progress();
-                p.backlog.is_empty()
+                p.jobs.is_empty()
+                    && p.appender.waiting() == 0
                     && prog.remote_stored == prog.highest
-                    && r.synced == prog.highest
+                    && r.applier.synced() == prog.highest
+                    && p.local.as_ref().is_none_or(|l| l.applied() == prog.highest)
             }
             _ => false,
         }
     }
 
     fn finish(mut self) -> Result<Outcome, Violation> {
+        let last = self.history.keys().next_back().copied().unwrap_or(0);
         // (a): everything that survived is on the replica.
-        let mut want = vec![0u8; VOLUME];
-        for op in self.history.values() {
-            if let HostOp::Write { offset, data } = op {
-                want[*offset..offset + data.len()].copy_from_slice(data);
-            }
-        }
-        let replica = &self.remote.as_ref().expect("remote up").replica;
+        let want = volume_after(&self.history, last);
+        let replica = self
+            .remote
+            .as_ref()
+            .expect("remote up")
+            .replica
+            .working_image();
         if let Some(i) = replica.iter().zip(&want).position(|(a, b)| a != b) {
             return Err(self.fail(
                 "a (durability)",
                 format!("after healing, the replica differs from the host at byte {i}"),
             ));
         }
-        let last = self.history.keys().next_back().copied().unwrap_or(0);
         if last < self.acked_durable {
             return Err(self.fail(
                 "a (durability)",
@@ -420,6 +539,31 @@ impl World {
                     "seq {} was answered durable but the stream ends at {last}",
                     self.acked_durable
                 ),
+            ));
+        }
+        // (f): the local copy is the same volume.
+        if let Some(disk) = self.primary.as_ref().and_then(|p| p.local_disk.as_ref()) {
+            let local = disk.working_image();
+            if let Some(i) = local.iter().zip(&replica).position(|(a, b)| a != b) {
+                return Err(self.fail(
+                    "f (local copy)",
+                    format!(
+                        "after healing, the local copy differs from the replica at byte {i} \
+                         (local {:#04x}, replica {:#04x})",
+                        local[i], replica[i]
+                    ),
+                ));
+            }
+        }
+        let consistent = self
+            .remote
+            .as_ref()
+            .map(|r| r.state.lock().expect("state").inconsistencies())
+            .unwrap_or_default();
+        if !consistent.is_empty() {
+            return Err(self.fail(
+                "b (prefix)",
+                format!("after healing, the replica is still marked inconsistent: {consistent:?}"),
             ));
         }
         self.out.steps = self.step;
@@ -430,9 +574,11 @@ impl World {
     fn inject_faults(&mut self) -> Result<(), Violation> {
         let r: f64 = self.rng.gen();
         if r < 0.0004 && self.primary.is_some() {
-            self.crash_primary()?;
+            let machine = self.rng.gen_bool(0.5);
+            self.crash_primary(machine);
         } else if r < 0.0008 && self.remote.is_some() {
-            self.crash_remote();
+            let machine = self.rng.gen_bool(0.5);
+            self.crash_remote(machine);
         } else if r < 0.0012 && self.link_down_until <= self.step {
             let len = self.rng.gen_range(10..3000);
             self.link_down_until = self.step + len;
@@ -442,8 +588,9 @@ impl World {
             self.policy = random_policy(&mut self.rng);
             let p = self.policy;
             self.event(format!("policy {p:?}"));
+            let now = self.now();
             if let Some(pr) = &mut self.primary {
-                pr.sender.set_policy(p, self.t0 + STEP * self.step as u32);
+                pr.sender.set_policy(p, now);
             }
         } else if r < 0.003 {
             let d = self.rng.gen_range(0.0..100.0);
@@ -457,46 +604,69 @@ impl World {
             self.restart_primary()?;
         }
         if self.remote.is_none() && self.rng.gen_bool(0.01) {
-            self.restart_remote();
+            self.restart_remote()?;
         }
         Ok(())
     }
 
-    fn crash_primary(&mut self) -> Result<(), Violation> {
+    fn crash_primary(&mut self, machine: bool) {
         let p = self.primary.take().expect("primary up");
-        let torn = self.rng.gen_bool(0.5);
-        let image = {
+        let torn = machine && self.rng.gen_bool(0.5);
+        let nvbuf = {
             let store = p.nvbuf.store();
-            if torn {
+            if !machine {
+                store.working_image()
+            } else if torn {
                 store.crash_image_torn(self.rng.gen())
             } else {
                 store.crash_image()
             }
         };
+        let local = p.local_disk.as_ref().map(|d| {
+            if machine {
+                d.durable_image()
+            } else {
+                d.working_image()
+            }
+        });
         self.out.primary_crashes += 1;
         self.event(format!(
-            "primary crashes (torn: {torn}); {} host ops unanswered",
+            "primary {} (torn: {torn}); {} host ops unanswered",
+            if machine {
+                "machine crashes"
+            } else {
+                "is killed"
+            },
             p.waiting.len()
         ));
-        self.primary_image = Some(image);
+        self.primary_disks = Some(PrimaryDisks { nvbuf, local });
         self.disconnect();
-        Ok(())
     }
 
     fn restart_primary(&mut self) -> Result<(), Violation> {
-        let image = self
-            .primary_image
+        let disks = self
+            .primary_disks
             .take()
-            .expect("image of the crashed primary");
-        let (nv, rec) = match Nvbuf::open_in(MemStore::from_image(image), VOLUME_ID) {
-            Ok(x) => x,
-            Err(e) => {
-                return Err(self.fail(
-                    "a (durability)",
-                    format!("the crashed nvbuf does not reopen: {e}"),
-                ))
-            }
-        };
+            .expect("disks of the crashed primary");
+        let (nv, rec) =
+            match Nvbuf::open_in_with(MemStore::from_image(disks.nvbuf), VOLUME_ID, OnLoss::Refuse)
+            {
+                Ok(x) => x,
+                Err(NvbufError::Lost { loss, .. }) => {
+                    return Err(self.fail(
+                        "f (recovery)",
+                        format!(
+                            "recovery reports lost durable records after a plain crash: {loss}"
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    return Err(self.fail(
+                        "a (durability)",
+                        format!("the crashed nvbuf does not reopen: {e}"),
+                    ))
+                }
+            };
         let survived = nv.next_seq() - 1;
         self.event(format!(
             "primary restarts: epoch {}, recovered seqs {:?}..={:?}, next seq {}",
@@ -512,42 +682,41 @@ impl World {
                 format!("seq {} was answered at buffered or later, but the nvbuf recovered only up to {survived}", self.acked_durable),
             ));
         }
-        // Every recovered record must hold exactly what the host wrote.
+        // Every recovered record must hold exactly what the host issued.
         for (h, payload) in &rec.records {
-            let Some((Frame::Write(w), _)) = frame::decode_slice(payload, frame::DEFAULT_MAX_FRAME)
+            let f = frame::decode_slice(payload, frame::DEFAULT_MAX_FRAME)
                 .ok()
                 .flatten()
-            else {
-                continue;
-            };
-            let plain = decode_chunk(&w.chunk, w.id, w.offset, Some(&self.key)).map_err(|e| {
-                self.fail(
-                    "a (durability)",
-                    format!("recovered seq {} does not decode: {e}", h.seq),
-                )
-            })?;
-            match self.history.get(&h.seq) {
-                Some(HostOp::Write { offset, data }) => {
-                    let start = w.offset as usize - offset;
-                    if data[start..start + plain.len()] != plain[..] {
-                        return Err(self.fail(
-                            "a (durability)",
-                            format!(
-                                "recovered seq {} holds other data than the host wrote",
-                                h.seq
-                            ),
-                        ));
+                .map(|x| x.0);
+            let ok = match (f, self.history.get(&h.seq)) {
+                (Some(Frame::Write(w)), Some(HostOp::Write { offset, data })) => {
+                    match decode_chunk(&w.chunk, w.id, w.offset, Some(&self.key)) {
+                        Ok(plain) => {
+                            let start = w.offset as usize - offset;
+                            data[start..start + plain.len()] == plain[..]
+                        }
+                        Err(_) => false,
                     }
                 }
-                other => {
-                    return Err(self.fail(
-                        "a (durability)",
-                        format!("recovered seq {} is {other:?} in the host's history", h.seq),
-                    ))
+                (Some(Frame::Trim(t)), Some(HostOp::Trim { offset, len })) => {
+                    t.offset == *offset as u64 && t.length == *len as u64
                 }
+                (Some(Frame::Flush(_)), Some(HostOp::Flush)) => true,
+                (Some(Frame::Checkpoint(_)), Some(HostOp::Checkpoint)) => true,
+                _ => false,
+            };
+            if !ok {
+                return Err(self.fail(
+                    "a (durability)",
+                    format!(
+                        "recovered seq {} is not what the host issued ({:?})",
+                        h.seq,
+                        self.history.get(&h.seq)
+                    ),
+                ));
             }
         }
-        // Writes after what survived are gone; the host was never told
+        // Operations after what survived are gone; the host was never told
         // they were durable.
         self.history.split_off(&(survived + 1));
         if self.expected_upto > survived {
@@ -559,31 +728,120 @@ impl World {
                 ),
             ));
         }
-        let p = self.new_primary(nv, Some(rec));
+        let p = self.new_primary(nv, rec, disks.local)?;
         self.primary = Some(p);
         Ok(())
     }
 
-    fn crash_remote(&mut self) {
+    fn crash_remote(&mut self, machine: bool) {
         let r = self.remote.take().expect("remote up");
-        // A killed process leaves what it wrote in the page cache and its
-        // state file at the last applied seq.
-        self.remote_disk = Some((r.replica, r.applied, r.epoch_seen));
+        let (replica, state, replica_at) = if machine {
+            (
+                r.replica.durable_image(),
+                r.state_store.durable_image(),
+                r.applier.synced(),
+            )
+        } else {
+            (
+                r.replica.working_image(),
+                r.state_store.working_image(),
+                r.applier.applied(),
+            )
+        };
+        if machine {
+            self.remote_boot += 1;
+        }
         self.out.remote_crashes += 1;
-        self.event(format!("remote crashes at applied seq {}", r.applied));
+        self.event(format!(
+            "remote {} at applied seq {}, synced {}",
+            if machine {
+                "machine crashes"
+            } else {
+                "is killed"
+            },
+            r.applier.applied(),
+            r.applier.synced()
+        ));
+        self.remote_disks = Some(RemoteDisks {
+            replica,
+            state,
+            replica_at,
+        });
         self.disconnect();
     }
 
-    fn restart_remote(&mut self) {
-        let (replica, applied, epoch_seen) = self.remote_disk.take().expect("remote disk");
-        self.event(format!("remote restarts at applied seq {applied}"));
-        self.remote = Some(Remote {
-            receiver: Receiver::new(applied, epoch_seen, Duration::from_millis(100), self.now()),
+    /// Starts the remote as `Remote::start` does: its state file checked
+    /// against the replica, the applier and receiver from where it resumes.
+    fn restart_remote(&mut self) -> Result<(), Violation> {
+        let disks = self
+            .remote_disks
+            .take()
+            .expect("disks of the crashed remote");
+        let replica = MemReplica::from_image(disks.replica, 7);
+        let state_store = MemStateStore::from_image(disks.state);
+        let (state, resume) = VolumeState::open_in(
+            Box::new(state_store.clone()),
+            &replica,
+            OpenState {
+                volume_id: VOLUME_ID,
+                boot_id: boot_id(self.remote_boot),
+                adopt: false,
+                path: std::path::Path::new("sim-replica.state"),
+            },
+        )
+        .map_err(|e| {
+            self.fail(
+                "b (prefix)",
+                format!("the replica state does not reopen: {e}"),
+            )
+        })?;
+        self.event(format!(
+            "remote restarts: stored {}, inconsistent {:?}",
+            resume.stored, resume.inconsistent
+        ));
+        // The model follows the replica's bytes, which may be ahead of what
+        // the state file recorded; invariant (b) is only checked while the
+        // replica is marked consistent.
+        self.expected_upto = disks.replica_at;
+        self.expected = volume_after(&self.history, disks.replica_at);
+        if resume.inconsistent.is_empty() && disks.replica_at != resume.stored {
+            return Err(self.fail(
+                "b (prefix)",
+                format!(
+                    "the replica holds seq {} but its state says {} and claims to be consistent",
+                    disks.replica_at, resume.stored
+                ),
+            ));
+        }
+        if resume.inconsistent.is_empty() {
+            let replica_now = replica.working_image();
+            if replica_now != self.expected {
+                return Err(self.fail(
+                    "b (prefix)",
+                    format!(
+                        "the restarted replica claims consistency at seq {} but differs from the host's volume",
+                        resume.stored
+                    ),
+                ));
+            }
+        }
+        let state = Arc::new(Mutex::new(state));
+        let replica_dyn: Arc<dyn Replica> = Arc::new(replica.clone());
+        self.remote = Some(RemoteNode {
+            receiver: Receiver::new(
+                resume.stored,
+                resume.epoch_seen,
+                Duration::from_millis(100),
+                self.now(),
+            ),
+            applier: Applier::new(replica_dyn, state.clone(), resume.stored),
+            state,
+            hello: dtu::remote::hello(&self.volume, resume.epoch_seen, resume.stored),
             replica,
-            applied,
-            synced: applied,
-            epoch_seen,
+            state_store,
+            decoding: Vec::new(),
         });
+        Ok(())
     }
 
     fn disconnect(&mut self) {
@@ -601,6 +859,7 @@ impl World {
         self.reconnect_at = self.step + self.rng.gen_range(5..200);
     }
 
+    /// The handshake, with the functions the QUIC sessions use.
     fn connect_step(&mut self) -> Result<(), Violation> {
         if self.connected || self.step < self.reconnect_at || self.link_down_until > self.step {
             return Ok(());
@@ -609,125 +868,126 @@ impl World {
         let (Some(p), Some(r)) = (&mut self.primary, &mut self.remote) else {
             return Ok(());
         };
-        let hello = |role, epoch, stored_seq| Hello {
-            version: dtu_proto::PROTOCOL_VERSION,
-            role,
-            volume_id: VOLUME_ID,
-            volume_size: VOLUME as u64,
-            block_size: 4096,
-            features: 0,
-            epoch,
-            stored_seq,
-            key_fingerprint: 0,
-            flags: 0,
+        let offer = connect::offer(&p.hello, p.sender.highest_seq(), None);
+        let reply = {
+            let mut st = r.state.lock().expect("state");
+            accept_primary(&mut r.receiver, &mut st, &r.hello, &offer, now)
         };
-        let ours = hello(Role::Remote, r.epoch_seen, r.synced);
-        let theirs = hello(Role::Primary, p.sender.epoch(), p.carried_over);
-        match r.receiver.on_hello(&ours, &theirs, now) {
-            Ok(reply) => {
-                r.epoch_seen = theirs.epoch;
-                if let Err(e) = p.sender.on_connected(reply.stored_seq, now) {
-                    let detail = e.to_string();
-                    return Err(self.fail(
-                        "b (prefix)",
-                        format!("the primary refuses the remote's position: {detail}"),
-                    ));
-                }
-                self.connected = true;
-                let stored = reply.stored_seq;
-                self.event(format!("connected; remote stored through {stored}"));
-                Ok(())
-            }
+        let reply = match reply {
+            Ok(reply) => reply,
             Err(e) => {
                 let detail = e.to_string();
-                Err(self.fail(
+                return Err(self.fail(
                     "a (durability)",
                     format!("the remote refuses the restarted primary: {detail}"),
-                ))
+                ));
             }
+        };
+        let accepted = match connect::check_reply(&offer, &reply) {
+            Ok(a) => a,
+            Err(e) => {
+                let detail = e.to_string();
+                return Err(self.fail(
+                    "b (prefix)",
+                    format!("the primary refuses the remote: {detail}"),
+                ));
+            }
+        };
+        if let Err(e) = p.sender.on_connected(accepted.remote_stored, now) {
+            let detail = e.to_string();
+            return Err(self.fail(
+                "b (prefix)",
+                format!("the primary refuses the remote's position: {detail}"),
+            ));
         }
+        self.connected = true;
+        self.event(format!(
+            "connected; remote stored through {}",
+            accepted.remote_stored
+        ));
+        Ok(())
     }
 
-    fn host_step(&mut self) -> Result<(), Violation> {
+    fn host_step(&mut self) {
         let Some(p) = &mut self.primary else {
-            return Ok(());
+            return;
         };
-        if p.waiting.len() >= 8 || !p.backlog.is_empty() || !self.rng.gen_bool(0.05) {
-            return Ok(());
+        if p.waiting.len() >= 8 || p.appender.waiting() > 64 || !self.rng.gen_bool(0.05) {
+            return;
         }
         let now = self.t0 + STEP * self.step as u32;
-        let epoch = p.sender.epoch();
-        if self.rng.gen_bool(0.1) {
+        let epoch = p.epoch;
+        let pick: f64 = self.rng.gen();
+        let (seq, op, what) = if pick < 0.08 {
             let seq = p.sender.submit(OpKind::Flush, 0, now);
             let f = Frame::Flush(Flush { seq, epoch });
-            p.backlog.push_back((
-                RecordHeader {
-                    seq,
-                    epoch,
-                    offset: 0,
-                    length: 0,
-                    flags: 2,
-                    chunk_index: 0,
-                    chunk_count: 1,
-                },
-                f.to_bytes(),
-            ));
-            p.waiting.insert(seq, self.step);
-            self.history.insert(seq, HostOp::Flush);
-            self.event(format!("host flush seq {seq}"));
-            return Ok(());
-        }
-        let len = self.rng.gen_range(1..=64) * 512;
-        let offset = self.rng.gen_range(0..(VOLUME - len) / 512) * 512;
-        let fill: u8 = self.rng.gen();
-        let data: Vec<u8> = if self.rng.gen_bool(0.1) {
-            vec![0; len]
-        } else {
-            (0..len)
-                .map(|i| fill.wrapping_add((i / 97) as u8))
-                .collect()
-        };
-        let seq = p.sender.submit(OpKind::Write, len as u64, now);
-        let plan = ChunkPlan::new(offset as u64, len, CHUNK);
-        for s in plan.spans() {
-            let id = ChunkId {
-                epoch,
+            p.appender
+                .push(Record::control(OpKind::Flush, seq, epoch, 0, 0, &f))
+                .expect("a new seq");
+            (seq, HostOp::Flush, "flush".to_string())
+        } else if pick < 0.18 {
+            let len = self.rng.gen_range(1..=16) * 512;
+            let offset = self.rng.gen_range(0..(VOLUME - len) / 512) * 512;
+            let seq = p.sender.submit(OpKind::Trim, 0, now);
+            let f = Frame::Trim(Trim {
                 seq,
-                index: s.index,
-            };
-            let chunk = encode_chunk(
-                &data[s.range.clone()],
-                id,
-                s.offset,
-                &EncodeOptions {
-                    compress: true,
-                    key: Some(&self.key),
-                },
-            );
-            let f = Frame::Write(Write {
-                id,
-                count: plan.count(),
-                offset: s.offset,
-                chunk,
+                epoch,
+                offset: offset as u64,
+                length: len as u64,
             });
-            p.backlog.push_back((
-                RecordHeader {
+            p.appender
+                .push(Record::control(
+                    OpKind::Trim,
                     seq,
                     epoch,
-                    offset: s.offset,
-                    length: s.range.len() as u32,
-                    flags: 1,
-                    chunk_index: s.index,
-                    chunk_count: plan.count(),
-                },
-                f.to_bytes(),
-            ));
-        }
+                    offset as u64,
+                    len as u64,
+                    &f,
+                ))
+                .expect("a new seq");
+            self.out.trims += 1;
+            (
+                seq,
+                HostOp::Trim { offset, len },
+                format!("trim {offset}+{len}"),
+            )
+        } else if pick < 0.22 {
+            let seq = p.sender.submit(OpKind::Checkpoint, 0, now);
+            let f = Frame::Checkpoint(Checkpoint {
+                seq,
+                epoch,
+                label: format!("cp-{seq}"),
+            });
+            p.appender
+                .push(Record::control(OpKind::Checkpoint, seq, epoch, 0, 0, &f))
+                .expect("a new seq");
+            self.out.checkpoints += 1;
+            (seq, HostOp::Checkpoint, "checkpoint".to_string())
+        } else {
+            let len = self.rng.gen_range(1..=64) * 512;
+            let offset = self.rng.gen_range(0..(VOLUME - len) / 512) * 512;
+            let fill: u8 = self.rng.gen();
+            let data: Vec<u8> = if self.rng.gen_bool(0.1) {
+                vec![0; len]
+            } else {
+                (0..len)
+                    .map(|i| fill.wrapping_add((i / 97) as u8))
+                    .collect()
+            };
+            let seq = p.sender.submit(OpKind::Write, len as u64, now);
+            let bytes = Bytes::from(data.clone());
+            p.jobs
+                .extend(encode_jobs(seq, epoch, offset as u64, &bytes, CHUNK));
+            self.out.writes += 1;
+            (
+                seq,
+                HostOp::Write { offset, data },
+                format!("write {offset}+{len}"),
+            )
+        };
         p.waiting.insert(seq, self.step);
-        self.history.insert(seq, HostOp::Write { offset, data });
-        self.out.writes += 1;
-        self.event(format!("host write seq {seq} at {offset}+{len}"));
-        Ok(())
+        self.history.insert(seq, op);
+        self.event(format!("host {what} seq {seq}"));
     }
 
     fn primary_step(&mut self) -> Result<(), Violation> {
@@ -737,22 +997,36 @@ impl World {
         let Some(p) = &mut self.primary else {
             return Ok(());
         };
-        // Append what fits, then one flush for all of it (group commit).
-        let mut appended = None;
-        while let Some((h, f)) = p.backlog.front() {
-            match p.nvbuf.append(h, f, Instant::now(), Wait::No) {
-                Ok(lsn) => {
-                    appended = Some(lsn);
-                    p.backlog.pop_front();
-                }
-                Err(NvbufError::Full { .. }) => break,
-                Err(e) => panic!("seed {}: nvbuf append: {e}", self.seed),
+        // Encode workers finish in any order.
+        let finish = if p.jobs.is_empty() {
+            0
+        } else {
+            self.rng.gen_range(1..=p.jobs.len().min(4))
+        };
+        for _ in 0..finish {
+            let i = self.rng.gen_range(0..p.jobs.len());
+            let job = p.jobs.swap_remove(i);
+            let rec = encode_one(&p.encode, job);
+            if let Err(e) = p.appender.push(rec) {
+                let detail = e.to_string();
+                return Err(self.fail("c (order)", format!("appender: {detail}")));
             }
         }
-        if let Some(lsn) = appended {
-            p.nvbuf.sync_to(lsn).expect("memory store flush");
-            if let Some(d) = p.nvbuf.durable_seq() {
-                p.sender.on_buffered(d, now);
+        // The appender thread's step: append, one sync, local copy, answer.
+        let step = match p.appender.step(&p.nvbuf, p.local.as_deref(), now) {
+            Ok(s) => s,
+            Err(e) => {
+                let detail = e.to_string();
+                return Err(self.fail("a (durability)", format!("appender: {detail}")));
+            }
+        };
+        if let Some(seq) = step.buffered {
+            p.sender.on_buffered(seq, now);
+        }
+        if let Some(local) = &p.local {
+            if let Err(e) = local.sync_due(now, LOCAL_SYNC, step.blocked) {
+                let detail = e.to_string();
+                return Err(self.fail("f (local copy)", format!("local sync: {detail}")));
             }
         }
         if p.sender.poll_timeout().is_some_and(|t| t <= now) {
@@ -763,14 +1037,10 @@ impl World {
                 let records = match p.nvbuf.read_seq(seq) {
                     Ok(r) => r,
                     Err(NvbufError::NotFound { .. }) => continue,
-                    Err(e) => panic!("nvbuf read: {e}"),
+                    Err(e) => panic!("seed {}: nvbuf read: {e}", self.seed),
                 };
                 for (_, payload) in records {
-                    let f = frame::decode_slice(&payload, frame::DEFAULT_MAX_FRAME)
-                        .expect("records hold frames")
-                        .expect("whole frames")
-                        .0;
-                    let _ = self.up.send(vnow, wrap(&f));
+                    let _ = self.up.send(vnow, wrap_bytes(&payload));
                 }
                 p.sender.on_sent(seq, now);
             }
@@ -784,9 +1054,10 @@ impl World {
             p.waiting.remove(&c.seq);
             answered.push(c);
         }
-        let stored = p.sender.progress().remote_stored;
-        if stored >= p.nvbuf.first_unreleased_seq() {
-            p.nvbuf.release_through(stored);
+        // The nvbuf frees what the remote stored and the local copy synced.
+        let done = release_point(p.sender.progress().remote_stored, p.local.as_deref());
+        if done >= p.nvbuf.first_unreleased_seq() {
+            p.nvbuf.release_through(done);
         }
         for c in answered {
             self.out.acked += 1;
@@ -794,10 +1065,10 @@ impl World {
                 self.acked_durable = self.acked_durable.max(c.seq);
             }
             if c.trigger == Trigger::RemoteStored {
-                let synced = self
-                    .remote
-                    .as_ref()
-                    .map_or(self.remote_disk.as_ref().map_or(0, |d| d.1), |r| r.synced);
+                let synced = self.remote.as_ref().map_or(
+                    self.remote_disks.as_ref().map_or(0, |d| d.replica_at),
+                    |r| r.applier.synced(),
+                );
                 if synced < c.seq {
                     return Err(self.fail("d (true ack)", format!("seq {} answered at remote-stored while the replica is synced only to {synced}", c.seq)));
                 }
@@ -820,11 +1091,7 @@ impl World {
             };
             let Some(r) = &mut self.remote else { continue };
             if let Inbound::Decode(w) = r.receiver.on_frame(f, now) {
-                let res = decode_chunk(&w.chunk, w.id, w.offset, Some(&self.key));
-                if res.is_err() {
-                    self.out.nacks += 1;
-                }
-                r.receiver.on_decoded(&w, res);
+                r.decoding.push(w);
             }
         }
         while let Some(d) = self.down.poll(vnow) {
@@ -853,63 +1120,89 @@ impl World {
         let Some(r) = &mut self.remote else {
             return Ok(());
         };
+        // Decode workers finish in any order.
+        let finish = if r.decoding.is_empty() {
+            0
+        } else {
+            self.rng.gen_range(1..=r.decoding.len().min(4))
+        };
+        for _ in 0..finish {
+            let i = self.rng.gen_range(0..r.decoding.len());
+            let w = r.decoding.swap_remove(i);
+            let res = decode_chunk(&w.chunk, w.id, w.offset, Some(&self.key));
+            if res.is_err() {
+                self.out.nacks += 1;
+            }
+            r.receiver.on_decoded(&w, res);
+        }
+        // The apply thread: released operations through the applier.
         let mut applied_any = false;
         while let Some(op) = r.receiver.poll_apply() {
             let seq = op.seq();
-            // (c)
-            if seq != r.applied + 1 {
-                let applied = r.applied;
-                return Err(self.fail("c (order)", format!("applied seq {seq} after {applied}")));
+            // (c), besides the applier's own refusal.
+            if seq != r.applier.applied() + 1 {
+                let applied = r.applier.applied();
+                return Err(self.fail("c (order)", format!("released seq {seq} after {applied}")));
             }
-            if let Apply::Write { chunks, .. } = &op {
-                for (off, data) in chunks {
-                    let off = *off as usize;
-                    r.replica[off..off + data.len()].copy_from_slice(data);
-                }
+            if let Err(e) = r.applier.apply(&op) {
+                let detail = e.to_string();
+                return Err(self.fail("c (order)", format!("applier: {detail}")));
             }
-            r.applied = seq;
             r.receiver.on_applied(&op);
             applied_any = true;
             // (b): the model applies the host's op for this seq.
-            if seq != self.expected_upto + 1 {
+            if seq <= self.expected_upto {
+                // A replay after a machine crash re-applies what the
+                // replica's bytes already hold.
+            } else if seq != self.expected_upto + 1 {
                 let upto = self.expected_upto;
                 return Err(self.fail(
                     "b (prefix)",
                     format!("replica applied seq {seq}, the model is at {upto}"),
                 ));
-            }
-            match self.history.get(&seq) {
-                Some(HostOp::Write { offset, data }) => {
-                    self.expected[*offset..offset + data.len()].copy_from_slice(data)
+            } else {
+                match self.history.get(&seq) {
+                    Some(op) => apply_op(&mut self.expected, op),
+                    None => {
+                        return Err(self.fail(
+                            "b (prefix)",
+                            format!("replica applied seq {seq}, which the host never issued"),
+                        ))
+                    }
                 }
-                Some(HostOp::Flush) => {}
-                None => {
+                self.expected_upto = seq;
+            }
+            let consistent = r.state.lock().expect("state").inconsistencies().is_empty();
+            if consistent && seq >= self.expected_upto {
+                let replica = r.replica.working_image();
+                if replica != self.expected {
+                    let i = replica
+                        .iter()
+                        .zip(&self.expected)
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0);
                     return Err(self.fail(
                         "b (prefix)",
-                        format!("replica applied seq {seq}, which the host never issued"),
-                    ))
+                        format!(
+                            "after seq {seq} the replica, marked consistent, differs from the host's volume at byte {i}"
+                        ),
+                    ));
                 }
             }
-            self.expected_upto = seq;
-            if r.replica != self.expected {
-                let i = r
-                    .replica
-                    .iter()
-                    .zip(&self.expected)
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(0);
-                return Err(self.fail(
-                    "b (prefix)",
-                    format!(
-                        "after seq {seq} the replica differs from the host's volume at byte {i}"
-                    ),
-                ));
+        }
+        // One sync per batch, as the apply thread does.
+        if applied_any || self.step.is_multiple_of(4) {
+            match r.applier.sync() {
+                Ok(Some((seq, _))) => r.receiver.on_synced(seq),
+                Ok(None) => {}
+                Err(e) => {
+                    let detail = e.to_string();
+                    return Err(self.fail("d (true ack)", format!("applier sync: {detail}")));
+                }
             }
         }
-        // The applier syncs what it applied every few milliseconds.
-        if applied_any || (self.step.is_multiple_of(4) && r.synced < r.applied) {
-            r.synced = r.applied;
-            r.receiver.on_synced(r.applied);
+        if self.step.is_multiple_of(STATE_SYNC_STEPS) {
+            let _ = r.state.lock().expect("state").sync();
         }
         if r.receiver.poll_timeout().is_some_and(|t| t <= now) {
             r.receiver.handle_timeout(now);
@@ -925,7 +1218,7 @@ impl World {
 
 /// Runs one seed.
 pub fn run(seed: u64, opts: Options) -> Result<Outcome, Violation> {
-    World::new(seed, opts).run()
+    World::new(seed, opts)?.run()
 }
 
 /// A short summary line.
@@ -933,8 +1226,19 @@ pub fn summary(o: &Outcome) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "seed {}: {} steps, {} writes, {} answers, {} primary crashes, {} remote crashes, {} outages, {} nacks, trace {}",
-        o.seed, o.steps, o.writes, o.acked, o.primary_crashes, o.remote_crashes, o.outages, o.nacks, o.trace_hash
+        "seed {}: {} steps, {} writes, {} trims, {} checkpoints, {} answers, {} primary crashes, {} remote crashes, {} outages, {} nacks, local copy {}, trace {}",
+        o.seed,
+        o.steps,
+        o.writes,
+        o.trims,
+        o.checkpoints,
+        o.acked,
+        o.primary_crashes,
+        o.remote_crashes,
+        o.outages,
+        o.nacks,
+        o.local_copy,
+        o.trace_hash
     );
     s
 }
