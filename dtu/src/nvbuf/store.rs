@@ -5,6 +5,7 @@
 //! The format, ring and recovery code only ever sees the trait.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,9 @@ impl MmapStore {
             .write(true)
             .create(create)
             .truncate(false)
+            // The host's recent writes (sealed payloads, plain headers):
+            // owner only, like the keys.
+            .mode(0o600)
             .open(path)
             .map_err(io_err(path, "open"))?;
         // std's advisory lock (flock on Unix, Rust 1.89+): a second DTU, or a

@@ -21,6 +21,7 @@
 //! refuses a stale primary.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -155,6 +156,8 @@ impl VolumeState {
             .write(true)
             .create(true)
             .truncate(false)
+            // Beside the replica, owner only like it.
+            .mode(0o600)
             .open(path)
             .map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
