@@ -84,21 +84,6 @@ fn log_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::log_colour;
-    use std::ffi::OsStr;
-
-    #[test]
-    fn colour_only_on_a_terminal_without_no_color() {
-        assert!(log_colour(true, None));
-        assert!(log_colour(true, Some(OsStr::new(""))));
-        assert!(!log_colour(true, Some(OsStr::new("1"))));
-        assert!(!log_colour(false, None));
-        assert!(!log_colour(false, Some(OsStr::new(""))));
-    }
-}
-
 /// Entry point of the `dtu` binary.
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -136,5 +121,20 @@ pub fn main() -> Result<()> {
             init_tracing(if cli.log == "info" { "warn" } else { &cli.log });
             demo::run(a)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_colour;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some(OsStr::new(""))));
+        assert!(!log_colour(true, Some(OsStr::new("1"))));
+        assert!(!log_colour(false, None));
+        assert!(!log_colour(false, Some(OsStr::new(""))));
     }
 }
