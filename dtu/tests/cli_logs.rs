@@ -39,7 +39,11 @@ fn logs_to_a_file_carry_no_escape_codes() {
     ])
     .output()
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let log_path = dir.path().join("remote.log");
     let log = std::fs::File::create(&log_path).unwrap();

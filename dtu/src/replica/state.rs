@@ -21,9 +21,9 @@
 //! refuses a stale primary.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use dtu_proto::{Epoch, Seq, VolumeId};
