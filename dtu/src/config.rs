@@ -11,10 +11,30 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dtu_proto::chunk::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use dtu_proto::{AckPolicy, Trigger, VolumeId};
 use serde::{Deserialize, Serialize};
 
-use crate::units;
+use crate::transport::MAX_RTT;
+use crate::units::{self, UnitError};
+
+/// Largest volume: 1 PiB, above the largest single block devices in use.
+/// Offsets and lengths are added to the size in u64 arithmetic, so a bound
+/// far below 2^64 also keeps those sums from overflowing.
+pub const MAX_VOLUME_SIZE: u64 = 1 << 50;
+/// Largest nvbuf: 1 TiB. It is preallocated and memory-mapped; more than a
+/// terabyte of writes the remote has not stored is a misconfiguration.
+pub const MAX_NVBUF_SIZE: u64 = 1 << 40;
+/// Smallest and largest block size: the sector sizes of real disks (512 B)
+/// up to the largest page sizes (64 KiB).
+pub const MIN_BLOCK_SIZE: u32 = 512;
+pub const MAX_BLOCK_SIZE: u32 = 64 << 10;
+/// Most QUIC streams carrying writes; more lanes than this only add
+/// reordering at the remote.
+pub const MAX_LANES: usize = 64;
+/// Most encode or decode workers; more threads than this is a typo on any
+/// machine a DTU runs on.
+pub const MAX_WORKERS: usize = 256;
 
 /// Why a config file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -399,10 +419,23 @@ pub fn parse_volume_id(s: &str) -> Option<VolumeId> {
     bytes.try_into().ok()
 }
 
+/// Most bytes read from a key file: 64 hex digits and generous whitespace.
+/// A config naming a huge file (or a device) is refused after this much.
+const MAX_KEY_FILE: u64 = 4096;
+
 /// Reads a 256-bit key file (64 hex digits, whitespace ignored).
 pub fn read_key(path: &Path) -> Result<[u8; 32], String> {
-    let text = std::fs::read_to_string(path)
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_string(&mut text))
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_KEY_FILE {
+        return Err(format!(
+            "{} is longer than a key file ({MAX_KEY_FILE} bytes at most)",
+            path.display()
+        ));
+    }
     let bytes = hex::decode(text.trim())
         .map_err(|_| format!("{} does not hold hex digits", path.display()))?;
     bytes.try_into().map_err(|_| {
@@ -415,20 +448,25 @@ pub fn read_key(path: &Path) -> Result<[u8; 32], String> {
 
 fn volume(c: &Ctx<'_>, v: &VolumeSection) -> Result<Volume, ConfigError> {
     let id = parse_volume_id(&v.id).ok_or_else(|| c.err("volume.id", "must be 32 hex digits"))?;
-    let size = units::parse_bytes(&v.size).map_err(|e| c.err("volume.size", e))?;
-    if size == 0 || size % v.block_size as u64 != 0 {
+    // The block size first: the size check below divides by it.
+    if !v.block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&v.block_size)
+    {
         return Err(c.err(
-            "volume.size",
+            "volume.block_size",
             format!(
-                "{size} bytes is not a positive multiple of the {}-byte block size",
+                "{} is not a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}",
                 v.block_size
             ),
         ));
     }
-    if !v.block_size.is_power_of_two() || !(512..=65536).contains(&v.block_size) {
+    let size = volume_size(&v.size).map_err(|e| c.err("volume.size", e))?;
+    if size % v.block_size as u64 != 0 {
         return Err(c.err(
-            "volume.block_size",
-            "must be a power of two from 512 to 65536",
+            "volume.size",
+            format!(
+                "{size} bytes is not a multiple of the {}-byte block size",
+                v.block_size
+            ),
         ));
     }
     let key = match &v.key {
@@ -449,8 +487,8 @@ fn link(
     addr: &str,
     field: &'static str,
 ) -> Result<Link, ConfigError> {
-    let rate_bps = units::parse_rate(&l.rate).map_err(|e| c.err("link.rate", e))?;
-    let rtt = units::parse_duration(&l.rtt).map_err(|e| c.err("link.rtt", e))?;
+    let rate_bps = link_rate(&l.rate).map_err(|e| c.err("link.rate", e))?;
+    let rtt = link_rtt(&l.rtt).map_err(|e| c.err("link.rtt", e))?;
     let congestion = match l.congestion.as_str() {
         "bbr" => CongestionChoice::Bbr,
         "cubic" => CongestionChoice::Cubic,
@@ -462,8 +500,11 @@ fn link(
             ))
         }
     };
-    if l.lanes == 0 || l.lanes > 64 {
-        return Err(c.err("link.lanes", "must be between 1 and 64"));
+    if l.lanes == 0 || l.lanes > MAX_LANES {
+        return Err(c.err(
+            "link.lanes",
+            format!("{} is not between 1 and {MAX_LANES}", l.lanes),
+        ));
     }
     Ok(Link {
         addr: c.addr(field, addr)?,
@@ -477,14 +518,18 @@ fn link(
 
 fn pipeline(c: &Ctx<'_>, p: &PipelineSection) -> Result<Pipeline, ConfigError> {
     let chunk_size =
-        units::parse_bytes(&p.chunk_size).map_err(|e| c.err("pipeline.chunk_size", e))? as usize;
-    if !(4096..=(1 << 20)).contains(&chunk_size) {
-        return Err(c.err("pipeline.chunk_size", "must be between 4KiB and 1MiB"));
+        units::parse_bytes_within(&p.chunk_size, MIN_CHUNK_SIZE as u64, MAX_CHUNK_SIZE as u64)
+            .map_err(|e| c.err("pipeline.chunk_size", e))? as usize;
+    if p.workers > MAX_WORKERS {
+        return Err(c.err(
+            "pipeline.workers",
+            format!("{} is more than {MAX_WORKERS}", p.workers),
+        ));
     }
     let workers = if p.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
-        p.workers.min(256)
+        p.workers
     };
     Ok(Pipeline {
         workers,
@@ -493,25 +538,86 @@ fn pipeline(c: &Ctx<'_>, p: &PipelineSection) -> Result<Pipeline, ConfigError> {
     })
 }
 
-/// Parses a policy section.
-pub fn policy(p: &PolicySection) -> Result<AckPolicy, String> {
-    let trigger: Trigger = p
-        .trigger
-        .parse()
-        .map_err(|e: dtu_proto::policy::UnknownTrigger| e.to_string())?;
-    let delay = units::parse_duration(&p.delay).map_err(|e| e.to_string())?;
-    if !(0.0..=100.0).contains(&p.dirty_threshold) {
-        return Err(format!(
-            "dirty_threshold {} is not a percentage from 0 to 100",
-            p.dirty_threshold
-        ));
+/// Parses a volume size, bounded by [`MAX_VOLUME_SIZE`].
+pub fn volume_size(s: &str) -> Result<u64, UnitError> {
+    units::parse_bytes_within(s, 1, MAX_VOLUME_SIZE)
+}
+
+/// Parses an nvbuf size: at least the nvbuf's own minimum, at most
+/// [`MAX_NVBUF_SIZE`].
+pub fn nvbuf_size(s: &str) -> Result<u64, UnitError> {
+    units::parse_bytes_within(s, crate::nvbuf::format::MIN_SIZE, MAX_NVBUF_SIZE)
+}
+
+/// Parses a link rate (0 or `unlimited`: unknown), bounded by
+/// [`units::MIN_RATE_BPS`] and [`units::MAX_RATE_BPS`].
+pub fn link_rate(s: &str) -> Result<u64, UnitError> {
+    units::parse_rate(s)
+}
+
+/// Parses a link round-trip time, bounded by [`MAX_RTT`].
+pub fn link_rtt(s: &str) -> Result<Duration, UnitError> {
+    units::parse_duration_within(s, Duration::ZERO, MAX_RTT)
+}
+
+/// Parses the delay after a trigger, bounded by [`dtu_proto::policy::MAX_DELAY`].
+pub fn policy_delay(s: &str) -> Result<Duration, UnitError> {
+    units::parse_duration_within(s, Duration::ZERO, dtu_proto::policy::MAX_DELAY)
+}
+
+/// Why a policy (from a config file, flags or the control socket) cannot
+/// be used; each names the setting.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("trigger: {0}")]
+    Trigger(#[from] dtu_proto::policy::UnknownTrigger),
+    #[error("delay: {0}")]
+    Delay(UnitError),
+    #[error("dirty_threshold: {0}")]
+    DirtyThreshold(#[from] dtu_proto::policy::PolicyError),
+}
+
+impl PolicyError {
+    /// The config field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            PolicyError::Trigger(_) => "policy.trigger",
+            PolicyError::Delay(_) => "policy.delay",
+            PolicyError::DirtyThreshold(_) => "policy.dirty_threshold",
+        }
     }
-    Ok(AckPolicy {
+
+    /// The command-line flag that sets the field at fault.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            PolicyError::Trigger(_) => "--trigger",
+            PolicyError::Delay(_) => "--delay",
+            PolicyError::DirtyThreshold(_) => "--dirty-threshold",
+        }
+    }
+
+    /// What is wrong, without the setting's name.
+    pub fn detail(&self) -> String {
+        match self {
+            PolicyError::Trigger(e) => e.to_string(),
+            PolicyError::Delay(e) => e.to_string(),
+            PolicyError::DirtyThreshold(e) => e.to_string(),
+        }
+    }
+}
+
+/// Parses a policy section.
+pub fn policy(p: &PolicySection) -> Result<AckPolicy, PolicyError> {
+    let trigger: Trigger = p.trigger.parse()?;
+    let delay = policy_delay(&p.delay).map_err(PolicyError::Delay)?;
+    let policy = AckPolicy {
         trigger,
         delay,
         spoofing: p.spoofing,
         dirty_threshold: p.dirty_threshold,
-    })
+    };
+    policy.validate()?;
+    Ok(policy)
 }
 
 /// The NBD listener's TLS, parsed.
@@ -587,7 +693,7 @@ impl PrimaryConfig {
             .remote
             .as_deref()
             .ok_or_else(|| c.err("link.remote", "the primary needs the remote's address"))?;
-        let nvbuf_size = units::parse_bytes(&f.nvbuf.size).map_err(|e| c.err("nvbuf.size", e))?;
+        let nvbuf_size = nvbuf_size(&f.nvbuf.size).map_err(|e| c.err("nvbuf.size", e))?;
         Ok(PrimaryConfig {
             volume: volume(&c, &f.volume)?,
             cert: c.resolve(&f.identity.cert),
@@ -597,7 +703,7 @@ impl PrimaryConfig {
             nvbuf_path: c.resolve(&f.nvbuf.path),
             nvbuf_size,
             pipeline: pipeline(&c, &f.pipeline)?,
-            policy: policy(&f.policy).map_err(|e| c.err("policy", e))?,
+            policy: policy(&f.policy).map_err(|e| c.err(e.field(), e.detail()))?,
             nbd_tcp: f
                 .nbd
                 .tcp
@@ -736,6 +842,70 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    fn primary_err(f: &PrimaryFile) -> String {
+        PrimaryConfig::from_file(Path::new("p.toml"), f)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn block_size_zero_or_odd_is_an_error_not_a_division_by_zero() {
+        for bs in [0, 1, 3, 256, 4095, 6144, 131072, u32::MAX] {
+            let mut f = sample_primary();
+            f.volume.block_size = bs;
+            let e = primary_err(&f);
+            assert!(e.contains("volume.block_size"), "{bs}: {e}");
+        }
+    }
+
+    #[test]
+    fn absurd_numbers_are_errors_that_name_the_field() {
+        type Edit = fn(&mut PrimaryFile);
+        let cases: [(&str, Edit); 17] = [
+            ("policy.delay", |f| f.policy.delay = "1e19s".into()),
+            ("policy.delay", |f| f.policy.delay = "2h".into()),
+            ("policy.delay", |f| f.policy.delay = "-1ms".into()),
+            ("policy.delay", |f| f.policy.delay = "nan".into()),
+            ("policy.dirty_threshold", |f| {
+                f.policy.dirty_threshold = f64::NAN
+            }),
+            ("policy.dirty_threshold", |f| {
+                f.policy.dirty_threshold = f64::INFINITY
+            }),
+            ("link.rtt", |f| f.link.rtt = "1e19s".into()),
+            ("link.rtt", |f| f.link.rtt = "1h".into()),
+            ("link.rate", |f| f.link.rate = "1e30".into()),
+            ("link.rate", |f| f.link.rate = "-5M".into()),
+            ("volume.size", |f| f.volume.size = "1e30".into()),
+            ("volume.size", |f| f.volume.size = "1025TiB".into()),
+            ("nvbuf.size", |f| f.nvbuf.size = "1e30".into()),
+            ("nvbuf.size", |f| f.nvbuf.size = "4KiB".into()),
+            ("pipeline.chunk_size", |f| {
+                f.pipeline.chunk_size = "1e30".into()
+            }),
+            ("pipeline.workers", |f| f.pipeline.workers = 1 << 40),
+            ("link.lanes", |f| f.link.lanes = usize::MAX),
+        ];
+        for (field, edit) in cases {
+            let mut f = sample_primary();
+            edit(&mut f);
+            let e = primary_err(&f);
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_largest_accepted_values_are_accepted() {
+        let mut f = sample_primary();
+        f.policy.delay = units::format_duration(dtu_proto::policy::MAX_DELAY);
+        f.link.rtt = units::format_duration(crate::transport::MAX_RTT);
+        f.link.rate = "1Tbit".into();
+        f.volume.size = "1024TiB".into();
+        let c = PrimaryConfig::from_file(Path::new("p.toml"), &f).unwrap();
+        assert_eq!(c.policy.delay, dtu_proto::policy::MAX_DELAY);
+        assert_eq!(c.volume.size, MAX_VOLUME_SIZE);
     }
 
     #[test]

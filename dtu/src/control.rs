@@ -5,6 +5,10 @@
 //! The control socket is a unix socket carrying one JSON request per line
 //! and one JSON response per line, so it can also be driven with `socat`.
 //! Only the DTU's owner can reach it (the socket is created mode 0600).
+//! Requests are parsed and checked here ([`Request::parse`],
+//! [`changed_policy`]) before a DTU acts on them: a malformed line or an
+//! out-of-bounds value gets an error answer naming the field, never a
+//! panic.
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +20,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 
+use dtu_proto::frame::MAX_LABEL;
+use dtu_proto::AckPolicy;
+
+use crate::config::{policy_delay, PolicyError};
 use crate::status::Status;
+
+/// Most bytes read from one control connection; a request is a short JSON
+/// line, so a client sending more is cut off rather than buffered.
+pub const MAX_CONNECTION_BYTES: u64 = 64 << 10;
 
 /// What a client asks.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -37,6 +49,94 @@ pub enum Request {
     Checkpoint {
         label: String,
     },
+}
+
+/// Why a control request is refused before it reaches the DTU.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("not a request: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("dirty % must be between 0 and 100, not {0}")]
+    Dirty(f64),
+    #[error("checkpoint label is {0} bytes long; at most {MAX_LABEL} are kept")]
+    LabelTooLong(usize),
+}
+
+impl Request {
+    /// Parses one request line and checks what can be checked without the
+    /// DTU: field types, bounds of numbers, lengths of text.
+    pub fn parse(line: &str) -> Result<Request, RequestError> {
+        let req: Request =
+            serde_json::from_str(line).map_err(|e| RequestError::Malformed(e.to_string()))?;
+        req.check()?;
+        Ok(req)
+    }
+
+    /// The checks of [`Request::parse`] on a request built in code.
+    pub fn check(&self) -> Result<(), RequestError> {
+        match self {
+            Request::Status => Ok(()),
+            Request::SetPolicy {
+                trigger,
+                delay,
+                spoofing,
+                dirty_threshold,
+            } => {
+                changed_policy(
+                    AckPolicy::default(),
+                    trigger.as_deref(),
+                    delay.as_deref(),
+                    *spoofing,
+                    *dirty_threshold,
+                )?;
+                Ok(())
+            }
+            Request::Dirty { pct } => {
+                if (0.0..=100.0).contains(pct) {
+                    Ok(())
+                } else {
+                    Err(RequestError::Dirty(*pct))
+                }
+            }
+            Request::Checkpoint { label } => {
+                if label.len() > MAX_LABEL {
+                    Err(RequestError::LabelTooLong(label.len()))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// `current` with the fields of a [`Request::SetPolicy`] applied; absent
+/// fields stay as they are. The result is bounded like a config file's
+/// policy (delay at most [`dtu_proto::policy::MAX_DELAY`], threshold a
+/// percentage).
+pub fn changed_policy(
+    current: AckPolicy,
+    trigger: Option<&str>,
+    delay: Option<&str>,
+    spoofing: Option<bool>,
+    dirty_threshold: Option<f64>,
+) -> Result<AckPolicy, PolicyError> {
+    let mut p = current;
+    if let Some(t) = trigger {
+        p.trigger = t.parse()?;
+    }
+    if let Some(d) = delay {
+        p.delay = policy_delay(d).map_err(PolicyError::Delay)?;
+    }
+    if let Some(s) = spoofing {
+        p.spoofing = s;
+    }
+    if let Some(t) = dirty_threshold {
+        p.dirty_threshold = t;
+    }
+    p.validate()?;
+    Ok(p)
 }
 
 /// What the DTU answers.
@@ -116,9 +216,9 @@ pub async fn serve(path: PathBuf, target: Arc<dyn Controlled>) -> std::io::Resul
         let target = target.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
-            let mut lines = TokioBufReader::new(r.take(64 << 10)).lines();
+            let mut lines = TokioBufReader::new(r.take(MAX_CONNECTION_BYTES)).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let resp = match serde_json::from_str::<Request>(&line) {
+                let resp = match Request::parse(&line) {
                     Ok(req) => {
                         let t = target.clone();
                         tokio::task::spawn_blocking(move || t.handle(req))
@@ -128,7 +228,7 @@ pub async fn serve(path: PathBuf, target: Arc<dyn Controlled>) -> std::io::Resul
                             })
                     }
                     Err(e) => Response::Error {
-                        message: format!("not a request: {e}"),
+                        message: e.to_string(),
                     },
                 };
                 let mut out = serde_json::to_string(&resp).expect("responses serialize");

@@ -4,12 +4,18 @@
 //! [`nbd_requests`] feeds bytes to a live NBD connection as a client's
 //! stream and runs the pure NBD parsers over them; [`nvbuf_recovery`]
 //! recovers an nvbuf from fuzzed file bytes, raw or as targeted damage to a
-//! journal built for the occasion. Every check panics on a violation, which
-//! is what the fuzzer reports.
+//! journal built for the occasion; [`config_control`] parses config files
+//! and control-socket lines, arbitrary or valid ones with fields replaced.
+//! Every check panics on a violation, which is what the fuzzer reports.
 
+mod config;
 mod nbd;
 mod nvbuf;
 
+pub use config::{
+    config_control, mode as config_control_mode, mutate, ConfigControlRun, CONTROL_TEMPLATE,
+    PRIMARY_TEMPLATE, REMOTE_TEMPLATE,
+};
 pub use nbd::{nbd_requests, NbdSession, NBD_EXPORT_SIZE};
 pub use nvbuf::{nvbuf_recovery, NVBUF_VOLUME};
 

@@ -27,5 +27,6 @@ pub mod status;
 pub mod transport;
 pub mod workers;
 
-/// Human units (`1GiB`, `1.544Mbit`, `40ms`), shared with the link emulator.
-pub use dtu_sim::units;
+/// Human units (`1GiB`, `1.544Mbit`, `40ms`); they live in `dtu-proto`
+/// (pure code, shared with the link emulator).
+pub use dtu_proto::units;

@@ -1,4 +1,4 @@
-//! Replays the dtu fuzz corpora (dtu/fuzz/corpus/{nbd_requests,nvbuf_recovery})
+//! Replays the dtu fuzz corpora (dtu/fuzz/corpus/{nbd_requests,nvbuf_recovery,config_control})
 //! with the fuzz targets' own checks, so every seed, every input the fuzzer
 //! kept and every crash it found and we fixed runs in CI without cargo-fuzz.
 //!
@@ -8,7 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use dtu::fuzzing::{nbd_requests, nvbuf_recovery, NVBUF_VOLUME};
+use dtu::fuzzing::{
+    config_control, config_control_mode as mode, nbd_requests, nvbuf_recovery, NVBUF_VOLUME,
+};
 use dtu::nbd::ConnectionEnd;
 
 fn corpus(target: &str) -> PathBuf {
@@ -69,6 +71,29 @@ fn nvbuf_recovery_corpus_replays_cleanly() {
     assert!(
         recovering >= 8,
         "only {recovering} inputs recovered any record"
+    );
+}
+
+#[test]
+fn config_control_corpus_replays_cleanly() {
+    let files = files("config_control");
+    assert!(files.len() >= 20, "corpus has only {} files", files.len());
+    let (mut configs_ok, mut configs_refused) = (0, 0);
+    let (mut requests_ok, mut requests_refused) = (0, 0);
+    for (name, data) in &files {
+        let run = config_control(data);
+        eprintln!("{name}: {run:?}");
+        configs_ok += run.configs_ok;
+        configs_refused += run.configs_refused;
+        requests_ok += run.requests_ok;
+        requests_refused += run.requests_refused;
+    }
+    // The seeds must still reach both sides of every check, or the
+    // corpus has gone stale (a template no longer valid, say).
+    assert!(
+        configs_ok >= 2 && configs_refused >= 10 && requests_ok >= 5 && requests_refused >= 5,
+        "configs {configs_ok} accepted, {configs_refused} refused; \
+         requests {requests_ok} accepted, {requests_refused} refused"
     );
 }
 
@@ -594,6 +619,219 @@ impl Build {
     }
 }
 
+fn config_seed(m: u8, rest: &[u8]) -> Vec<u8> {
+    [&[m][..], rest].concat()
+}
+
+/// One edit of a template line: the line's position among the `key = value`
+/// lines of the template, and its new raw value (empty: remove the line).
+fn edit(line: u8, value: &str) -> Vec<u8> {
+    [&[line][..], value.as_bytes(), b"\n"].concat()
+}
+
+/// The position of `key`'s line among the template's `key = value` lines.
+fn line_of(template: &str, section: &str, key: &str) -> u8 {
+    let mut in_section = false;
+    let mut n = 0u8;
+    for l in template.lines() {
+        if l.starts_with('[') {
+            in_section = l == format!("[{section}]");
+        } else if l.contains(" = ") {
+            if in_section && l.starts_with(&format!("{key} = ")) {
+                return n;
+            }
+            n += 1;
+        }
+    }
+    panic!("{section}.{key} is not in the template");
+}
+
+fn config_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use dtu::fuzzing::{PRIMARY_TEMPLATE as P, REMOTE_TEMPLATE as R};
+    let p = |section, key, value: &str| edit(line_of(P, section, key), value);
+    let r = |section, key, value: &str| edit(line_of(R, section, key), value);
+    let primary_edits = |e: Vec<u8>| config_seed(mode::PRIMARY_EDITS, &e);
+    let remote_edits = |e: Vec<u8>| config_seed(mode::REMOTE_EDITS, &e);
+    vec![
+        (
+            "primary-valid",
+            config_seed(mode::PRIMARY_TEXT, P.as_bytes()),
+        ),
+        ("remote-valid", config_seed(mode::REMOTE_TEXT, R.as_bytes())),
+        ("primary-empty", config_seed(mode::PRIMARY_TEXT, b"")),
+        (
+            "primary-not-toml",
+            config_seed(mode::PRIMARY_TEXT, b"[volume\nid = = 3"),
+        ),
+        (
+            "primary-unknown-key",
+            config_seed(
+                mode::PRIMARY_TEXT,
+                format!("{P}[extra]\nbogus = 1\n").as_bytes(),
+            ),
+        ),
+        (
+            "primary-block-size-zero",
+            primary_edits(p("volume", "block_size", "0")),
+        ),
+        (
+            "primary-block-size-odd",
+            primary_edits(p("volume", "block_size", "6144")),
+        ),
+        (
+            "primary-block-size-negative",
+            primary_edits(p("volume", "block_size", "-4096")),
+        ),
+        (
+            "primary-size-huge",
+            primary_edits(p("volume", "size", "\"1e30\"")),
+        ),
+        (
+            "primary-size-not-multiple",
+            primary_edits(p("volume", "size", "\"1000\"")),
+        ),
+        (
+            "primary-delay-1e19s",
+            primary_edits(p("policy", "delay", "\"1e19s\"")),
+        ),
+        (
+            "primary-delay-negative",
+            primary_edits(p("policy", "delay", "\"-1ms\"")),
+        ),
+        (
+            "primary-delay-max",
+            primary_edits(p("policy", "delay", "\"60s\"")),
+        ),
+        (
+            "primary-threshold-nan",
+            primary_edits(p("policy", "dirty_threshold", "nan")),
+        ),
+        (
+            "primary-threshold-inf",
+            primary_edits(p("policy", "dirty_threshold", "inf")),
+        ),
+        (
+            "primary-trigger-unknown",
+            primary_edits(p("policy", "trigger", "\"eventually\"")),
+        ),
+        (
+            "primary-rtt-huge",
+            primary_edits(p("link", "rtt", "\"1e19s\"")),
+        ),
+        (
+            "primary-rate-huge",
+            primary_edits(p("link", "rate", "\"1e30\"")),
+        ),
+        (
+            "primary-rate-unlimited",
+            primary_edits(p("link", "rate", "\"unlimited\"")),
+        ),
+        (
+            "primary-lanes-huge",
+            primary_edits(p("link", "lanes", "18446744073709551615")),
+        ),
+        (
+            "primary-lanes-overflow",
+            primary_edits(p("link", "lanes", "18446744073709551616")),
+        ),
+        (
+            "primary-workers-huge",
+            primary_edits(p("pipeline", "workers", "1099511627776")),
+        ),
+        (
+            "primary-chunk-tiny",
+            primary_edits(p("pipeline", "chunk_size", "\"1\"")),
+        ),
+        (
+            "primary-nvbuf-tiny",
+            primary_edits(p("nvbuf", "size", "\"4KiB\"")),
+        ),
+        ("primary-no-remote", primary_edits(p("link", "remote", ""))),
+        (
+            "primary-bad-address",
+            primary_edits(p("nbd", "tcp", "\"localhost\"")),
+        ),
+        (
+            "primary-many-edits",
+            primary_edits(
+                [
+                    p("policy", "delay", "\"59.999s\""),
+                    p("policy", "trigger", "\"received\""),
+                    p("link", "rtt", "\"10s\""),
+                    p("volume", "size", "\"1024TiB\""),
+                ]
+                .concat(),
+            ),
+        ),
+        (
+            "remote-block-size-zero",
+            remote_edits(r("volume", "block_size", "0")),
+        ),
+        (
+            "remote-rtt-negative",
+            remote_edits(r("link", "rtt", "\"-5ms\"")),
+        ),
+        ("remote-no-listen", remote_edits(r("link", "listen", ""))),
+        (
+            "remote-congestion-unknown",
+            remote_edits(r("link", "congestion", "\"vegas\"")),
+        ),
+        (
+            "control-valid",
+            config_seed(
+                mode::CONTROL_LINES,
+                dtu::fuzzing::CONTROL_TEMPLATE.as_bytes(),
+            ),
+        ),
+        (
+            "control-bad-lines",
+            config_seed(
+                mode::CONTROL_LINES,
+                concat!(
+                    "{\"op\":\"set-policy\",\"delay\":\"1e19s\"}\n",
+                    "{\"op\":\"set-policy\",\"delay\":\"nan\"}\n",
+                    "{\"op\":\"set-policy\",\"dirty_threshold\":1e308}\n",
+                    "{\"op\":\"set-policy\",\"trigger\":\"later\"}\n",
+                    "{\"op\":\"dirty\",\"pct\":-1}\n",
+                    "{\"op\":\"dirty\",\"pct\":\"90\"}\n",
+                    "{\"op\":\"launch\"}\n",
+                    "not json\n",
+                    "{}\n",
+                )
+                .as_bytes(),
+            ),
+        ),
+        (
+            "control-long-label",
+            config_seed(
+                mode::CONTROL_LINES,
+                format!(
+                    "{{\"op\":\"checkpoint\",\"label\":\"{}\"}}\n",
+                    "x".repeat(300)
+                )
+                .as_bytes(),
+            ),
+        ),
+        (
+            "control-edits",
+            config_seed(
+                mode::CONTROL_EDITS,
+                &[
+                    &[1u8, 2][..],
+                    b"\"1e19s\"\n",
+                    &[3, 1],
+                    b"1e999\n",
+                    &[2, 0],
+                    b"\"set-policy\"\n",
+                    &[4, 1],
+                    b"not json\n",
+                ]
+                .concat(),
+            ),
+        ),
+    ]
+}
+
 /// Regenerates the seed files (the fuzzer's finds and regression inputs in
 /// the same directories are left alone).
 #[test]
@@ -602,6 +840,7 @@ fn write_seed_corpus() {
     for (target, seeds) in [
         ("nbd_requests", nbd_seeds()),
         ("nvbuf_recovery", nvbuf_seeds()),
+        ("config_control", config_seeds()),
     ] {
         let dir = corpus(target);
         std::fs::create_dir_all(&dir).unwrap();

@@ -13,6 +13,21 @@ use bytes::{Bytes, BytesMut};
 
 /// Chunk size unless configured otherwise.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 << 10;
+/// Smallest chunk size: one 4 KiB block. Smaller chunks only multiply the
+/// per-chunk overhead (header, checksum, seal tag, a worker hand-off).
+pub const MIN_CHUNK_SIZE: usize = 4 << 10;
+/// Largest chunk size: 1 MiB, so that several workers share even a
+/// medium-sized write; well under the codec's [`crate::codec::MAX_CHUNK`].
+pub const MAX_CHUNK_SIZE: usize = 1 << 20;
+/// Largest write the primary accepts in one piece: 32 MiB, the largest
+/// request the NBD front end takes (Linux's nbd driver and qemu send far
+/// less). Bigger host writes are refused, not split, so that one write
+/// stays one seq the remote applies whole.
+pub const MAX_WRITE_BYTES: usize = 32 << 20;
+/// Most chunks one write can have: the largest write cut at the smallest
+/// chunk size. The frame decoder refuses a larger `count`, which bounds
+/// what the remote allocates to reassemble a write.
+pub const MAX_CHUNKS_PER_WRITE: u32 = (MAX_WRITE_BYTES / MIN_CHUNK_SIZE) as u32;
 
 /// The cut of one write into chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,12 @@
 //! before trusting the body length, and the body length is checked against a
 //! configurable maximum ([`DEFAULT_MAX_FRAME`]) before a single byte of it is
 //! buffered, so a hostile or corrupt peer cannot make a reader allocate more
-//! than that. Write payloads carry their own checksum (see [`crate::codec`]).
+//! than that. Every count and length inside a body is bounded at decode too
+//! (chunk counts by [`MAX_CHUNKS_PER_WRITE`], plaintext lengths by
+//! [`MAX_CHUNK`], reads by [`MAX_READ_LEN`], labels and messages by
+//! [`MAX_LABEL`] and [`MAX_MESSAGE`]), and offset + length never overflows,
+//! so no decoded frame can make a state machine allocate or compute beyond
+//! those bounds. Write payloads carry their own checksum (see [`crate::codec`]).
 //! Decoding arbitrary bytes returns a typed [`FrameError`], never panics, and a
 //! frame that is not yet complete decodes to `Ok(None)` ("need more").
 //!
@@ -26,7 +31,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::codec::{ChunkFlags, ChunkId, EncodedChunk};
+use crate::chunk::MAX_CHUNKS_PER_WRITE;
+use crate::codec::{ChunkFlags, ChunkId, EncodedChunk, MAX_CHUNK};
 use crate::{Epoch, Seq, VolumeId, PROTOCOL_VERSION};
 
 /// `b"DTU1"`.
@@ -39,6 +45,9 @@ pub const DEFAULT_MAX_FRAME: usize = 4 << 20;
 pub const MAX_LABEL: usize = 255;
 /// Longest goodbye message, in bytes of UTF-8.
 pub const MAX_MESSAGE: usize = 1024;
+/// Longest read one [`ReadRequest`] may ask for: the most data whose
+/// [`ReadResponse`] fits a frame of [`DEFAULT_MAX_FRAME`].
+pub const MAX_READ_LEN: u32 = (DEFAULT_MAX_FRAME - READ_RESPONSE_FIXED) as u32;
 
 /// Why a byte sequence is not a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -643,6 +652,15 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
             if count == 0 || index >= count {
                 return Err(b.malformed("chunk index outside chunk count"));
             }
+            if count > MAX_CHUNKS_PER_WRITE {
+                return Err(b.malformed("more chunks than the largest write has"));
+            }
+            if plain_len as usize > MAX_CHUNK {
+                return Err(b.malformed("chunk longer than the largest chunk"));
+            }
+            if offset.checked_add(plain_len.into()).is_none() {
+                return Err(b.malformed("chunk ends past the largest offset"));
+            }
             let payload = b.rest();
             if flags.contains(ChunkFlags::ZERO)
                 && !flags.contains(ChunkFlags::SEALED)
@@ -678,6 +696,9 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 offset: b.u64()?,
                 length: b.u64()?,
             };
+            if t.offset.checked_add(t.length).is_none() {
+                return Err(b.malformed("range ends past the largest offset"));
+            }
             b.done()?;
             Frame::Trim(t)
         }
@@ -756,6 +777,12 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 length: b.u32()?,
                 after_seq: b.u64()?,
             };
+            if r.length > MAX_READ_LEN {
+                return Err(b.malformed("read longer than a response frame holds"));
+            }
+            if r.offset.checked_add(r.length.into()).is_none() {
+                return Err(b.malformed("range ends past the largest offset"));
+            }
             b.done()?;
             Frame::ReadRequest(r)
         }

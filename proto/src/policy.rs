@@ -79,6 +79,22 @@ impl FromStr for Trigger {
     }
 }
 
+/// Longest delay after the trigger: one minute. It is longer than the I/O
+/// timeout of the usual hosts (Linux SCSI and NVMe: 30 s), so a longer
+/// delay would only make the host fail its writes. The sender also clamps
+/// to it, so a policy built in code cannot push its timers past what an
+/// `Instant` holds.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// Why an [`AckPolicy`] cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("delay of {0:?} is longer than the maximum of {MAX_DELAY:?}")]
+    DelayTooLong(Duration),
+    #[error("{0} is not a percentage from 0 to 100")]
+    DirtyThreshold(f64),
+}
+
 /// The user's choice of when to answer the host.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AckPolicy {
@@ -103,6 +119,18 @@ impl Default for AckPolicy {
 }
 
 impl AckPolicy {
+    /// Checks the bounds: a delay of at most [`MAX_DELAY`] and a dirty
+    /// threshold from 0 to 100 (not NaN).
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.delay > MAX_DELAY {
+            return Err(PolicyError::DelayTooLong(self.delay));
+        }
+        if !(0.0..=100.0).contains(&self.dirty_threshold) {
+            return Err(PolicyError::DirtyThreshold(self.dirty_threshold));
+        }
+        Ok(())
+    }
+
     /// Whether spoof acks are in force given the host's last dirty report.
     pub fn spoofing_active(&self, dirty_pct: Option<f64>) -> bool {
         if !self.spoofing || !self.trigger.is_spoof() {
@@ -114,12 +142,13 @@ impl AckPolicy {
         }
     }
 
-    /// The stage that answers a write now, and the delay after it. The delay
-    /// belongs to the chosen trigger; the fallback to `remote-stored` below
-    /// the threshold answers as soon as the replica has the write.
+    /// The stage that answers a write now, and the delay after it (at most
+    /// [`MAX_DELAY`], whatever the policy says). The delay belongs to the
+    /// chosen trigger; the fallback to `remote-stored` below the threshold
+    /// answers as soon as the replica has the write.
     pub fn effective(&self, dirty_pct: Option<f64>) -> (Trigger, Duration) {
         if self.spoofing_active(dirty_pct) || self.trigger == Trigger::RemoteStored {
-            (self.trigger, self.delay)
+            (self.trigger, self.delay.min(MAX_DELAY))
         } else {
             (Trigger::RemoteStored, Duration::ZERO)
         }
@@ -165,6 +194,28 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn bounds_are_checked_and_the_effective_delay_clamped() {
+        let p = AckPolicy {
+            delay: Duration::MAX,
+            ..AckPolicy::default()
+        };
+        assert_eq!(p.validate(), Err(PolicyError::DelayTooLong(Duration::MAX)));
+        assert_eq!(p.effective(Some(100.0)), (Trigger::Buffered, MAX_DELAY));
+        let ok = AckPolicy {
+            delay: MAX_DELAY,
+            ..AckPolicy::default()
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        for t in [f64::NAN, -1.0, 100.5, f64::INFINITY] {
+            let p = AckPolicy {
+                dirty_threshold: t,
+                ..AckPolicy::default()
+            };
+            assert!(p.validate().is_err(), "{t}");
         }
     }
 

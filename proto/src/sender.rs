@@ -477,7 +477,11 @@ impl Sender {
                 let Some(reached) = op.stage_at[trigger.index()] else {
                     break;
                 };
-                let due = reached + delay;
+                // `effective` caps the delay at MAX_DELAY; checked all the
+                // same, so that no policy can make this overflow. A delay
+                // past the end of time cannot be waited for: the trigger has
+                // been reached, so the write is answered.
+                let due = reached.checked_add(delay).unwrap_or(reached);
                 if now < due {
                     self.answer_timer = Some(due);
                     break;

@@ -5,8 +5,10 @@
 use std::time::{Duration, Instant};
 
 use dtu_proto::frame::{Ack, AckKind, Frame, Nack, NackReason};
+use dtu_proto::policy::MAX_DELAY;
 use dtu_proto::sender::{Completion, OpKind, Sender, SenderConfig};
 use dtu_proto::{AckPolicy, Trigger};
+use proptest::prelude::*;
 
 fn sender(policy: AckPolicy, now: Instant) -> Sender {
     let mut s = Sender::new(
@@ -300,4 +302,69 @@ fn recovered_operations_are_resent_but_not_answered() {
     assert_eq!(s.poll_send(now), Some(11));
     assert_eq!(s.poll_send(now), Some(12));
     assert!(s.poll_completion().is_none());
+}
+
+/// Any delay, however absurd (up to `Duration::MAX`, set through
+/// `set_policy` on a live sender or given at start), answers the write at
+/// the trigger plus the delay capped at [`MAX_DELAY`]: no overflow, no
+/// write left unanswered, and later writes still answered.
+fn delay_is_capped(delay: Duration, via_set_policy: bool, nanos: u64) -> Result<(), TestCaseError> {
+    let t0 = Instant::now();
+    let policy = AckPolicy {
+        trigger: Trigger::Buffered,
+        delay,
+        dirty_threshold: 0.0,
+        ..AckPolicy::default()
+    };
+    let mut s = if via_set_policy {
+        let mut s = sender(AckPolicy::default(), t0);
+        s.set_policy(policy, t0);
+        s
+    } else {
+        sender(policy, t0)
+    };
+    let capped = delay.min(MAX_DELAY);
+    for round in 0..2u32 {
+        let t = t0 + Duration::from_nanos(nanos) + MAX_DELAY * round * 2;
+        let seq = s.submit(OpKind::Write, 4096, t);
+        s.on_buffered(seq, t);
+        let due = s.poll_timeout().expect("a timer for the delay");
+        prop_assert!(due <= t + capped, "timer at {:?}", due - t);
+        if !capped.is_zero() {
+            s.handle_timeout(t + capped - Duration::from_nanos(1));
+            prop_assert!(s.poll_completion().is_none(), "answered before the delay");
+        }
+        s.handle_timeout(t + capped);
+        let c = s
+            .poll_completion()
+            .expect("answered once the capped delay passed");
+        prop_assert_eq!(c.seq, seq);
+        prop_assert_eq!(c.latency, capped);
+    }
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn no_delay_can_poison_the_sender(
+        secs in prop_oneof![
+            Just(u64::MAX),
+            Just(u64::MAX / 2),
+            Just(60u64),
+            Just(0u64),
+            any::<u64>(),
+            0u64..120,
+        ],
+        sub in 0u32..1_000_000_000,
+        via_set_policy in any::<bool>(),
+        nanos in 0u64..1_000_000_000,
+    ) {
+        delay_is_capped(Duration::new(secs, sub), via_set_policy, nanos)?;
+    }
+}
+
+#[test]
+fn duration_max_as_delay_is_answered_after_max_delay() {
+    delay_is_capped(Duration::MAX, true, 0).unwrap();
+    delay_is_capped(Duration::MAX, false, 0).unwrap();
 }

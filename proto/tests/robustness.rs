@@ -149,3 +149,139 @@ fn a_flipped_header_bit_is_caught_by_the_header_checksum() {
         Err(FrameError::HeaderChecksum { .. })
     ));
 }
+
+// ---------------------------------------------------------------------------
+// Bounds on the counts and lengths a peer controls.
+
+use dtu_proto::chunk::{ChunkPlan, MAX_CHUNKS_PER_WRITE, MAX_WRITE_BYTES, MIN_CHUNK_SIZE};
+use dtu_proto::codec::{ChunkFlags, EncodedChunk};
+use dtu_proto::frame::{
+    ReadRequest, ReadResponse, ReadStatus, Trim, DEFAULT_MAX_FRAME, MAX_READ_LEN,
+};
+
+fn write_frame(count: u32, index: u32, plain_len: u32, offset: u64) -> Frame {
+    Frame::Write(Write {
+        id: ChunkId {
+            epoch: 1,
+            seq: 1,
+            index,
+        },
+        count,
+        offset,
+        chunk: EncodedChunk {
+            flags: ChunkFlags::empty(),
+            plain_len,
+            crc: 0,
+            key_id: 0,
+            payload: bytes::Bytes::from_static(b"data"),
+        },
+    })
+}
+
+fn decode_one(f: &Frame) -> Result<Option<(Frame, usize)>, FrameError> {
+    decode_slice(&f.to_bytes(), DEFAULT_MAX_FRAME)
+}
+
+fn is_malformed(r: Result<Option<(Frame, usize)>, FrameError>) -> bool {
+    matches!(r, Err(FrameError::Malformed { .. }))
+}
+
+#[test]
+fn chunk_count_is_bounded_by_the_largest_write() {
+    assert_eq!(
+        MAX_CHUNKS_PER_WRITE as usize,
+        MAX_WRITE_BYTES / MIN_CHUNK_SIZE
+    );
+    // The largest write cut at the smallest chunk size has exactly that
+    // many chunks, and its last chunk decodes.
+    let plan = ChunkPlan::new(0, MAX_WRITE_BYTES, MIN_CHUNK_SIZE);
+    assert_eq!(plan.count(), MAX_CHUNKS_PER_WRITE);
+    let last = write_frame(plan.count(), plan.count() - 1, 4, 0);
+    assert!(decode_one(&last).unwrap().is_some());
+    // One more, or a count a hostile peer picks to make the remote
+    // allocate a slot per chunk, is refused before anything is allocated.
+    for count in [MAX_CHUNKS_PER_WRITE + 1, 1 << 24, u32::MAX] {
+        let ((r, _), largest) = largest_alloc(|| {
+            let r = decode_one(&write_frame(count, 0, 4, 0));
+            (is_malformed(r), ())
+        });
+        assert!(r, "count {count} was accepted");
+        assert!(
+            largest < 4096,
+            "allocated {largest} bytes for count {count}"
+        );
+    }
+}
+
+#[test]
+fn chunk_lengths_and_ranges_are_bounded() {
+    assert!(is_malformed(decode_one(&write_frame(
+        1,
+        0,
+        MAX_CHUNK as u32 + 1,
+        0
+    ))));
+    assert!(decode_one(&write_frame(1, 0, MAX_CHUNK as u32, 0))
+        .unwrap()
+        .is_some());
+    assert!(is_malformed(decode_one(&write_frame(
+        1,
+        0,
+        4,
+        u64::MAX - 1
+    ))));
+    let trim = |offset, length| {
+        Frame::Trim(Trim {
+            seq: 1,
+            epoch: 1,
+            offset,
+            length,
+        })
+    };
+    assert!(is_malformed(decode_one(&trim(1, u64::MAX))));
+    assert!(decode_one(&trim(0, u64::MAX)).unwrap().is_some());
+}
+
+#[test]
+fn reads_are_bounded_by_what_one_response_frame_holds() {
+    let read = |offset, length| {
+        Frame::ReadRequest(ReadRequest {
+            id: 1,
+            offset,
+            length,
+            after_seq: 0,
+        })
+    };
+    assert!(decode_one(&read(0, MAX_READ_LEN)).unwrap().is_some());
+    assert!(is_malformed(decode_one(&read(0, MAX_READ_LEN + 1))));
+    assert!(is_malformed(decode_one(&read(0, u32::MAX))));
+    assert!(is_malformed(decode_one(&read(u64::MAX, 1))));
+    // The largest read's answer fits a default frame.
+    let answer = Frame::ReadResponse(ReadResponse {
+        id: 1,
+        status: ReadStatus::Ok,
+        data: bytes::Bytes::from(vec![7u8; MAX_READ_LEN as usize]),
+    });
+    assert!(decode_one(&answer).unwrap().is_some());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Whatever counts, lengths and offsets a Write carries, a decoded one
+    /// is within the bounds.
+    #[test]
+    fn decoded_writes_are_within_bounds(
+        count in any::<u32>(),
+        index in any::<u32>(),
+        plain_len in any::<u32>(),
+        offset in any::<u64>(),
+    ) {
+        if let Ok(Some((Frame::Write(w), _))) = decode_one(&write_frame(count, index, plain_len, offset)) {
+            prop_assert!(w.count >= 1 && w.count <= MAX_CHUNKS_PER_WRITE);
+            prop_assert!(w.id.index < w.count);
+            prop_assert!(w.chunk.plain_len as usize <= MAX_CHUNK);
+            prop_assert!(w.offset.checked_add(w.chunk.plain_len.into()).is_some());
+        }
+    }
+}

@@ -11,8 +11,9 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use dtu_proto::units;
 use dtu_sim::host::{self, HostConfig, IdleGap, OffsetPattern, RateSink, WorkloadConfig};
-use dtu_sim::{presets, units};
+use dtu_sim::presets;
 
 #[derive(Parser, Debug)]
 struct Cli {

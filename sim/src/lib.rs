@@ -11,4 +11,3 @@ pub mod link;
 pub mod plot;
 pub mod presets;
 pub mod relay;
-pub mod units;

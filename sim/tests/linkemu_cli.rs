@@ -111,7 +111,7 @@ fn signals_summaries_and_stats_json() {
     assert_eq!(rtts.len(), 5);
     // No report interval: nothing is written until asked.
     assert!(!le.stats.exists());
-    signal(&le.proc, libc::SIGUSR1);
+    signal(&le.proc, rustix::process::Signal::USR1);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !(le.stats.exists() && le.stderr_text().contains("linkemu summary")) {
         assert!(

@@ -172,19 +172,7 @@ fn a_tcp_sender_runs_only_a_little_ahead_of_a_slow_link() {
     c.set_nonblocking(true).unwrap();
     // A small send buffer, so that what the sender counts as written and
     // the link has not carried is what the relay's side holds.
-    let small: libc::c_int = 64 * 1024;
-    // SAFETY: setsockopt on a live socket we own, with a pointer to a live
-    // c_int and its exact size; the kernel only reads it.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&c),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            &small as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    rustix::net::sockopt::set_socket_send_buffer_size(&c, 64 * 1024).unwrap();
     let chunk = vec![7u8; 16384];
     let mut written = 0u64;
     let t0 = Instant::now();

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::Target;
-use crate::control::{request, Request, Response};
+use crate::control::{changed_policy, request, Request, Response};
+use dtu_proto::AckPolicy;
 
 /// `dtu status`.
 #[derive(Debug, Clone, clap::Args)]
@@ -175,6 +176,16 @@ pub fn policy(action: PolicyAction) -> Result<()> {
     {
         bail!("nothing to set: give --trigger, --delay, --spoofing or --dirty-threshold");
     }
+    // Checked here too, so the message names the flag the user typed; the
+    // DTU checks again (other clients may speak to its socket).
+    changed_policy(
+        AckPolicy::default(),
+        a.trigger.as_deref(),
+        a.delay.as_deref(),
+        a.spoofing,
+        a.dirty_threshold,
+    )
+    .map_err(|e| anyhow!("{}: {}", e.flag(), e.detail()))?;
     print_ok(ask(
         &a.target,
         Request::SetPolicy {
@@ -187,11 +198,15 @@ pub fn policy(action: PolicyAction) -> Result<()> {
 }
 
 pub fn dirty(a: DirtyArgs) -> Result<()> {
-    print_ok(ask(&a.target, Request::Dirty { pct: a.pct })?)
+    let req = Request::Dirty { pct: a.pct };
+    req.check()?;
+    print_ok(ask(&a.target, req)?)
 }
 
 pub fn checkpoint(a: CheckpointArgs) -> Result<()> {
-    print_ok(ask(&a.target, Request::Checkpoint { label: a.label })?)
+    let req = Request::Checkpoint { label: a.label };
+    req.check()?;
+    print_ok(ask(&a.target, req)?)
 }
 
 #[cfg(test)]

@@ -20,7 +20,24 @@ use crate::inproc::{preset_tuning, primary_status, PairSetup};
 use crate::primary::{HostSink, Primary};
 use crate::remote::Remote;
 use crate::status::PrimaryStatus;
-use crate::units::{format_bytes, format_duration, format_rate, parse_bytes, parse_duration};
+use crate::units::{
+    format_bytes, format_duration, format_rate, parse_bytes_within, parse_duration_within,
+};
+
+/// Longest run time, write gap and catch-up wait of a demo: a day, far past
+/// any demonstration; the times are added to the clock.
+const MAX_DEMO_TIME: Duration = Duration::from_secs(24 * 3600);
+/// Largest host burst and write cache of a demo: the host model keeps
+/// them in memory.
+const MAX_DEMO_BYTES: u64 = 1 << 30;
+
+fn demo_time(flag: &str, s: &str) -> Result<Duration> {
+    parse_duration_within(s, Duration::ZERO, MAX_DEMO_TIME).with_context(|| flag.to_string())
+}
+
+fn demo_bytes(flag: &str, s: &str) -> Result<u64> {
+    parse_bytes_within(s, 1, MAX_DEMO_BYTES).with_context(|| flag.to_string())
+}
 
 /// `dtu demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -96,8 +113,17 @@ fn hash_file(path: &Path, size: u64) -> Result<String> {
 
 pub fn run(a: DemoArgs) -> Result<()> {
     let preset = dtu_sim::presets::get(&a.preset)?;
-    let size = parse_bytes(&a.size)?;
-    let trigger: Trigger = a.trigger.parse()?;
+    let size = crate::config::volume_size(&a.size).context("--size")?;
+    let trigger: Trigger = a.trigger.parse().context("--trigger")?;
+    if !(0.0..=100.0).contains(&a.dirty_threshold) {
+        bail!(
+            "--dirty-threshold: {} is not a percentage from 0 to 100",
+            a.dirty_threshold
+        );
+    }
+    if !a.compress_ratio.is_finite() {
+        bail!("--compress-ratio: {} is not a number", a.compress_ratio);
+    }
     let dir = match &a.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("dtu-demo-{}", std::process::id())),
@@ -146,22 +172,22 @@ pub fn run(a: DemoArgs) -> Result<()> {
         a.dirty_threshold
     );
 
-    let duration = parse_duration(&a.duration)?;
+    let duration = demo_time("--duration", &a.duration)?;
     let host = HostConfig {
         scenario: format!("{} {}", preset.name, trigger),
         workload: WorkloadConfig {
             block_size: 64 << 10,
-            burst_bytes: parse_bytes(&a.burst)?,
+            burst_bytes: demo_bytes("--burst", &a.burst)?,
             burst_rate: 0,
             idle: IdleGap::Fixed {
-                gap: parse_duration(&a.gap)?,
+                gap: demo_time("--gap", &a.gap)?,
             },
             offsets: OffsetPattern::Random,
             volume_bytes: size,
             compress_ratio: a.compress_ratio.clamp(1.0, 4.0),
             seed: a.seed,
         },
-        cache_bytes: parse_bytes(&a.cache)?,
+        cache_bytes: demo_bytes("--cache", &a.cache)?,
         max_outstanding: 16,
         duration: Some(duration),
         drain: true,
@@ -186,7 +212,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     if !tty {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let catch_up = parse_duration(&a.catch_up_timeout)?;
+    let catch_up = demo_time("--catch-up-timeout", &a.catch_up_timeout)?;
     let mut last_print = Instant::now();
     let mut host_done_at = None;
     loop {

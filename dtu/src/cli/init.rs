@@ -69,14 +69,20 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
             );
         }
     }
-    crate::units::parse_bytes(&a.volume_size).context("--volume-size")?;
+    // The same bounds as when the config files are read back.
+    let volume_size = volume_size(&a.volume_size).context("--volume-size")?;
+    if volume_size % 4096 != 0 {
+        bail!("--volume-size: {volume_size} bytes is not a multiple of the 4096-byte block size");
+    }
     let nbd_addr: std::net::SocketAddr = a.nbd_tcp.parse().with_context(|| {
         format!(
             "--nbd-tcp {:?} is not an address like 127.0.0.1:10809",
             a.nbd_tcp
         )
     })?;
-    crate::units::parse_bytes(&a.nvbuf_size).context("--nvbuf-size")?;
+    nvbuf_size(&a.nvbuf_size).context("--nvbuf-size")?;
+    link_rate(&a.link_rate).context("--link-rate")?;
+    link_rtt(&a.link_rtt).context("--link-rtt")?;
 
     let primary_id = Identity::generate("dtu-primary")?;
     let remote_id = Identity::generate("dtu-remote")?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::admin::parse_on_off;
-use crate::config::{policy, NbdTlsConfig, PolicySection, PrimaryConfig, RemoteConfig};
+use crate::config::{NbdTlsConfig, PrimaryConfig, RemoteConfig};
 use crate::control::{self, Controlled};
 use crate::nbd::tls::{NbdTls, TlsMode};
 use crate::nbd::{Export, FileExport, NbdServer};
@@ -214,19 +214,14 @@ async fn serve_admin_and_nbd(
 
 pub fn primary(a: PrimaryArgs) -> Result<()> {
     let mut cfg = PrimaryConfig::load(&a.config)?;
-    let p = cfg.policy;
-    let section = PolicySection {
-        trigger: a.trigger.clone().unwrap_or_else(|| p.trigger.to_string()),
-        delay: a
-            .delay
-            .clone()
-            .unwrap_or_else(|| crate::units::format_duration(p.delay)),
-        spoofing: a.spoofing.unwrap_or(p.spoofing),
-        dirty_threshold: a.dirty_threshold.unwrap_or(p.dirty_threshold),
-    };
-    cfg.policy = policy(&section)
-        .map_err(anyhow::Error::msg)
-        .context("policy flags")?;
+    cfg.policy = control::changed_policy(
+        cfg.policy,
+        a.trigger.as_deref(),
+        a.delay.as_deref(),
+        a.spoofing,
+        a.dirty_threshold,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: {}", e.flag(), e.detail()))?;
     if let Some(l) = a.local {
         cfg.local = Some(l);
     }

@@ -981,9 +981,30 @@ mod tests {
             }
         }
 
+        /// Arbitrary bytes, half of them behind a valid magic: the header
+        /// parses exactly when the magic is IHAVEOPT, and then carries the
+        /// option and length as written, big-endian.
         #[test]
-        fn option_header_parser_never_panics(b in proptest::array::uniform16(any::<u8>())) {
-            let _ = parse_option_header(&b);
+        fn option_header_parser_reads_what_was_written(
+            bytes in proptest::array::uniform16(any::<u8>()),
+            valid_magic in any::<bool>(),
+        ) {
+            let mut b = bytes;
+            if valid_magic {
+                b[0..8].copy_from_slice(&IHAVEOPT.to_be_bytes());
+            }
+            let magic = u64::from_be_bytes(b[0..8].try_into().unwrap());
+            match parse_option_header(&b) {
+                Ok(h) => {
+                    prop_assert_eq!(magic, IHAVEOPT);
+                    prop_assert_eq!(h.option.to_be_bytes(), [b[8], b[9], b[10], b[11]]);
+                    prop_assert_eq!(h.len.to_be_bytes(), [b[12], b[13], b[14], b[15]]);
+                }
+                Err(e) => {
+                    prop_assert_ne!(magic, IHAVEOPT);
+                    prop_assert_eq!(e, WireError::OptionMagic(magic));
+                }
+            }
         }
 
         #[test]

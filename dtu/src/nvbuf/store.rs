@@ -7,6 +7,7 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -131,6 +132,9 @@ impl MmapStore {
             .write(true)
             .create(create)
             .truncate(false)
+            // The host's recent writes (sealed payloads, plain headers):
+            // owner only, like the keys.
+            .mode(0o600)
             .open(path)
             .map_err(io_err(path, "open"))?;
         // std's advisory lock (flock on Unix, Rust 1.89+): a second DTU, or a

@@ -80,6 +80,8 @@ pub struct Answer {
 pub enum PrimaryError {
     #[error("range {offset}+{len} is outside the {size}-byte volume")]
     OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error("a write of {len} bytes is larger than the largest accepted, {max} bytes")]
+    WriteTooLarge { len: usize, max: usize },
     #[error("the primary has stopped accepting writes: {0}")]
     Failed(String),
     #[error("the primary is shutting down")]
@@ -91,6 +93,9 @@ pub enum PrimaryError {
     #[error("cannot start the primary: {0}")]
     Start(String),
 }
+
+// Every write the NBD front end accepts must be one the primary accepts.
+const _: () = assert!(crate::nbd::wire::MAX_REQUEST_LEN as usize <= dtu_proto::MAX_WRITE_BYTES);
 
 /// A host operation in progress; resolves to its [`Answer`].
 #[derive(Debug)]
@@ -209,6 +214,18 @@ impl Primary {
         handle: tokio::runtime::Handle,
     ) -> Result<Primary, PrimaryError> {
         let start_err = |e: &dyn std::fmt::Display| PrimaryError::Start(e.to_string());
+        // Options filled in by an embedder get the bounds a config file has:
+        // a chunk size outside them makes writes the remote refuses.
+        let chunks = dtu_proto::MIN_CHUNK_SIZE..=dtu_proto::MAX_CHUNK_SIZE;
+        if !chunks.contains(&opts.chunk_size) {
+            return Err(start_err(&format!(
+                "chunk size {} is not between {} and {} bytes",
+                opts.chunk_size,
+                chunks.start(),
+                chunks.end()
+            )));
+        }
+        opts.policy.validate().map_err(|e| start_err(&e))?;
         let mut cfg = NvbufConfig::new(opts.volume.id).with_size(opts.nvbuf_size);
         cfg.on_loss = if opts.accept_nvbuf_loss {
             OnLoss::Salvage
@@ -272,7 +289,7 @@ impl Primary {
         let mut sender = dtu_proto::Sender::new(
             SenderConfig {
                 policy: opts.policy,
-                max_inflight_bytes: inflight_window(&opts.tuning),
+                max_inflight_bytes: opts.tuning.inflight_window(),
                 retransmit_timeout: None,
                 heartbeat_interval: Duration::from_secs(1),
             },
@@ -345,7 +362,7 @@ impl Primary {
             server_name: opts.server_name.clone(),
             hello,
             lanes: opts.lanes,
-            connect_timeout: Duration::from_secs(5).max(opts.tuning.rtt * 4),
+            connect_timeout: opts.tuning.connect_timeout(),
         };
         let tasks = vec![
             handle.spawn(session::run(core.clone(), params)),
@@ -389,6 +406,12 @@ impl Primary {
     /// (backpressure); the returned [`Pending`] resolves when the write is
     /// answered.
     pub fn write(&self, offset: u64, data: Bytes) -> Result<Pending, PrimaryError> {
+        if data.len() > dtu_proto::MAX_WRITE_BYTES {
+            return Err(PrimaryError::WriteTooLarge {
+                len: data.len(),
+                max: dtu_proto::MAX_WRITE_BYTES,
+            });
+        }
         self.check_range(offset, data.len() as u64)?;
         let len = data.len() as u64;
         let (seq, rx) = self.core.submit(OpKind::Write, len)?;
@@ -573,14 +596,6 @@ impl Drop for Primary {
     }
 }
 
-/// Payload bytes that may be sent and not yet stored: enough to fill the
-/// link for a few round trips (plus the remote's sync), bounded so the
-/// remote's reorder memory stays bounded.
-fn inflight_window(t: &LinkTuning) -> u64 {
-    let bdp = (t.rate_bps as f64 / 8.0 * t.rtt.as_secs_f64()) as u64;
-    (bdp * 4).clamp(16 << 20, 512 << 20)
-}
-
 impl From<NvbufError> for PrimaryError {
     fn from(e: NvbufError) -> Self {
         PrimaryError::Failed(e.to_string())
@@ -598,28 +613,14 @@ impl crate::control::Controlled for Primary {
                 spoofing,
                 dirty_threshold,
             } => {
-                let mut p = self.policy();
-                let mut section = crate::config::PolicySection {
-                    trigger: p.trigger.to_string(),
-                    delay: crate::units::format_duration(p.delay),
-                    spoofing: p.spoofing,
-                    dirty_threshold: p.dirty_threshold,
-                };
-                if let Some(t) = trigger {
-                    section.trigger = t;
-                }
-                if let Some(d) = delay {
-                    section.delay = d;
-                }
-                if let Some(s) = spoofing {
-                    section.spoofing = s;
-                }
-                if let Some(t) = dirty_threshold {
-                    section.dirty_threshold = t;
-                }
-                match crate::config::policy(&section) {
-                    Ok(new) => {
-                        p = new;
+                match crate::control::changed_policy(
+                    self.policy(),
+                    trigger.as_deref(),
+                    delay.as_deref(),
+                    spoofing,
+                    dirty_threshold,
+                ) {
+                    Ok(p) => {
                         self.set_policy(p);
                         Response::Ok {
                             message: format!(
@@ -631,7 +632,9 @@ impl crate::control::Controlled for Primary {
                             ),
                         }
                     }
-                    Err(message) => Response::Error { message },
+                    Err(e) => Response::Error {
+                        message: e.to_string(),
+                    },
                 }
             }
             Request::Dirty { pct } => {

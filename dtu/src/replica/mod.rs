@@ -14,6 +14,7 @@ mod state;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 pub use mem::{MemReplica, MemStateStore};
@@ -125,6 +126,8 @@ impl FileReplica {
             .write(!read_only)
             .create(!read_only)
             .truncate(false)
+            // The host's whole volume in plaintext: owner only, like the keys.
+            .mode(0o600)
             .open(path)
             .map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;

@@ -25,8 +25,9 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 pub use backoff::Backoff;
 pub use frames::{write_bytes, write_frame, FrameStream};
 pub use tuning::{
-    congestion_factory, transport_config, Congestion, LinkTuning, RECEIVE_WINDOW_FLOOR,
-    SEND_WINDOW_FLOOR, UNKNOWN_RATE_BPS, WINDOW_CAP, WINDOW_HEADROOM,
+    congestion_factory, transport_config, Congestion, LinkTuning, INFLIGHT_CAP, INFLIGHT_FLOOR,
+    MAX_KEEP_ALIVE, MAX_RTT, RECEIVE_WINDOW_FLOOR, SEND_WINDOW_FLOOR, UNKNOWN_RATE_BPS, WINDOW_CAP,
+    WINDOW_HEADROOM,
 };
 
 use crate::identity::{Fingerprint, Identity};

@@ -40,6 +40,19 @@ pub const WINDOW_CAP: u64 = 512 << 20;
 /// Link rate assumed when the user gives none (`rate = 0`): fast, so that
 /// the windows never limit a link faster than what the user wrote down.
 pub const UNKNOWN_RATE_BPS: u64 = 10_000_000_000;
+/// Longest round-trip time a link may be configured with: 10 s. A
+/// geostationary satellite hop is 600 ms and the worst bufferbloated mobile
+/// links reach a few seconds; beyond that the connection's own timers
+/// (keep-alive, idle timeout) declare the link dead anyway. Windows and
+/// timeouts are RTT multiples, so the bound also keeps them finite.
+pub const MAX_RTT: Duration = Duration::from_secs(10);
+/// Longest keep-alive interval used; quinn arms a timer this far ahead.
+pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(600);
+/// Smallest and largest in-flight window of the sender (payload bytes sent
+/// and not yet stored): the floor fills a slow link for a few round trips
+/// plus the remote's sync; the cap bounds the remote's reorder memory.
+pub const INFLIGHT_FLOOR: u64 = 16 << 20;
+pub const INFLIGHT_CAP: u64 = 512 << 20;
 /// quinn's default initial congestion window for Cubic/NewReno (10 packets
 /// of 1472 bytes, RFC 9002 §7.2); the floor of ours.
 const MIN_INITIAL_CWND: u64 = 14_720;
@@ -103,11 +116,17 @@ impl LinkTuning {
         }
     }
 
-    /// Bytes in flight needed to fill the link (rate × RTT; an RTT under
-    /// 1 ms counts as 1 ms).
+    /// The RTT windows and timers are sized from: under 1 ms counts as
+    /// 1 ms, over [`MAX_RTT`] as [`MAX_RTT`] (config files never hold more;
+    /// embedders filling [`LinkTuning`] in may).
+    pub fn sizing_rtt(&self) -> Duration {
+        self.rtt.clamp(Duration::from_millis(1), MAX_RTT)
+    }
+
+    /// Bytes in flight needed to fill the link (rate × RTT, RTT as in
+    /// [`LinkTuning::sizing_rtt`]); saturates rather than overflows.
     pub fn bdp(&self) -> u64 {
-        let rtt = self.rtt.max(Duration::from_millis(1));
-        (self.effective_rate_bps() as u128 * rtt.as_nanos() / 8 / 1_000_000_000) as u64
+        bytes_in(self.effective_rate_bps(), self.sizing_rtt())
     }
 
     /// Stream and connection receive window.
@@ -135,8 +154,31 @@ impl LinkTuning {
 
     /// The idle timeout actually used: never under three keep-alives.
     pub fn effective_idle_timeout(&self) -> Duration {
-        self.idle_timeout.max(self.keep_alive * 3)
+        self.idle_timeout
+            .max(self.keep_alive.min(MAX_KEEP_ALIVE).saturating_mul(3))
     }
+
+    /// Payload bytes the sender may have sent and not yet seen stored:
+    /// enough to fill the link for a few round trips (plus the remote's
+    /// sync), within [`INFLIGHT_FLOOR`]..=[`INFLIGHT_CAP`]. An unknown rate
+    /// (0) gets the floor.
+    pub fn inflight_window(&self) -> u64 {
+        bytes_in(self.rate_bps, self.rtt.min(MAX_RTT))
+            .saturating_mul(WINDOW_HEADROOM)
+            .clamp(INFLIGHT_FLOOR, INFLIGHT_CAP)
+    }
+
+    /// How long the primary waits for a connection: four round trips, at
+    /// least 5 s.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(5).max(self.rtt.min(MAX_RTT) * 4)
+    }
+}
+
+/// Bytes a link of `rate_bps` carries in `span`, saturating at u64::MAX.
+fn bytes_in(rate_bps: u64, span: Duration) -> u64 {
+    let bytes = (rate_bps as u128).saturating_mul(span.as_nanos()) / 8 / 1_000_000_000;
+    u64::try_from(bytes).unwrap_or(u64::MAX)
 }
 
 /// QUIC transport parameters for a link, used by both sides.
@@ -151,12 +193,12 @@ pub fn transport_config(t: &LinkTuning) -> TransportConfig {
     c.send_window(t.send_window());
     // The default (333 ms) makes the first loss timers far too slow on a
     // LAN and too fast on a satellite hop.
-    c.initial_rtt(t.rtt.max(Duration::from_millis(1)));
+    c.initial_rtt(t.sizing_rtt());
     // Lanes are long-lived uni streams and reads are short bidi streams;
     // 256 of each leaves room for many lanes and deep read queues.
     c.max_concurrent_uni_streams(VarInt::from_u32(256));
     c.max_concurrent_bidi_streams(VarInt::from_u32(256));
-    c.keep_alive_interval(Some(t.keep_alive));
+    c.keep_alive_interval(Some(t.keep_alive.min(MAX_KEEP_ALIVE)));
     let idle = IdleTimeout::try_from(t.effective_idle_timeout())
         .unwrap_or_else(|_| IdleTimeout::from(VarInt::MAX));
     c.max_idle_timeout(Some(idle));
@@ -289,5 +331,56 @@ mod tests {
         ] {
             assert!(dbg.contains(field), "{field} missing in {dbg}");
         }
+    }
+
+    #[test]
+    fn extreme_links_neither_overflow_nor_panic() {
+        let extremes = [
+            (u64::MAX, Duration::MAX),
+            (u64::MAX, Duration::ZERO),
+            (0, Duration::MAX),
+            (1, Duration::from_nanos(1)),
+            (u64::MAX, MAX_RTT),
+        ];
+        for (rate_bps, rtt) in extremes {
+            let t = LinkTuning {
+                rate_bps,
+                rtt,
+                keep_alive: Duration::MAX,
+                idle_timeout: Duration::MAX,
+                ..LinkTuning::default()
+            };
+            assert!(t.sizing_rtt() <= MAX_RTT);
+            assert!((RECEIVE_WINDOW_FLOOR..=WINDOW_CAP).contains(&t.receive_window()));
+            assert!((SEND_WINDOW_FLOOR..=WINDOW_CAP).contains(&t.send_window()));
+            assert!((INFLIGHT_FLOOR..=INFLIGHT_CAP).contains(&t.inflight_window()));
+            assert!((MIN_INITIAL_CWND..=MAX_INITIAL_CWND).contains(&t.initial_cwnd()));
+            assert!(t.connect_timeout() <= MAX_RTT * 4);
+            assert_eq!(t.effective_idle_timeout(), Duration::MAX);
+            let _ = transport_config(&t);
+        }
+        let huge = LinkTuning {
+            rate_bps: u64::MAX,
+            rtt: Duration::MAX,
+            ..LinkTuning::default()
+        };
+        assert_eq!(huge.bdp(), bytes_in(u64::MAX, MAX_RTT));
+        assert_eq!(huge.inflight_window(), INFLIGHT_CAP);
+    }
+
+    #[test]
+    fn inflight_window_follows_the_link() {
+        // 1 Gbit/s × 80 ms = 10 MB; four of them.
+        assert_eq!(link(1_000_000_000, 80).inflight_window(), 40_000_000);
+        assert_eq!(link(1_544_000, 20).inflight_window(), INFLIGHT_FLOOR);
+        assert_eq!(link(0, 20).inflight_window(), INFLIGHT_FLOOR);
+        assert_eq!(
+            link(1_000_000_000, 80).connect_timeout(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            link(1_000_000_000, 2000).connect_timeout(),
+            Duration::from_secs(8)
+        );
     }
 }

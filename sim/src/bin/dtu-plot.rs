@@ -6,9 +6,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
 
+use dtu_proto::units;
 use dtu_sim::host::TimeSeries;
 use dtu_sim::plot::{write_png, write_svg, PlotOptions};
-use dtu_sim::units;
 
 #[derive(Parser, Debug)]
 #[command(

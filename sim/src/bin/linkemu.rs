@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dtu_proto::units;
 use dtu_sim::link::LinkOverrides;
 use dtu_sim::presets;
 use dtu_sim::relay::{format_interval, format_summary, Relay, RelayConfig, RelayStats};
-use dtu_sim::units;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -219,12 +219,18 @@ fn main() -> Result<()> {
     };
     let (both, up, down) = overrides(&cli)?;
     let link = presets::build(cli.preset.as_deref(), &both, &up, &down)?;
-    let report_every = units::parse_duration(&cli.report_interval)?;
+    let report_every = units::parse_duration_within(
+        &cli.report_interval,
+        Duration::ZERO,
+        dtu_sim::link::MAX_SCHEDULE,
+    )
+    .context("--report-interval")?;
     let duration = cli
         .duration
         .as_deref()
-        .map(units::parse_duration)
-        .transpose()?;
+        .map(|d| units::parse_duration_within(d, Duration::ZERO, dtu_sim::link::MAX_SCHEDULE))
+        .transpose()
+        .context("--duration")?;
     let mut cfg = RelayConfig::new(listen, forward, link);
     cfg.seed = cli.seed;
     cfg.udp_overhead = cli.udp_overhead;
@@ -232,7 +238,9 @@ fn main() -> Result<()> {
     cfg.tcp_segment = cli.tcp_segment;
     cfg.udp = !cli.no_udp;
     cfg.tcp = !cli.no_tcp;
-    cfg.spin = units::parse_duration(&cli.spin)?;
+    // Spinning burns a core; more than a few milliseconds of it is a typo.
+    cfg.spin = units::parse_duration_within(&cli.spin, Duration::ZERO, Duration::from_millis(10))
+        .context("--spin")?;
     if !cfg.udp && !cfg.tcp {
         bail!("--no-udp and --no-tcp together leave nothing to relay");
     }

@@ -1,79 +1,36 @@
-//! Zipf-distributed ranks in `1..=n` without a table, by rejection-inversion
-//! (W. Hörmann and G. Derflinger, "Rejection-inversion to generate variates
-//! from monotone discrete distributions", 1996): constant memory and
-//! expected O(1) time for any `n`, so hot spots on a terabyte volume cost
-//! no more than on a megabyte one.
+//! Zipf-distributed ranks in `1..=n`: the host model's hot spots. The
+//! sampling is `rand_distr`'s (rejection sampling with constant memory and
+//! expected O(1) time for any `n`, so hot spots on a terabyte volume cost no
+//! more than on a megabyte one); this wrapper gives it the model's integer
+//! ranks and its tolerance of odd parameters.
 
 use rand::Rng;
+use rand_distr::Distribution;
 
 /// Samples rank `k` with probability proportional to `1 / k^s`.
 #[derive(Debug, Clone)]
 pub struct Zipf {
     n: u64,
-    s: f64,
-    h_x1: f64,
-    h_n: f64,
-    cut: f64,
-}
-
-fn helper1(x: f64) -> f64 {
-    if x.abs() > 1e-8 {
-        x.ln_1p() / x
-    } else {
-        1.0 - x * (0.5 - x * (1.0 / 3.0 - 0.25 * x))
-    }
-}
-
-fn helper2(x: f64) -> f64 {
-    if x.abs() > 1e-8 {
-        x.exp_m1() / x
-    } else {
-        1.0 + x * 0.5 * (1.0 + x / 3.0 * (1.0 + 0.25 * x))
-    }
+    dist: rand_distr::Zipf<f64>,
 }
 
 impl Zipf {
-    /// `n` ≥ 1 elements, exponent `s` > 0.
+    /// `n` elements (at least 1), exponent `s` (0 is uniform; a negative or
+    /// NaN exponent counts as 0, as a workload file cannot ask for a
+    /// distribution that favours the last block).
     pub fn new(n: u64, s: f64) -> Self {
         let n = n.max(1);
-        let s = if s > 0.0 { s } else { 1e-9 };
-        let mut z = Zipf {
-            n,
-            s,
-            h_x1: 0.0,
-            h_n: 0.0,
-            cut: 0.0,
-        };
-        z.h_x1 = z.h_integral(1.5) - 1.0;
-        z.h_n = z.h_integral(n as f64 + 0.5);
-        z.cut = 2.0 - z.h_integral_inv(z.h_integral(2.5) - z.h(2.0));
-        z
-    }
-
-    fn h(&self, x: f64) -> f64 {
-        (-self.s * x.ln()).exp()
-    }
-
-    fn h_integral(&self, x: f64) -> f64 {
-        let lx = x.ln();
-        helper2((1.0 - self.s) * lx) * lx
-    }
-
-    fn h_integral_inv(&self, x: f64) -> f64 {
-        let t = (x * (1.0 - self.s)).max(-1.0);
-        (helper1(t) * x).exp()
+        let s = if s > 0.0 { s } else { 0.0 };
+        let s = if s.is_finite() { s } else { 1e9 };
+        let dist = rand_distr::Zipf::new(n, s).expect("n >= 1 and a finite s >= 0");
+        Zipf { n, dist }
     }
 
     /// A rank in `1..=n`; rank 1 is the most frequent.
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> u64 {
-        loop {
-            let u = self.h_n + rng.gen::<f64>() * (self.h_x1 - self.h_n);
-            let x = self.h_integral_inv(u);
-            let k = ((x + 0.5) as u64).clamp(1, self.n);
-            if k as f64 - x <= self.cut || u >= self.h_integral(k as f64 + 0.5) - self.h(k as f64) {
-                return k;
-            }
-        }
+        // The float sample is integral and in [1, n]; the clamp only guards
+        // the rounding of an `n` above 2^53.
+        (self.dist.sample(rng) as u64).clamp(1, self.n)
     }
 }
 
@@ -109,6 +66,7 @@ mod tests {
         check(1000, 1.0);
         check(1000, 0.8);
         check(50, 1.5);
+        check(20, 0.0);
     }
 
     #[test]
@@ -118,5 +76,22 @@ mod tests {
         // P(1) = 1 / sum(k^-1.1, k = 1..2^40) ≈ 1 / 9.95.
         let ones = (0..10_000).filter(|_| z.sample(&mut rng) == 1).count();
         assert!((850..1160).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn odd_parameters_still_sample_in_range() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for (n, s) in [
+            (0, 1.0),
+            (1, 1.0),
+            (10, -3.0),
+            (10, f64::NAN),
+            (10, f64::INFINITY),
+        ] {
+            let z = Zipf::new(n, s);
+            for _ in 0..100 {
+                assert!((1..=n.max(1)).contains(&z.sample(&mut rng)));
+            }
+        }
     }
 }

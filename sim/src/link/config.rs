@@ -2,14 +2,14 @@
 //! their defaults, validation, and the flag-by-flag overrides
 //! ([`LinkOverrides`]) that the CLI and the presets apply on top of them.
 //! Values are plain numbers here (bit/s, seconds as `Duration`, fractions);
-//! [`crate::units`] turns human text into them.
+//! [`dtu_proto::units`] turns human text into them.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use super::loss::GilbertElliott;
 use super::outage::Outage;
-use crate::units::{self, UnitError};
+use dtu_proto::units::{self, UnitError};
 
 /// A configuration that makes no sense; the message names the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -23,6 +23,18 @@ pub enum ConfigError {
     #[error("`{0}` should be KEY=VALUE")]
     NotKeyValue(String),
 }
+
+/// Longest one-way delay, jitter and reorder delay. A geostationary
+/// satellite hop is 270 ms one way; beyond some seconds a link is down,
+/// which outages model. The relay holds every packet in flight that long,
+/// so this also bounds its memory.
+pub const MAX_LINK_DELAY: Duration = Duration::from_secs(30);
+/// Largest queue limit a user can set (the relay keeps queued packets in
+/// memory); models built in code may use more to mean "no drops".
+pub const MAX_QUEUE_BYTES: u64 = 1 << 30;
+/// Largest per-packet overhead: more header bytes than a whole Ethernet
+/// frame's payload is a typo.
+pub const MAX_OVERHEAD_BYTES: u64 = 1500;
 
 /// Smallest default queue: eight full-size (1500-byte) packets, so that even
 /// a slow link absorbs a small burst.
@@ -114,9 +126,11 @@ impl LinkConfig {
         if self.rate_bps == 0 {
             return u64::MAX;
         }
-        let span = (self.delay * 2).max(MIN_DEFAULT_QUEUE_TIME);
-        let bdp = (self.rate_bps as u128 * span.as_nanos() / 8 / 1_000_000_000) as u64;
-        bdp.max(MIN_DEFAULT_QUEUE_BYTES)
+        let span = self.delay.saturating_mul(2).max(MIN_DEFAULT_QUEUE_TIME);
+        let bdp = (self.rate_bps as u128).saturating_mul(span.as_nanos()) / 8 / 1_000_000_000;
+        u64::try_from(bdp)
+            .unwrap_or(u64::MAX)
+            .max(MIN_DEFAULT_QUEUE_BYTES)
     }
 
     /// The queue limit in force.
@@ -160,6 +174,42 @@ impl LinkConfig {
                 })
             }
         };
+        let delay = |field: &'static str, d: Duration| {
+            if d <= MAX_LINK_DELAY {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    field,
+                    msg: format!(
+                        "{} is longer than the maximum of {}",
+                        units::format_duration(d),
+                        units::format_duration(MAX_LINK_DELAY)
+                    ),
+                })
+            }
+        };
+        delay("delay", self.delay)?;
+        delay("jitter", self.jitter)?;
+        delay("reorder-delay", self.reorder_delay)?;
+        if self.rate_bps > units::MAX_RATE_BPS {
+            return Err(ConfigError::Invalid {
+                field: "rate",
+                msg: format!(
+                    "{} is faster than the maximum of {}",
+                    units::format_rate(self.rate_bps),
+                    units::format_rate(units::MAX_RATE_BPS)
+                ),
+            });
+        }
+        if u64::from(self.overhead_bytes) > MAX_OVERHEAD_BYTES {
+            return Err(ConfigError::Invalid {
+                field: "overhead",
+                msg: format!(
+                    "{} bytes is more than {MAX_OVERHEAD_BYTES}",
+                    self.overhead_bytes
+                ),
+            });
+        }
         prob("loss", self.loss)?;
         prob("duplicate", self.duplicate)?;
         prob("reorder", self.reorder)?;
@@ -282,31 +332,46 @@ impl LinkOverrides {
     ];
 
     /// Sets one field from its textual form, e.g. `("rate", "1.544M")`.
+    /// Every error names the key.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        match key {
-            "rate" => self.rate_bps = Some(units::parse_rate(value)?),
+        let field = match Self::KEYS.iter().copied().find(|k| *k == key) {
+            Some(k) => k,
+            None => match key {
+                "burst" => "loss-burst",
+                "gilbert-elliott" => "ge",
+                "dup" => "duplicate",
+                _ => return Err(ConfigError::UnknownKey(key.to_string())),
+            },
+        };
+        let named = |e: UnitError| ConfigError::Invalid {
+            field,
+            msg: e.to_string(),
+        };
+        let delay = |v: &str| units::parse_duration_within(v, Duration::ZERO, MAX_LINK_DELAY);
+        match field {
+            "rate" => self.rate_bps = Some(units::parse_rate(value).map_err(named)?),
             "overhead" => {
-                let b = units::parse_bytes(value)?;
-                self.overhead_bytes = Some(u32::try_from(b).map_err(|_| ConfigError::Invalid {
-                    field: "overhead",
-                    msg: "too large".into(),
-                })?)
+                let b = units::parse_bytes_within(value, 0, MAX_OVERHEAD_BYTES).map_err(named)?;
+                self.overhead_bytes = Some(b as u32);
             }
-            "delay" => self.delay = Some(units::parse_duration(value)?),
-            "jitter" => self.jitter = Some(units::parse_duration(value)?),
-            "queue" => self.queue_bytes = Some(units::parse_bytes(value)?),
-            "loss" => self.loss = Some(units::parse_probability(value)?),
-            "loss-burst" | "burst" => {
+            "delay" => self.delay = Some(delay(value).map_err(named)?),
+            "jitter" => self.jitter = Some(delay(value).map_err(named)?),
+            "queue" => {
+                self.queue_bytes =
+                    Some(units::parse_bytes_within(value, 1, MAX_QUEUE_BYTES).map_err(named)?)
+            }
+            "loss" => self.loss = Some(units::parse_probability(value).map_err(named)?),
+            "loss-burst" => {
                 self.loss_burst = Some(value.trim().parse().map_err(|_| ConfigError::Invalid {
                     field: "loss-burst",
                     msg: format!("`{value}` is not a number of packets"),
                 })?)
             }
-            "ge" | "gilbert-elliott" => self.gilbert_elliott = Some(value.parse()?),
-            "duplicate" | "dup" => self.duplicate = Some(units::parse_probability(value)?),
-            "reorder" => self.reorder = Some(units::parse_probability(value)?),
-            "reorder-delay" => self.reorder_delay = Some(units::parse_duration(value)?),
-            "corrupt" => self.corrupt = Some(units::parse_probability(value)?),
+            "ge" => self.gilbert_elliott = Some(value.parse()?),
+            "duplicate" => self.duplicate = Some(units::parse_probability(value).map_err(named)?),
+            "reorder" => self.reorder = Some(units::parse_probability(value).map_err(named)?),
+            "reorder-delay" => self.reorder_delay = Some(delay(value).map_err(named)?),
+            "corrupt" => self.corrupt = Some(units::parse_probability(value).map_err(named)?),
             "outage" => self.outages.push(value.parse()?),
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         }
@@ -436,5 +501,37 @@ mod tests {
         assert!(c.validate().is_err());
         c.loss_burst = Some(4.0);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn absurd_values_are_errors_that_name_the_key() {
+        for (key, value) in [
+            ("delay", "1e19s"),
+            ("delay", "31s"),
+            ("jitter", "-1ms"),
+            ("reorder-delay", "nan"),
+            ("rate", "1e30"),
+            ("rate", "10Tbit"),
+            ("queue", "0"),
+            ("queue", "2GiB"),
+            ("overhead", "1e12"),
+        ] {
+            let e = LinkOverrides::default()
+                .set(key, value)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{key}={value}: {e}");
+        }
+        let c = LinkConfig {
+            delay: Duration::MAX,
+            ..LinkConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = LinkConfig {
+            rate_bps: u64::MAX,
+            delay: Duration::MAX,
+            ..LinkConfig::default()
+        };
+        assert_eq!(c.default_queue_bytes(), u64::MAX);
     }
 }

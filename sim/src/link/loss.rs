@@ -12,7 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::config::ConfigError;
-use crate::units;
+use dtu_proto::units;
 
 /// Parameters of the Gilbert–Elliott model (all probabilities in [0, 1]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

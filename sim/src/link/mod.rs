@@ -15,12 +15,12 @@ mod outage;
 mod stats;
 
 pub use config::{
-    ConfigError, LinkConfig, LinkOverrides, LossModel, MIN_DEFAULT_QUEUE_BYTES,
-    MIN_DEFAULT_QUEUE_TIME,
+    ConfigError, LinkConfig, LinkOverrides, LossModel, MAX_LINK_DELAY, MAX_OVERHEAD_BYTES,
+    MAX_QUEUE_BYTES, MIN_DEFAULT_QUEUE_BYTES, MIN_DEFAULT_QUEUE_TIME,
 };
 pub use loss::GilbertElliott;
 pub use model::{Delivery, Link, Verdict};
-pub use outage::Outage;
+pub use outage::{Outage, MAX_SCHEDULE};
 pub use stats::{DelayStats, DropCause, LinkStats};
 
 use serde::{Deserialize, Serialize};

@@ -10,7 +10,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::config::ConfigError;
-use crate::units;
+use dtu_proto::units;
+
+/// Latest start, longest outage and longest period: 30 days, past any
+/// test or soak run. Outage times are added to each other and to the
+/// link's clock, so a bound keeps those sums far from overflowing.
+pub const MAX_SCHEDULE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// One (possibly repeating) outage window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +52,20 @@ impl Outage {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let longest = [Some(self.start), Some(self.duration), self.every]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or_default();
+        if longest > MAX_SCHEDULE {
+            return Err(ConfigError::Invalid {
+                field: "outage",
+                msg: format!(
+                    "{self}: times must be at most {}",
+                    units::format_duration(MAX_SCHEDULE)
+                ),
+            });
+        }
         if self.duration.is_zero() {
             return Err(ConfigError::Invalid {
                 field: "outage",
@@ -71,7 +90,7 @@ impl fmt::Display for Outage {
             f,
             "{}..{}",
             units::format_duration(self.start),
-            units::format_duration(self.start + self.duration)
+            units::format_duration(self.start.saturating_add(self.duration))
         )?;
         if let Some(p) = self.every {
             write!(f, "/{}", units::format_duration(p))?;
@@ -89,12 +108,20 @@ impl FromStr for Outage {
                 "`{s}`: expected START..END or START+LENGTH, optionally /PERIOD, e.g. 10s..12s/60s"
             ),
         };
+        let time = |v: &str| {
+            units::parse_duration_within(v, Duration::ZERO, MAX_SCHEDULE).map_err(|e| {
+                ConfigError::Invalid {
+                    field: "outage",
+                    msg: e.to_string(),
+                }
+            })
+        };
         let (window, every) = match s.split_once('/') {
-            Some((w, p)) => (w, Some(units::parse_duration(p)?)),
+            Some((w, p)) => (w, Some(time(p)?)),
             None => (s, None),
         };
         let o = if let Some((a, b)) = window.split_once("..") {
-            let (a, b) = (units::parse_duration(a)?, units::parse_duration(b)?);
+            let (a, b) = (time(a)?, time(b)?);
             if b <= a {
                 return Err(bad());
             }
@@ -105,8 +132,8 @@ impl FromStr for Outage {
             }
         } else if let Some((a, b)) = window.split_once('+') {
             Outage {
-                start: units::parse_duration(a)?,
-                duration: units::parse_duration(b)?,
+                start: time(a)?,
+                duration: time(b)?,
                 every,
             }
         } else {
@@ -144,5 +171,27 @@ mod tests {
         assert!("12s..10s".parse::<Outage>().is_err());
         assert!("10s".parse::<Outage>().is_err());
         assert!("0s+5s/1s".parse::<Outage>().is_err());
+    }
+
+    #[test]
+    fn absurd_times_are_errors_not_overflows() {
+        for bad in [
+            "1e19s+1e19s",
+            "0s+31d",
+            "0s+1000h",
+            "1s..1e30s",
+            "0s+1s/1e19s",
+            "nan+1s",
+        ] {
+            let e = bad.parse::<Outage>().unwrap_err().to_string();
+            assert!(e.starts_with("outage"), "{bad}: {e}");
+        }
+        let huge = Outage {
+            start: Duration::MAX,
+            duration: Duration::MAX,
+            every: None,
+        };
+        assert!(huge.validate().is_err());
+        assert!(huge.to_string().contains(".."));
     }
 }

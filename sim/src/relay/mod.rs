@@ -38,7 +38,6 @@ pub use report::{format_interval, format_summary};
 use serde::Serialize;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -213,7 +212,7 @@ impl Relay {
         let (udp, tcp) = bind_pair(cfg.listen, cfg.tcp)?;
         let local = udp.local_addr()?;
         udp.set_nonblocking(true)?;
-        sys::set_socket_buffers(udp.as_raw_fd(), SOCKET_BUFFER);
+        sys::set_socket_buffers(&udp, SOCKET_BUFFER);
         let udp = Arc::new(udp);
 
         let (w_up_tx, w_up_rx) = UnixDatagram::pair()?;

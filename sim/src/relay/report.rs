@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use super::{DirectionStats, RelayStats};
 use crate::link::{LinkConfig, LinkStats};
-use crate::units::format_bytes;
+use dtu_proto::units::format_bytes;
 
 fn mbit(bytes: u64, secs: f64) -> f64 {
     if secs <= 0.0 {

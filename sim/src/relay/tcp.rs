@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -84,7 +83,7 @@ pub(crate) fn accept_loop(
 ) {
     let mut next_id = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
-        let mut fds = [sys::pollfd(listener.as_raw_fd(), sys::POLLIN)];
+        let mut fds = [sys::PollFd::new(&listener, sys::PollFlags::IN)];
         if sys::poll(&mut fds, Some(Duration::from_millis(100))).is_err() {
             continue;
         }
@@ -187,12 +186,14 @@ impl TcpHalf {
         }
     }
 
-    pub fn src_fd(&self) -> i32 {
-        self.conn.src(self.dir).as_raw_fd()
+    /// The socket this half reads from.
+    pub fn src_socket(&self) -> &TcpStream {
+        self.conn.src(self.dir)
     }
 
-    pub fn dst_fd(&self) -> i32 {
-        self.conn.dst(self.dir).as_raw_fd()
+    /// The socket this half writes to.
+    pub fn dst_socket(&self) -> &TcpStream {
+        self.conn.dst(self.dir)
     }
 
     /// Whether the source should be polled for reading.

@@ -9,7 +9,6 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -149,8 +148,10 @@ impl Worker {
 
     pub fn run(mut self) {
         sys::set_timer_slack(1_000);
-        let mut fds: Vec<sys::PollFd> = Vec::new();
         let mut targets: Vec<Target> = Vec::new();
+        // Which targets were ready; kept apart from the poll list, which
+        // borrows the sockets only for the wait itself.
+        let mut ready_at: Vec<bool> = Vec::new();
         while !self.shared.stop.load(Ordering::Relaxed) {
             let now = self.shared.now();
             self.deliver_due(now);
@@ -174,54 +175,59 @@ impl Worker {
                 }
             }
 
-            fds.clear();
             targets.clear();
-            fds.push(sys::pollfd(self.wake_rx.as_raw_fd(), sys::POLLIN));
-            targets.push(Target::Wake);
-            if self.udp {
-                match self.dir {
-                    Dir::Up => {
-                        fds.push(sys::pollfd(self.listen.as_raw_fd(), sys::POLLIN));
-                        targets.push(Target::UdpIn(0));
-                    }
-                    Dir::Down => {
-                        for (i, f) in self.flows.iter().enumerate() {
-                            fds.push(sys::pollfd(f.upstream.as_raw_fd(), sys::POLLIN));
-                            targets.push(Target::UdpIn(i));
+            let ready = {
+                let mut fds: Vec<sys::PollFd<'_>> = Vec::with_capacity(targets.capacity());
+                fds.push(sys::PollFd::new(&self.wake_rx, sys::PollFlags::IN));
+                targets.push(Target::Wake);
+                if self.udp {
+                    match self.dir {
+                        Dir::Up => {
+                            fds.push(sys::PollFd::new(&self.listen, sys::PollFlags::IN));
+                            targets.push(Target::UdpIn(0));
+                        }
+                        Dir::Down => {
+                            for (i, f) in self.flows.iter().enumerate() {
+                                fds.push(sys::PollFd::new(&f.upstream, sys::PollFlags::IN));
+                                targets.push(Target::UdpIn(i));
+                            }
                         }
                     }
                 }
-            }
-            for (&id, h) in &self.halves {
-                if h.wants_read(self.p.tcp_window) && !h.src_readable {
-                    fds.push(sys::pollfd(h.src_fd(), sys::POLLIN));
-                    targets.push(Target::TcpSrc(id));
+                for (&id, h) in &self.halves {
+                    if h.wants_read(self.p.tcp_window) && !h.src_readable {
+                        fds.push(sys::PollFd::new(h.src_socket(), sys::PollFlags::IN));
+                        targets.push(Target::TcpSrc(id));
+                    }
+                    if h.wants_write() {
+                        fds.push(sys::PollFd::new(h.dst_socket(), sys::PollFlags::OUT));
+                        targets.push(Target::TcpDst(id));
+                    }
                 }
-                if h.wants_write() {
-                    fds.push(sys::pollfd(h.dst_fd(), sys::POLLOUT));
-                    targets.push(Target::TcpDst(id));
-                }
-            }
-            let now = self.shared.now();
-            let wait = deadline.saturating_sub(now);
-            let wait = if wait < self.p.spin {
-                Duration::ZERO
-            } else {
-                wait
-            };
-            let ready = match sys::poll(&mut fds, Some(wait)) {
-                Ok(n) => n,
-                Err(e) => {
-                    eprintln!("linkemu: poll failed: {e}");
-                    std::thread::sleep(Duration::from_millis(1));
-                    0
-                }
+                let now = self.shared.now();
+                let wait = deadline.saturating_sub(now);
+                let wait = if wait < self.p.spin {
+                    Duration::ZERO
+                } else {
+                    wait
+                };
+                let ready = match sys::poll(&mut fds, Some(wait)) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        eprintln!("linkemu: poll failed: {e}");
+                        std::thread::sleep(Duration::from_millis(1));
+                        0
+                    }
+                };
+                ready_at.clear();
+                ready_at.extend(fds.iter().map(|fd| !fd.revents().is_empty()));
+                ready
             };
             if ready == 0 {
                 continue;
             }
-            for (fd, t) in fds.iter().zip(&targets) {
-                if fd.revents == 0 {
+            for (&is_ready, t) in ready_at.iter().zip(&targets) {
+                if !is_ready {
                     continue;
                 }
                 match *t {
@@ -286,7 +292,7 @@ impl Worker {
         let upstream = UdpSocket::bind(bind)?;
         upstream.connect(self.p.forward)?;
         upstream.set_nonblocking(true)?;
-        sys::set_socket_buffers(upstream.as_raw_fd(), SOCKET_BUFFER);
+        sys::set_socket_buffers(&upstream, SOCKET_BUFFER);
         let flow = Arc::new(Flow { client, upstream });
         let id = self.flows.len() as u32;
         self.flows.push(flow.clone());

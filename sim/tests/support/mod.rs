@@ -57,11 +57,10 @@ impl Drop for Proc {
 }
 
 /// Sends a signal to a process we started.
-pub fn signal(p: &Proc, sig: i32) {
-    // SAFETY: kill(2) with the pid of our own live (not yet reaped) child
-    // and a valid signal number; it touches no memory of ours.
-    let r = unsafe { libc::kill(p.pid(), sig) };
-    assert_eq!(r, 0, "kill({}, {sig}) failed", p.name);
+pub fn signal(p: &Proc, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(p.pid()).expect("a child's pid is positive");
+    rustix::process::kill_process(pid, sig)
+        .unwrap_or_else(|e| panic!("kill({}, {sig:?}) failed: {e}", p.name));
 }
 
 /// The `iperf3` executable. The tests compare linkemu against it, so its
@@ -197,7 +196,7 @@ impl Linkemu {
     /// SIGTERM, then waits for the exit (which writes the final summary
     /// and stats) and returns the final stats.
     pub fn stop(mut self) -> Value {
-        signal(&self.proc, libc::SIGTERM);
+        signal(&self.proc, rustix::process::Signal::TERM);
         let st = self
             .proc
             .wait_timeout(Duration::from_secs(10))
