@@ -511,6 +511,7 @@ impl World {
                     && prog.remote_stored == prog.highest
                     && r.applier.synced() == prog.highest
                     && p.local.as_ref().is_none_or(|l| l.applied() == prog.highest)
+                    && r.state.lock().expect("state").inconsistencies().is_empty()
             }
             _ => false,
         }
