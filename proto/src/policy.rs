@@ -28,7 +28,10 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 5] = [
+    /// How many triggers there are.
+    pub const COUNT: usize = 5;
+
+    pub const ALL: [Trigger; Trigger::COUNT] = [
         Trigger::Received,
         Trigger::Buffered,
         Trigger::Sent,
@@ -53,6 +56,30 @@ impl Trigger {
     /// True when answering at this stage is a spoof ack.
     pub fn is_spoof(self) -> bool {
         self != Trigger::RemoteStored
+    }
+}
+
+/// One value per trigger, indexed by [`Trigger`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerTrigger<T>(pub [T; Trigger::COUNT]);
+
+impl<T> PerTrigger<T> {
+    /// The values with their triggers, in stage order.
+    pub fn iter(&self) -> impl Iterator<Item = (Trigger, &T)> {
+        Trigger::ALL.into_iter().zip(self.0.iter())
+    }
+}
+
+impl<T> std::ops::Index<Trigger> for PerTrigger<T> {
+    type Output = T;
+    fn index(&self, t: Trigger) -> &T {
+        &self.0[t.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<Trigger> for PerTrigger<T> {
+    fn index_mut(&mut self, t: Trigger) -> &mut T {
+        &mut self.0[t.index()]
     }
 }
 

@@ -86,7 +86,16 @@ pub enum Inbound {
     Closed(crate::frame::Goodbye),
     /// A frame the remote does not expect from a primary.
     Unexpected(&'static str),
+    /// The primary sent more than the remote holds in memory for writes
+    /// waiting on an earlier seq: it does not respect its window. The
+    /// session must end (a reconnect resends from the stored seq).
+    Overloaded { held: u64, limit: u64 },
 }
+
+/// Decoded and decoding bytes a receiver holds for seqs not yet released,
+/// unless configured otherwise: twice the largest in-flight window a primary
+/// uses, so an honest primary never reaches it.
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 1 << 30;
 
 /// Counters for the status display.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -147,6 +156,9 @@ pub struct Receiver {
     ack_stored_due: bool,
     pending: BTreeMap<Seq, Pending>,
     pending_bytes: u64,
+    /// Plaintext bytes claimed by chunks handed to the decode workers.
+    decoding_bytes: u64,
+    max_pending_bytes: u64,
     /// Chunks refused by a decode worker and not yet received again; their
     /// Nacks are repeated with each heartbeat in case one was lost.
     nacked: BTreeMap<(Seq, u32), NackReason>,
@@ -175,12 +187,20 @@ impl Receiver {
             ack_stored_due: false,
             pending: BTreeMap::new(),
             pending_bytes: 0,
+            decoding_bytes: 0,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             nacked: BTreeMap::new(),
             apply: VecDeque::new(),
             transmits: VecDeque::new(),
             heartbeats: Heartbeats::new(now, heartbeat_interval),
             stats: ReceiverStats::default(),
         }
+    }
+
+    /// The same receiver holding at most `bytes` for seqs not yet released.
+    pub fn with_max_pending_bytes(mut self, bytes: u64) -> Self {
+        self.max_pending_bytes = bytes;
+        self
     }
 
     /// Checks the primary's Hello and returns this side's answer. `ours` is
@@ -210,6 +230,7 @@ impl Receiver {
         self.epoch_seen = theirs.epoch;
         self.pending.clear();
         self.pending_bytes = 0;
+        self.decoding_bytes = 0;
         self.nacked.clear();
         self.received_upto = self.released_upto;
         self.heartbeats.connected(now);
@@ -271,6 +292,16 @@ impl Receiver {
             self.stats.duplicates += 1;
             return Inbound::Duplicate;
         }
+        let claimed = u64::from(w.chunk.plain_len);
+        let held = self.pending_bytes + self.decoding_bytes + claimed;
+        // The next seq to release is always taken: holding it can only let
+        // memory go.
+        if held > self.max_pending_bytes && seq != self.released_upto + 1 {
+            return Inbound::Overloaded {
+                held,
+                limit: self.max_pending_bytes,
+            };
+        }
         let entry = self.pending.entry(seq).or_insert_with(|| Pending::Write {
             count: w.count,
             slots: vec![Slot::Missing; w.count as usize],
@@ -303,6 +334,7 @@ impl Receiver {
             return Inbound::Duplicate;
         }
         *slot = Slot::Decoding(w.id.epoch);
+        self.decoding_bytes += claimed;
         self.nacked.remove(&(seq, w.id.index));
         *missing -= 1;
         *undecoded += 1;
@@ -342,6 +374,9 @@ impl Receiver {
             return;
         }
         *undecoded -= 1;
+        self.decoding_bytes = self
+            .decoding_bytes
+            .saturating_sub(u64::from(w.chunk.plain_len));
         match result {
             Ok(data) => {
                 self.pending_bytes += data.len() as u64;
@@ -425,6 +460,7 @@ impl Receiver {
     }
 
     /// The next operation to apply to the replica, in seq order.
+    #[must_use]
     pub fn poll_apply(&mut self) -> Option<Apply> {
         self.apply.pop_front()
     }
@@ -446,6 +482,7 @@ impl Receiver {
     }
 
     /// The next frame for the primary: Nacks, heartbeat replies, acks.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Frame> {
         if let Some(f) = self.transmits.pop_front() {
             return Some(f);
@@ -467,6 +504,7 @@ impl Receiver {
         None
     }
 
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.heartbeats.poll_timeout()
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::frame::{Ack, AckKind, Frame, Nack};
 use crate::histogram::Histogram;
-use crate::policy::{AckPolicy, Trigger};
+use crate::policy::{AckPolicy, PerTrigger, Trigger};
 use crate::rtt::{Heartbeats, RttEstimate};
 use crate::{Epoch, Seq};
 
@@ -86,8 +86,8 @@ pub enum SenderError {
 /// Counters for the status display.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SenderStats {
-    /// Host operations answered by each trigger, indexed by [`Trigger::index`].
-    pub answered_by: [u64; 5],
+    /// Host operations answered by each trigger.
+    pub answered_by: PerTrigger<u64>,
     /// Seqs sent again (after a Nack, a timeout or a reconnect).
     pub retransmits: u64,
     pub nacks: u64,
@@ -97,9 +97,8 @@ pub struct SenderStats {
     pub replication_delay: Histogram,
     /// From submission to the host's answer.
     pub answer_latency: Histogram,
-    /// The same, split by the trigger that answered, indexed by
-    /// [`Trigger::index`].
-    pub answer_latency_by_trigger: [Histogram; 5],
+    /// The same, split by the trigger that answered.
+    pub answer_latency_by_trigger: PerTrigger<Histogram>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,10 +107,13 @@ struct Op {
     bytes: u64,
     submitted: Instant,
     /// When each stage was first reached.
-    stage_at: [Option<Instant>; 5],
+    stage_at: PerTrigger<Option<Instant>>,
     answered: bool,
     queued: bool,
     in_flight: bool,
+    /// The remote of the current session acknowledged it as received (a
+    /// remote that restarted has forgotten what it only held in memory).
+    received_now: bool,
     last_sent: Option<Instant>,
     /// Recovered from the nvbuf after a restart: no host waits for it.
     recovered: bool,
@@ -138,6 +140,8 @@ pub struct Sender {
     answer_timer: Option<Instant>,
     heartbeats: Heartbeats,
     stats: SenderStats,
+    /// The latest `now` seen: time never goes backwards for the sender.
+    last_now: Instant,
 }
 
 impl Sender {
@@ -163,6 +167,7 @@ impl Sender {
             transmits: VecDeque::new(),
             answer_timer: None,
             stats: SenderStats::default(),
+            last_now: now,
         }
     }
 
@@ -194,8 +199,8 @@ impl Sender {
     /// Returns its seq. It has reached the `received` stage.
     pub fn submit(&mut self, kind: OpKind, bytes: u64, now: Instant) -> Seq {
         let seq = self.next_seq();
-        let mut stage_at = [None; 5];
-        stage_at[Trigger::Received.index()] = Some(now);
+        let mut stage_at = PerTrigger::default();
+        stage_at[Trigger::Received] = Some(now);
         self.ops.push_back(Op {
             kind,
             bytes,
@@ -204,6 +209,7 @@ impl Sender {
             answered: false,
             queued: false,
             in_flight: false,
+            received_now: false,
             last_sent: None,
             recovered: false,
         });
@@ -235,9 +241,9 @@ impl Sender {
                 expected_after: self.highest_seq(),
             });
         }
-        let mut stage_at = [None; 5];
-        stage_at[Trigger::Received.index()] = Some(now);
-        stage_at[Trigger::Buffered.index()] = Some(now);
+        let mut stage_at = PerTrigger::default();
+        stage_at[Trigger::Received] = Some(now);
+        stage_at[Trigger::Buffered] = Some(now);
         self.ops.push_back(Op {
             kind,
             bytes,
@@ -246,6 +252,7 @@ impl Sender {
             answered: true,
             queued: true,
             in_flight: false,
+            received_now: false,
             last_sent: None,
             recovered: true,
         });
@@ -263,7 +270,7 @@ impl Sender {
             self.buffered_upto = seq;
             let stored = seq <= self.stored_upto;
             if let Some(op) = self.op_mut(seq) {
-                op.stage_at[Trigger::Buffered.index()].get_or_insert(now);
+                op.stage_at[Trigger::Buffered].get_or_insert(now);
                 if !stored && !op.in_flight && !op.queued {
                     op.queued = true;
                     self.queue.insert(seq);
@@ -275,7 +282,9 @@ impl Sender {
 
     /// The next seq a lane should send, if the link is up and the window has
     /// room. The driver sends that seq's records and calls [`Sender::on_sent`].
-    pub fn poll_send(&mut self, _now: Instant) -> Option<Seq> {
+    #[must_use]
+    pub fn poll_send(&mut self, now: Instant) -> Option<Seq> {
+        self.clock(now);
         if !self.connected {
             return None;
         }
@@ -302,7 +311,7 @@ impl Sender {
     /// The records of `seq` have been handed to the link.
     pub fn on_sent(&mut self, seq: Seq, now: Instant) {
         if let Some(op) = self.op_mut(seq) {
-            op.stage_at[Trigger::Sent.index()].get_or_insert(now);
+            op.stage_at[Trigger::Sent].get_or_insert(now);
             op.last_sent = Some(now);
             let bytes = op.bytes;
             self.stats.sent_bytes += bytes;
@@ -375,8 +384,11 @@ impl Sender {
         let start = (from + 1).max(self.base);
         for seq in start..=to {
             if let Some(op) = self.op_mut(seq) {
-                for t in &mut op.stage_at[..=stage.index()] {
+                for t in &mut op.stage_at.0[..=stage.index()] {
                     t.get_or_insert(now);
+                }
+                if stage >= Trigger::RemoteReceived {
+                    op.received_now = true;
                 }
             }
         }
@@ -393,7 +405,7 @@ impl Sender {
 
     fn requeue(&mut self, seq: Seq) {
         let Some(op) = self.op_mut(seq) else { return };
-        if op.queued || op.stage_at[Trigger::Buffered.index()].is_none() {
+        if op.queued || op.stage_at[Trigger::Buffered].is_none() {
             return;
         }
         let freed = if op.in_flight { op.bytes } else { 0 };
@@ -408,6 +420,12 @@ impl Sender {
     pub fn on_connected(&mut self, remote_stored: Seq, now: Instant) -> Result<(), SenderError> {
         self.connected = true;
         self.heartbeats.connected(now);
+        // This remote has received nothing of this session yet: what an
+        // earlier one held in memory only may be gone with it.
+        self.received_upto = self.stored_upto.max(remote_stored.min(self.highest_seq()));
+        for op in &mut self.ops {
+            op.received_now = false;
+        }
         if remote_stored > self.stored_upto {
             self.on_ack(
                 Ack {
@@ -467,14 +485,64 @@ impl Sender {
     }
 
     /// Answers host operations, in seq order, whose trigger has been reached.
+    /// Time must not go backwards: a driver that reads its clock outside
+    /// the lock that serialises events would hand out stale moments.
+    fn clock(&mut self, now: Instant) {
+        debug_assert!(
+            now >= self.last_now,
+            "the sender's clock went backwards by {:?}",
+            self.last_now - now
+        );
+        self.last_now = self.last_now.max(now);
+    }
+
+    /// The frontiers and counters agree (checked in debug builds after
+    /// every event).
+    fn check(&self) {
+        let highest = self.highest_seq();
+        debug_assert!(
+            self.answered_upto <= highest
+                && self.buffered_upto <= highest
+                && self.stored_upto <= highest
+                && self.received_upto <= highest,
+            "a frontier is past the highest seq {highest}: {:?}",
+            self.progress()
+        );
+        debug_assert!(
+            self.stored_upto <= self.received_upto && self.stored_upto <= self.buffered_upto,
+            "stored is past received or buffered: {:?}",
+            self.progress()
+        );
+        debug_assert!(
+            self.base > self.answered_upto.min(self.stored_upto),
+            "an answered and stored op is still tracked"
+        );
+        #[cfg(debug_assertions)]
+        {
+            let inflight: u64 = self
+                .ops
+                .iter()
+                .filter(|op| op.in_flight)
+                .map(|op| op.bytes)
+                .sum();
+            debug_assert_eq!(inflight, self.inflight_bytes, "in-flight accounting");
+            debug_assert_eq!(
+                self.ops.iter().filter(|op| op.queued).count(),
+                self.queue.len(),
+                "queue accounting"
+            );
+        }
+    }
+
     fn advance(&mut self, now: Instant) {
+        self.clock(now);
         self.answer_timer = None;
         let (trigger, delay) = self.cfg.policy.effective(self.dirty);
         while self.answered_upto < self.highest_seq() {
             let seq = self.answered_upto + 1;
             let op = self.op_mut(seq).expect("unanswered seqs are tracked");
             if !op.answered {
-                let Some(reached) = op.stage_at[trigger.index()] else {
+                let Some(reached) = op.stage_at[trigger] else {
                     break;
                 };
                 // `effective` caps the delay at MAX_DELAY; checked all the
@@ -493,9 +561,9 @@ impl Sender {
                     trigger,
                     latency: now.saturating_duration_since(op.submitted),
                 };
-                self.stats.answered_by[trigger.index()] += 1;
+                self.stats.answered_by[trigger] += 1;
                 self.stats.answer_latency.record(done.latency);
-                self.stats.answer_latency_by_trigger[trigger.index()].record(done.latency);
+                self.stats.answer_latency_by_trigger[trigger].record(done.latency);
                 self.completions.push_back(done);
             }
             self.answered_upto = seq;
@@ -505,24 +573,28 @@ impl Sender {
             self.ops.pop_front();
             self.base += 1;
         }
+        self.check();
     }
 
     /// The next answered host operation.
+    #[must_use]
     pub fn poll_completion(&mut self) -> Option<Completion> {
         self.completions.pop_front()
     }
 
     /// The next control frame to send (heartbeats and their replies).
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Frame> {
         self.transmits.pop_front()
     }
 
     /// When [`Sender::handle_timeout`] must next be called.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let rto = self.cfg.retransmit_timeout.and_then(|rto| {
             self.ops
                 .iter()
-                .filter(|op| op.in_flight && op.stage_at[Trigger::RemoteReceived.index()].is_none())
+                .filter(|op| op.in_flight && !op.received_now)
                 .filter_map(|op| op.last_sent)
                 .min()
                 .map(|t| t + rto)
@@ -543,9 +615,7 @@ impl Sender {
                 .iter()
                 .enumerate()
                 .filter(|(_, op)| {
-                    op.in_flight
-                        && op.stage_at[Trigger::RemoteReceived.index()].is_none()
-                        && op.last_sent.is_some_and(|t| t + rto <= now)
+                    op.in_flight && !op.received_now && op.last_sent.is_some_and(|t| t + rto <= now)
                 })
                 .map(|(i, _)| self.base + i as Seq)
                 .collect();

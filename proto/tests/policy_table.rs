@@ -99,10 +99,10 @@ fn each_trigger_answers_at_its_stage() {
                     "trigger {trigger}, spoofing {spoofing}, dirty {dirty:?}"
                 );
                 assert_eq!(c.trigger, expect);
-                assert_eq!(s.stats().answered_by[expect.index()], 1);
+                assert_eq!(s.stats().answered_by[expect], 1);
                 // The answer's latency lands in its trigger's histogram only.
                 for t in Trigger::ALL {
-                    let n = s.stats().answer_latency_by_trigger[t.index()].count();
+                    let n = s.stats().answer_latency_by_trigger[t].count();
                     assert_eq!(n, u64::from(t == expect), "{t} after answering at {expect}");
                 }
             }

@@ -208,3 +208,30 @@ fn nothing_unreleased_survives_a_new_connection() {
         "held data was forgotten"
     );
 }
+
+/// The remote bounds what it holds for later seqs on its own: a primary
+/// that ignores its window is told off, and the next seq to release is
+/// always taken, so an honest stream cannot wedge.
+#[test]
+fn a_primary_beyond_the_remote_memory_limit_is_refused() {
+    let now = Instant::now();
+    let mut r = connected(now).with_max_pending_bytes(250);
+    assert!(deliver(&mut r, write(2, 0, 1, 1), now));
+    assert!(deliver(&mut r, write(3, 0, 1, 2), now));
+    assert_eq!(r.pending_bytes(), 200);
+    assert_eq!(
+        r.on_frame(Frame::Write(write(4, 0, 1, 3)), now),
+        Inbound::Overloaded {
+            held: 300,
+            limit: 250
+        }
+    );
+    // Seq 1 is the next to release: taken although the limit is reached.
+    assert!(deliver(&mut r, write(1, 0, 1, 0), now));
+    let released: Vec<_> = std::iter::from_fn(|| r.poll_apply())
+        .map(|a| a.seq())
+        .collect();
+    assert_eq!(released, vec![1, 2, 3]);
+    assert_eq!(r.pending_bytes(), 0);
+    assert!(deliver(&mut r, write(4, 0, 1, 3), now));
+}

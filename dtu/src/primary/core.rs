@@ -163,8 +163,10 @@ impl Core {
 
     /// Runs one event against the sender and does what follows from it.
     pub fn event<T>(&self, f: impl FnOnce(&mut Sender, Instant) -> T) -> T {
-        let now = Instant::now();
         let mut st = self.lock();
+        // Read the clock under the lock, so events reach the sender in the
+        // order of their moments.
+        let now = Instant::now();
         let out = f(&mut st.sender, now);
         let done = drain(&mut st);
         let progress = st.sender.progress();

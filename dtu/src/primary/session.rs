@@ -69,12 +69,11 @@ pub(crate) async fn run(core: Arc<Core>, params: SessionParams) {
             Ok(conn) => {
                 let began = Instant::now();
                 let end = session(&core, &params, conn.clone()).await;
-                let now = Instant::now();
                 {
                     let mut st = core.lock();
                     st.conn = None;
                 }
-                core.event(|s, _| s.on_disconnected(now));
+                core.event(|s, now| s.on_disconnected(now));
                 core.conn_wake.notify_waiters();
                 match &end {
                     SessionEnd::Shutdown => {

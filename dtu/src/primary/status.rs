@@ -55,7 +55,7 @@ pub(super) fn build(p: &Primary) -> PrimaryStatus {
     let rates = p.core.rates();
     let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1e3);
     let by_trigger = ByTrigger::from_array(
-        Trigger::ALL.map(|t| latency_stats(&stats.answer_latency_by_trigger[t.index()])),
+        Trigger::ALL.map(|t| latency_stats(&stats.answer_latency_by_trigger[t])),
     );
     PrimaryStatus {
         volume: dtu_proto::handshake::volume_hex(&p.volume.id),
@@ -85,7 +85,7 @@ pub(super) fn build(p: &Primary) -> PrimaryStatus {
         spoofing_active: policy.spoofing_active(dirty),
         dirty_threshold_pct: policy.dirty_threshold,
         dirty_pct: dirty,
-        answered: ByTrigger::from_array(stats.answered_by),
+        answered: ByTrigger::from_array(stats.answered_by.0),
         compression_ratio: if encoded == 0 {
             1.0
         } else {

@@ -247,6 +247,11 @@ async fn lane(core: Arc<RCore>, recv: quinn::RecvStream, decode: DecodePool) -> 
                 }
             }
             Inbound::Unexpected(kind) => return Err(format!("unexpected {kind} frame on a lane")),
+            Inbound::Overloaded { held, limit } => {
+                return Err(format!(
+                    "the primary sent more than the remote holds for later seqs ({held} of {limit} bytes); closing the session"
+                ))
+            }
             Inbound::Closed(g) => return Err(format!("primary said goodbye: {}", g.message)),
             Inbound::Duplicate | Inbound::Handled | Inbound::Read(_) => {}
         }
@@ -340,6 +345,7 @@ pub(super) async fn timers(core: Arc<RCore>) {
         let now = Instant::now();
         core.apply_rate_sample(now);
         core.event(|r| {
+            let now = Instant::now();
             if r.poll_timeout().is_some_and(|t| t <= now) {
                 r.handle_timeout(now);
             }
