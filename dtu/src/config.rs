@@ -15,6 +15,7 @@ use dtu_proto::chunk::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use dtu_proto::{AckPolicy, Trigger, VolumeId};
 use serde::{Deserialize, Serialize};
 
+use crate::primary::MirrorOptions;
 use crate::transport::MAX_RTT;
 use crate::units::{self, UnitError};
 
@@ -148,6 +149,36 @@ pub struct NvbufSection {
     pub path: PathBuf,
     #[serde(default = "default_nvbuf_size")]
     pub size: String,
+    /// The changed-block map (with a local copy); default: `<path>.map`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<PathBuf>,
+    /// Bytes one map bit stands for: a power of two, 4KiB to 1MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_granularity: Option<String>,
+    /// stall | bitmap | fail: what happens when the nvbuf stays full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<String>,
+    /// How long writers wait for space before `overflow` acts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow_after: Option<String>,
+}
+
+/// Initial sync, resync and verify.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// full | checksum | assume-in-sync, for a replica never synced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<String>,
+    /// Compare digests before copying on every resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<bool>,
+    /// Cap on the sync's pace, e.g. "50MiB" per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_max: Option<String>,
+    /// Verify the whole volume this often, e.g. "7d".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_every: Option<String>,
 }
 
 fn default_nvbuf_size() -> String {
@@ -307,7 +338,13 @@ pub struct PrimaryFile {
     pub policy: PolicySection,
     #[serde(default)]
     pub nbd: NbdSection,
+    #[serde(default, skip_serializing_if = "sync_is_default")]
+    pub sync: SyncSection,
     pub admin: AdminSection,
+}
+
+fn sync_is_default(s: &SyncSection) -> bool {
+    *s == SyncSection::default()
 }
 
 /// `remote.toml`.
@@ -538,6 +575,58 @@ fn pipeline(c: &Ctx<'_>, p: &PipelineSection) -> Result<Pipeline, ConfigError> {
     })
 }
 
+/// Longest `nvbuf.overflow_after`: past it a host's I/O would time out
+/// long before the policy acts.
+pub const MAX_OVERFLOW_AFTER: Duration = Duration::from_secs(600);
+/// Shortest `sync.verify_every`.
+pub const MIN_VERIFY_EVERY: Duration = Duration::from_secs(60);
+/// Longest `sync.verify_every` (a year).
+pub const MAX_VERIFY_EVERY: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn mirror(c: &Ctx<'_>, n: &NvbufSection, s: &SyncSection) -> Result<MirrorOptions, ConfigError> {
+    let mut m = MirrorOptions {
+        map_path: n.map.as_deref().map(|p| c.resolve(p)),
+        ..MirrorOptions::default()
+    };
+    if let Some(g) = &n.map_granularity {
+        let g = units::parse_bytes_within(
+            g,
+            crate::changemap::MIN_GRANULARITY,
+            crate::changemap::MAX_GRANULARITY,
+        )
+        .map_err(|e| c.err("nvbuf.map_granularity", e))?;
+        if !g.is_power_of_two() {
+            return Err(c.err("nvbuf.map_granularity", "must be a power of two"));
+        }
+        m.map_granularity = g;
+    }
+    if let Some(o) = &n.overflow {
+        m.overflow = Some(o.parse().map_err(|e: String| c.err("nvbuf.overflow", e))?);
+    }
+    if let Some(d) = &n.overflow_after {
+        m.overflow_after =
+            units::parse_duration_within(d, Duration::from_millis(100), MAX_OVERFLOW_AFTER)
+                .map_err(|e| c.err("nvbuf.overflow_after", e))?;
+    }
+    if let Some(i) = &s.initial {
+        m.initial_sync = i.parse().map_err(|e: String| c.err("sync.initial", e))?;
+    }
+    m.sync_checksum = s.checksum.unwrap_or(false);
+    if let Some(r) = &s.rate_max {
+        m.sync_rate_max = Some(
+            units::parse_bytes_within(r, 64 << 10, 1 << 40)
+                .map_err(|e| c.err("sync.rate_max", e))?,
+        );
+    }
+    if let Some(v) = &s.verify_every {
+        m.verify_every = Some(
+            units::parse_duration_within(v, MIN_VERIFY_EVERY, MAX_VERIFY_EVERY)
+                .map_err(|e| c.err("sync.verify_every", e))?,
+        );
+    }
+    Ok(m)
+}
+
 /// Parses a volume size, bounded by [`MAX_VOLUME_SIZE`].
 pub fn volume_size(s: &str) -> Result<u64, UnitError> {
     units::parse_bytes_within(s, 1, MAX_VOLUME_SIZE)
@@ -659,6 +748,8 @@ pub struct PrimaryConfig {
     pub nbd_tls: NbdTlsConfig,
     pub control: PathBuf,
     pub metrics: Option<SocketAddr>,
+    /// The changed-block map, sync, overflow and verify.
+    pub mirror: MirrorOptions,
 }
 
 /// Everything `dtu remote` needs, parsed and with absolute paths.
@@ -694,7 +785,9 @@ impl PrimaryConfig {
             .as_deref()
             .ok_or_else(|| c.err("link.remote", "the primary needs the remote's address"))?;
         let nvbuf_size = nvbuf_size(&f.nvbuf.size).map_err(|e| c.err("nvbuf.size", e))?;
+        let mirror = mirror(&c, &f.nvbuf, &f.sync)?;
         Ok(PrimaryConfig {
+            mirror,
             volume: volume(&c, &f.volume)?,
             cert: c.resolve(&f.identity.cert),
             key: c.resolve(&f.identity.key),
@@ -800,10 +893,15 @@ mod tests {
             nvbuf: NvbufSection {
                 path: "primary.nvbuf".into(),
                 size: "64MiB".into(),
+                map: None,
+                map_granularity: None,
+                overflow: None,
+                overflow_after: None,
             },
             pipeline: PipelineSection::default(),
             policy: PolicySection::default(),
             nbd: NbdSection::default(),
+            sync: SyncSection::default(),
             admin: AdminSection {
                 control: "primary.ctl".into(),
                 metrics: None,

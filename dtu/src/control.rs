@@ -49,6 +49,17 @@ pub enum Request {
     Checkpoint {
         label: String,
     },
+    /// Compares the local copy and the replica by block digests over
+    /// `start..end` (the whole volume without them) while the host keeps
+    /// writing; with `repair`, differing extents are resynced.
+    Verify {
+        #[serde(default)]
+        start: Option<u64>,
+        #[serde(default)]
+        end: Option<u64>,
+        #[serde(default)]
+        repair: bool,
+    },
 }
 
 /// Why a control request is refused before it reaches the DTU.
@@ -62,6 +73,8 @@ pub enum RequestError {
     Dirty(f64),
     #[error("checkpoint label is {0} bytes long; at most {MAX_LABEL} are kept")]
     LabelTooLong(usize),
+    #[error("range {0}..{1} is empty")]
+    Range(u64, u64),
 }
 
 impl Request {
@@ -107,6 +120,10 @@ impl Request {
                     Ok(())
                 }
             }
+            Request::Verify { start, end, .. } => match (start, end) {
+                (Some(s), Some(e)) if s >= e => Err(RequestError::Range(*s, *e)),
+                _ => Ok(()),
+            },
         }
     }
 }

@@ -87,6 +87,7 @@ impl PairSetup {
             local: Some(dir.join("source.img")),
             read_timeout: Duration::from_secs(30),
             accept_nvbuf_loss: false,
+            mirror: crate::primary::MirrorOptions::default(),
         }
     }
 }

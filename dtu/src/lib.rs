@@ -12,6 +12,7 @@ pub mod changemap;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod digest;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;

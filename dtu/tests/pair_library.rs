@@ -90,6 +90,7 @@ impl Pair {
             local: None,
             read_timeout: Duration::from_secs(10),
             accept_nvbuf_loss: false,
+            mirror: dtu::primary::MirrorOptions::default(),
         }
     }
 

@@ -95,6 +95,8 @@ fn frames() -> Vec<Frame> {
     v.push(Frame::Checkpoint(Checkpoint {
         seq: 202,
         epoch: 3,
+        kind: 0,
+        time_us: 0,
         label: "nightly".into(),
     }));
     v.push(Frame::Goodbye(Goodbye {

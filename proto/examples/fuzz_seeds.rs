@@ -25,6 +25,10 @@ fn main() -> std::io::Result<()> {
             highest_seq: 0,
             key_fingerprint: 0x0123_4567_89ab_cdef,
             flags: 0,
+            gens: Default::default(),
+            map_base: 0,
+            resume_from: 0,
+            decision: 0,
         }),
         Frame::Flush(Flush { seq: 4, epoch: 1 }),
         Frame::Trim(Trim {
@@ -36,6 +40,8 @@ fn main() -> std::io::Result<()> {
         Frame::Checkpoint(Checkpoint {
             seq: 6,
             epoch: 1,
+            kind: 0,
+            time_us: 0,
             label: "nightly".into(),
         }),
         Frame::Ack(Ack {
@@ -66,6 +72,23 @@ fn main() -> std::io::Result<()> {
             id: 1,
             status: ReadStatus::Ok,
             data: Bytes::from_static(b"data"),
+        }),
+        Frame::Marker(Marker {
+            seq: 12,
+            epoch: 2,
+            kind: MarkerKind::SyncStart,
+            gen: 0x1234_5678_9abc_def0,
+        }),
+        Frame::DigestRequest(DigestRequest {
+            seq: 13,
+            epoch: 2,
+            offset: 1 << 20,
+            length: 1 << 20,
+            block: 4096,
+        }),
+        Frame::DigestResponse(DigestResponse {
+            seq: 13,
+            digests: vec![[7; DIGEST_LEN]; 4],
         }),
     ];
     let plain: Vec<u8> = (0..3000u32).map(|i| (i / 7) as u8).collect();

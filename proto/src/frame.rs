@@ -33,6 +33,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::chunk::MAX_CHUNKS_PER_WRITE;
 use crate::codec::{ChunkFlags, ChunkId, EncodedChunk, MAX_CHUNK};
+use crate::generation::{Decision, Gen, Generations, HISTORY};
 use crate::{Epoch, Seq, VolumeId, PROTOCOL_VERSION};
 
 /// `b"DTU1"`.
@@ -110,6 +111,71 @@ pub struct Hello {
     pub key_fingerprint: u64,
     /// See [`hello_flags`].
     pub flags: u32,
+    /// This side's generations (see [`crate::generation`]).
+    pub gens: Generations,
+    /// From the primary: the remote generation its changed-block map is
+    /// relative to (0: none).
+    pub map_base: Gen,
+    /// From the primary: the lowest seq it can still send; a remote that
+    /// syncs from it continues its stream there.
+    pub resume_from: Seq,
+    /// From the remote: what the pair does now ([`DecisionCode`]; 0 from
+    /// the primary).
+    pub decision: u8,
+}
+
+/// [`Decision`] as a byte in the remote's Hello.
+pub struct DecisionCode;
+
+impl DecisionCode {
+    pub fn encode(d: &Decision) -> u8 {
+        match d {
+            Decision::Resume => 1,
+            Decision::Resync {
+                all: false,
+                checksum: false,
+            } => 2,
+            Decision::Resync {
+                all: false,
+                checksum: true,
+            } => 3,
+            Decision::Resync {
+                all: true,
+                checksum: false,
+            } => 4,
+            Decision::Resync {
+                all: true,
+                checksum: true,
+            } => 5,
+            Decision::Adopt => 6,
+            // Refusals travel as a Goodbye, never in a Hello.
+            Decision::Refuse(_) => 0,
+        }
+    }
+
+    pub fn decode(b: u8) -> Option<Decision> {
+        Some(match b {
+            1 => Decision::Resume,
+            2 => Decision::Resync {
+                all: false,
+                checksum: false,
+            },
+            3 => Decision::Resync {
+                all: false,
+                checksum: true,
+            },
+            4 => Decision::Resync {
+                all: true,
+                checksum: false,
+            },
+            5 => Decision::Resync {
+                all: true,
+                checksum: true,
+            },
+            6 => Decision::Adopt,
+            _ => return None,
+        })
+    }
 }
 
 /// Bits of [`Hello::flags`].
@@ -121,8 +187,14 @@ pub mod hello_flags {
     pub const LOST_WRITES: u32 = 1;
     /// From the remote: its replica is marked inconsistent.
     pub const INCONSISTENT: u32 = 2;
+    /// From the primary: it has a local copy to sync from.
+    pub const HAS_LOCAL: u32 = 4;
+    /// From the primary: the operator's initial-sync choice
+    /// ([`crate::generation::InitialSync::bits`]) in these two bits.
+    pub const INITIAL_SHIFT: u32 = 3;
+    pub const INITIAL_MASK: u32 = 3 << INITIAL_SHIFT;
     /// Every bit this version knows.
-    pub const KNOWN: u32 = LOST_WRITES | INCONSISTENT;
+    pub const KNOWN: u32 = LOST_WRITES | INCONSISTENT | HAS_LOCAL | INITIAL_MASK;
 }
 
 /// One chunk of one mirrored write.
@@ -157,7 +229,113 @@ pub struct Trim {
 pub struct Checkpoint {
     pub seq: Seq,
     pub epoch: Epoch,
+    /// What moment of the host it marks ([`CheckpointKind`] as a byte).
+    pub kind: u8,
+    /// The primary's wall time, microseconds since the Unix epoch.
+    pub time_us: u64,
     pub label: String,
+}
+
+/// What a checkpoint marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckpointKind {
+    Manual = 0,
+    Timer = 1,
+    Shutdown = 2,
+    Boot = 3,
+    Install = 4,
+    Change = 5,
+}
+
+impl CheckpointKind {
+    pub const ALL: [CheckpointKind; 6] = [
+        CheckpointKind::Manual,
+        CheckpointKind::Timer,
+        CheckpointKind::Shutdown,
+        CheckpointKind::Boot,
+        CheckpointKind::Install,
+        CheckpointKind::Change,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointKind::Manual => "manual",
+            CheckpointKind::Timer => "timer",
+            CheckpointKind::Shutdown => "shutdown",
+            CheckpointKind::Boot => "boot",
+            CheckpointKind::Install => "install",
+            CheckpointKind::Change => "change",
+        }
+    }
+
+    pub fn from_byte(b: u8) -> Option<Self> {
+        CheckpointKind::ALL.get(b as usize).copied()
+    }
+}
+
+impl std::str::FromStr for CheckpointKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CheckpointKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                format!("{s:?}: expected manual, timer, shutdown, boot, install or change")
+            })
+    }
+}
+
+/// A point in the stream where a generation changes hands on the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub seq: Seq,
+    pub epoch: Epoch,
+    pub kind: MarkerKind,
+    /// The primary's generation the marker is about.
+    pub gen: Gen,
+}
+
+/// What a [`Marker`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MarkerKind {
+    /// A sync towards `gen` begins: the replica is inconsistent from here.
+    SyncStart = 1,
+    /// The sync towards `gen` is complete: the replica adopts `gen`.
+    SyncDone = 2,
+}
+
+/// Largest range one [`DigestRequest`] covers.
+pub const MAX_DIGEST_SPAN: u32 = 16 << 20;
+/// Smallest and largest block a digest covers.
+pub const MIN_DIGEST_BLOCK: u32 = 4096;
+pub const MAX_DIGEST_BLOCK: u32 = 4 << 20;
+/// Bytes of one block digest (BLAKE3 cut to 128 bits).
+pub const DIGEST_LEN: usize = 16;
+
+/// In the stream: the remote answers the digests of its replica's blocks in
+/// this range as they are once every earlier seq is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestRequest {
+    pub seq: Seq,
+    pub epoch: Epoch,
+    pub offset: u64,
+    pub length: u32,
+    /// Bytes per digest (a power of two; the last block may be shorter).
+    pub block: u32,
+}
+
+impl DigestRequest {
+    /// Digests the answer holds.
+    pub fn blocks(&self) -> usize {
+        self.length.div_ceil(self.block.max(1)) as usize
+    }
+}
+
+/// The remote's answer to a [`DigestRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestResponse {
+    pub seq: Seq,
+    pub digests: Vec<[u8; DIGEST_LEN]>,
 }
 
 /// What an acknowledgement says the remote has done.
@@ -212,6 +390,9 @@ pub enum GoodbyeReason {
     VersionMismatch = 4,
     ProtocolError = 5,
     RoleMismatch = 6,
+    /// The generations say the pair must not mirror (split brain,
+    /// unrelated data, a remote that moved on).
+    Refused = 7,
 }
 
 /// Last frame on a connection.
@@ -261,13 +442,19 @@ pub enum Frame {
     Goodbye(Goodbye),
     ReadRequest(ReadRequest),
     ReadResponse(ReadResponse),
+    Marker(Marker),
+    DigestRequest(DigestRequest),
+    DigestResponse(DigestResponse),
 }
 
-const HELLO_LEN: usize = 1 + 1 + 16 + 8 + 4 + 4 + 4 + 8 + 8 + 8 + 4;
+const HELLO_LEN: usize = 1 + 1 + 16 + 8 + 4 + 4 + 4 + 8 + 8 + 8 + 4 + 8 * (1 + HISTORY) + 8 + 8 + 1;
 const WRITE_FIXED: usize = 8 + 4 + 4 + 4 + 8 + 1 + 4 + 4 + 4;
 const FLUSH_LEN: usize = 8 + 4;
 const TRIM_LEN: usize = 8 + 4 + 8 + 8;
-const CHECKPOINT_FIXED: usize = 8 + 4 + 2;
+const CHECKPOINT_FIXED: usize = 8 + 4 + 1 + 8 + 2;
+const MARKER_LEN: usize = 8 + 4 + 1 + 8;
+const DIGEST_REQUEST_LEN: usize = 8 + 4 + 8 + 4 + 4;
+const DIGEST_RESPONSE_FIXED: usize = 8 + 4;
 const ACK_LEN: usize = 1 + 8;
 const NACK_LEN: usize = 8 + 4 + 1;
 const HEARTBEAT_LEN: usize = 8 + 8 + 1;
@@ -289,6 +476,9 @@ impl Frame {
             Frame::Goodbye(_) => 9,
             Frame::ReadRequest(_) => 10,
             Frame::ReadResponse(_) => 11,
+            Frame::Marker(_) => 12,
+            Frame::DigestRequest(_) => 13,
+            Frame::DigestResponse(_) => 14,
         }
     }
 
@@ -310,6 +500,9 @@ impl Frame {
             Frame::Goodbye(g) => GOODBYE_FIXED + clip(&g.message, MAX_MESSAGE).len(),
             Frame::ReadRequest(_) => READ_REQUEST_LEN,
             Frame::ReadResponse(r) => READ_RESPONSE_FIXED + r.data.len(),
+            Frame::Marker(_) => MARKER_LEN,
+            Frame::DigestRequest(_) => DIGEST_REQUEST_LEN,
+            Frame::DigestResponse(r) => DIGEST_RESPONSE_FIXED + r.digests.len() * DIGEST_LEN,
         }
     }
 
@@ -325,6 +518,8 @@ impl Frame {
             Frame::Flush(f) => Some(f.seq),
             Frame::Trim(t) => Some(t.seq),
             Frame::Checkpoint(c) => Some(c.seq),
+            Frame::Marker(m) => Some(m.seq),
+            Frame::DigestRequest(d) => Some(d.seq),
             _ => None,
         }
     }
@@ -355,6 +550,13 @@ impl Frame {
                 out.put_u64(h.highest_seq);
                 out.put_u64(h.key_fingerprint);
                 out.put_u32(h.flags);
+                out.put_u64(h.gens.current);
+                for g in h.gens.history {
+                    out.put_u64(g);
+                }
+                out.put_u64(h.map_base);
+                out.put_u64(h.resume_from);
+                out.put_u8(h.decision);
             }
             Frame::Write(w) => {
                 out.put_u64(w.id.seq);
@@ -382,6 +584,8 @@ impl Frame {
                 let label = clip(&c.label, MAX_LABEL);
                 out.put_u64(c.seq);
                 out.put_u32(c.epoch);
+                out.put_u8(c.kind);
+                out.put_u64(c.time_us);
                 out.put_u16(label.len() as u16);
                 out.put_slice(label.as_bytes());
             }
@@ -415,6 +619,26 @@ impl Frame {
                 out.put_u64(r.id);
                 out.put_u8(r.status as u8);
                 out.put_slice(&r.data);
+            }
+            Frame::Marker(m) => {
+                out.put_u64(m.seq);
+                out.put_u32(m.epoch);
+                out.put_u8(m.kind as u8);
+                out.put_u64(m.gen);
+            }
+            Frame::DigestRequest(d) => {
+                out.put_u64(d.seq);
+                out.put_u32(d.epoch);
+                out.put_u64(d.offset);
+                out.put_u32(d.length);
+                out.put_u32(d.block);
+            }
+            Frame::DigestResponse(r) => {
+                out.put_u64(r.seq);
+                out.put_u32(r.digests.len() as u32);
+                for d in &r.digests {
+                    out.put_slice(d);
+                }
             }
         }
     }
@@ -452,6 +676,9 @@ fn kind_name(code: u8) -> &'static str {
         9 => "Goodbye",
         10 => "ReadRequest",
         11 => "ReadResponse",
+        12 => "Marker",
+        13 => "DigestRequest",
+        14 => "DigestResponse",
         _ => "unknown",
     }
 }
@@ -489,7 +716,7 @@ pub fn decode_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Fra
         return Err(FrameError::UnsupportedVersion(buf[4]));
     }
     let kind = buf[5];
-    if !(1..=11).contains(&kind) {
+    if !(1..=14).contains(&kind) {
         return Err(FrameError::UnknownKind(kind));
     }
     if buf[6] != 0 || buf[7] != 0 {
@@ -629,6 +856,17 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 highest_seq: b.u64()?,
                 key_fingerprint: b.u64()?,
                 flags: b.u32()?,
+                gens: {
+                    let current = b.u64()?;
+                    let mut history = [0; HISTORY];
+                    for g in &mut history {
+                        *g = b.u64()?;
+                    }
+                    Generations { current, history }
+                },
+                map_base: b.u64()?,
+                resume_from: b.u64()?,
+                decision: b.u8()?,
             };
             if hello.flags & !hello_flags::KNOWN != 0 {
                 return Err(b.malformed("unknown hello flags"));
@@ -705,13 +943,27 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
         5 => {
             let seq = b.u64()?;
             let epoch = b.u32()?;
+            let kind = b.u8()?;
+            if CheckpointKind::from_byte(kind).is_none() {
+                return Err(b.malformed("unknown checkpoint kind"));
+            }
+            let time_us = b.u64()?;
             let len = b.u16()? as usize;
             if len > MAX_LABEL {
                 return Err(b.malformed("label longer than 255 bytes"));
             }
             let label = b.string(len)?;
+            if seq == 0 {
+                return Err(b.malformed("seq 0 is never assigned"));
+            }
             b.done()?;
-            Frame::Checkpoint(Checkpoint { seq, epoch, label })
+            Frame::Checkpoint(Checkpoint {
+                seq,
+                epoch,
+                kind,
+                time_us,
+                label,
+            })
         }
         6 => {
             let kind = match b.u8()? {
@@ -760,6 +1012,7 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 4 => GoodbyeReason::VersionMismatch,
                 5 => GoodbyeReason::ProtocolError,
                 6 => GoodbyeReason::RoleMismatch,
+                7 => GoodbyeReason::Refused,
                 _ => return Err(b.malformed("unknown goodbye reason")),
             };
             let len = b.u16()? as usize;
@@ -799,6 +1052,65 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 status,
                 data: b.rest(),
             })
+        }
+        12 => {
+            let seq = b.u64()?;
+            let epoch = b.u32()?;
+            let kind = match b.u8()? {
+                1 => MarkerKind::SyncStart,
+                2 => MarkerKind::SyncDone,
+                _ => return Err(b.malformed("unknown marker kind")),
+            };
+            let gen = b.u64()?;
+            if seq == 0 {
+                return Err(b.malformed("seq 0 is never assigned"));
+            }
+            b.done()?;
+            Frame::Marker(Marker {
+                seq,
+                epoch,
+                kind,
+                gen,
+            })
+        }
+        13 => {
+            let d = DigestRequest {
+                seq: b.u64()?,
+                epoch: b.u32()?,
+                offset: b.u64()?,
+                length: b.u32()?,
+                block: b.u32()?,
+            };
+            if d.seq == 0 {
+                return Err(b.malformed("seq 0 is never assigned"));
+            }
+            if d.length == 0 || d.length > MAX_DIGEST_SPAN {
+                return Err(b.malformed("digest range empty or larger than 16 MiB"));
+            }
+            if !d.block.is_power_of_two()
+                || !(MIN_DIGEST_BLOCK..=MAX_DIGEST_BLOCK).contains(&d.block)
+            {
+                return Err(b.malformed("digest block not a power of two from 4 KiB to 4 MiB"));
+            }
+            if d.offset.checked_add(u64::from(d.length)).is_none() {
+                return Err(b.malformed("digest range overflows"));
+            }
+            b.done()?;
+            Frame::DigestRequest(d)
+        }
+        14 => {
+            let seq = b.u64()?;
+            let count = b.u32()? as usize;
+            if count > (MAX_DIGEST_SPAN / MIN_DIGEST_BLOCK) as usize {
+                return Err(b.malformed("more digests than a request can ask for"));
+            }
+            let raw = b.take(count * DIGEST_LEN)?;
+            b.done()?;
+            let digests = raw
+                .chunks_exact(DIGEST_LEN)
+                .map(|c| c.try_into().expect("chunks of DIGEST_LEN"))
+                .collect();
+            Frame::DigestResponse(DigestResponse { seq, digests })
         }
         other => return Err(FrameError::UnknownKind(other)),
     };
@@ -897,6 +1209,8 @@ mod tests {
         let f = Frame::Checkpoint(Checkpoint {
             seq: 1,
             epoch: 1,
+            kind: 0,
+            time_us: 0,
             label,
         });
         let mut b = BytesMut::new();

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod generation;
 pub mod handshake;
 pub mod histogram;
 pub mod planted;

@@ -23,8 +23,10 @@ use bytes::Bytes;
 
 use crate::codec::CodecError;
 use crate::frame::{
-    Ack, AckKind, Checkpoint, Flush, Frame, Hello, Nack, NackReason, ReadRequest, Role, Trim, Write,
+    Ack, AckKind, Checkpoint, Flush, Frame, Hello, MarkerKind, Nack, NackReason, ReadRequest, Role,
+    Trim, Write,
 };
+use crate::generation::Gen;
 use crate::handshake::{self, HandshakeError};
 use crate::planted::{self, Bug};
 use crate::rtt::{Heartbeats, RttEstimate};
@@ -48,7 +50,22 @@ pub enum Apply {
     },
     Checkpoint {
         seq: Seq,
+        kind: u8,
+        time_us: u64,
         label: String,
+    },
+    /// A generation changes hands (see [`crate::frame::Marker`]).
+    Marker {
+        seq: Seq,
+        kind: MarkerKind,
+        gen: Gen,
+    },
+    /// Answer the digests of this range as the replica is now.
+    Digest {
+        seq: Seq,
+        offset: u64,
+        length: u32,
+        block: u32,
     },
 }
 
@@ -58,7 +75,9 @@ impl Apply {
             Apply::Write { seq, .. }
             | Apply::Flush { seq }
             | Apply::Trim { seq, .. }
-            | Apply::Checkpoint { seq, .. } => *seq,
+            | Apply::Checkpoint { seq, .. }
+            | Apply::Marker { seq, .. }
+            | Apply::Digest { seq, .. } => *seq,
         }
     }
 
@@ -205,10 +224,15 @@ impl Receiver {
 
     /// Checks the primary's Hello and returns this side's answer. `ours` is
     /// this remote's Hello template (volume, size, block size, features).
+    /// With `rebase`, the pair decided to sync (or adopt the primary's
+    /// volume): the stream restarts after that seq whatever this side
+    /// applied of an earlier history, so the primary's position is taken
+    /// as it is.
     pub fn on_hello(
         &mut self,
         ours: &Hello,
         theirs: &Hello,
+        rebase: Option<Seq>,
         now: Instant,
     ) -> Result<Hello, HandshakeError> {
         handshake::check(ours, theirs)?;
@@ -221,11 +245,20 @@ impl Receiver {
                 theirs: theirs.epoch,
             });
         }
-        if theirs.epoch > self.epoch_seen && theirs.stored_seq < self.released_upto {
+        if rebase.is_none()
+            && theirs.epoch > self.epoch_seen
+            && theirs.stored_seq < self.released_upto
+        {
             return Err(HandshakeError::PrimaryBehind {
                 stored: self.released_upto,
                 primary: theirs.stored_seq,
             });
+        }
+        if let Some(pos) = rebase {
+            self.stored_upto = pos;
+            self.applied_upto = pos;
+            self.released_upto = pos;
+            self.apply.clear();
         }
         self.epoch_seen = theirs.epoch;
         self.pending.clear();
@@ -264,9 +297,38 @@ impl Receiver {
                     length,
                 },
             ),
-            Frame::Checkpoint(Checkpoint { seq, label, .. }) => {
-                self.on_ready(seq, Apply::Checkpoint { seq, label })
-            }
+            Frame::Checkpoint(Checkpoint {
+                seq,
+                kind,
+                time_us,
+                label,
+                ..
+            }) => self.on_ready(
+                seq,
+                Apply::Checkpoint {
+                    seq,
+                    kind,
+                    time_us,
+                    label,
+                },
+            ),
+            Frame::Marker(m) => self.on_ready(
+                m.seq,
+                Apply::Marker {
+                    seq: m.seq,
+                    kind: m.kind,
+                    gen: m.gen,
+                },
+            ),
+            Frame::DigestRequest(d) => self.on_ready(
+                d.seq,
+                Apply::Digest {
+                    seq: d.seq,
+                    offset: d.offset,
+                    length: d.length,
+                    block: d.block,
+                },
+            ),
             Frame::Heartbeat(hb) => {
                 if let Some(reply) = self.heartbeats.on_heartbeat(&hb, now) {
                     self.transmits.push_back(reply);
@@ -457,6 +519,12 @@ impl Receiver {
             }
             self.apply.push_back(op);
         }
+    }
+
+    /// Queues a frame for the primary that the driver produced (the
+    /// digests a [`Apply::Digest`] asked for).
+    pub fn push_transmit(&mut self, frame: Frame) {
+        self.transmits.push_back(frame);
     }
 
     /// The next operation to apply to the replica, in seq order.

@@ -33,6 +33,10 @@ pub enum OpKind {
     Flush,
     Trim,
     Checkpoint,
+    /// A generation marker ([`crate::frame::Marker`]).
+    Marker,
+    /// A digest request ([`crate::frame::DigestRequest`]).
+    Digest,
 }
 
 /// Sender settings.
@@ -68,6 +72,10 @@ pub struct Completion {
     pub trigger: Trigger,
     /// Time from submission to answer.
     pub latency: Duration,
+    /// Answered by a fold: the operation reached the primary's local copy
+    /// and its changed-block map instead of the journal (see
+    /// [`Sender::fold`]).
+    pub folded: bool,
 }
 
 /// Why the sender refuses an event.
@@ -99,6 +107,8 @@ pub struct SenderStats {
     pub answer_latency: Histogram,
     /// The same, split by the trigger that answered.
     pub answer_latency_by_trigger: PerTrigger<Histogram>,
+    /// Operations answered by a fold into the changed-block map.
+    pub folded: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -115,8 +125,20 @@ struct Op {
     /// remote that restarted has forgotten what it only held in memory).
     received_now: bool,
     last_sent: Option<Instant>,
+    /// Times the retransmit timer fired for it this session: each doubles
+    /// the wait before the next (up to [`MAX_BACKOFF_SHIFT`]), so a link
+    /// that drops a full window is not flooded with the same window again.
+    timeouts: u32,
     /// Recovered from the nvbuf after a restart: no host waits for it.
     recovered: bool,
+}
+
+/// Most doublings of the retransmit timeout for one operation.
+pub const MAX_BACKOFF_SHIFT: u32 = 4;
+
+/// `rto` doubled once per earlier timeout, at most [`MAX_BACKOFF_SHIFT`] times.
+fn backoff(rto: Duration, timeouts: u32) -> Duration {
+    rto.saturating_mul(1 << timeouts.min(MAX_BACKOFF_SHIFT))
 }
 
 /// The primary side of the protocol.
@@ -211,6 +233,7 @@ impl Sender {
             in_flight: false,
             received_now: false,
             last_sent: None,
+            timeouts: 0,
             recovered: false,
         });
         self.advance(now);
@@ -254,6 +277,7 @@ impl Sender {
             in_flight: false,
             received_now: false,
             last_sent: None,
+            timeouts: 0,
             recovered: true,
         });
         self.queue.insert(seq);
@@ -290,7 +314,14 @@ impl Sender {
         }
         let seq = *self.queue.first()?;
         let bytes = self.op(seq).map_or(0, |op| op.bytes);
-        if self.inflight_bytes > 0 && self.inflight_bytes + bytes > self.cfg.max_inflight_bytes {
+        // The seq the remote needs next goes whatever the window says: the
+        // window may be full of later seqs the remote holds but cannot
+        // release without it (one lost, or resent after a reconnect).
+        let needed_next = seq == self.received_upto + 1;
+        if !needed_next
+            && self.inflight_bytes > 0
+            && self.inflight_bytes + bytes > self.cfg.max_inflight_bytes
+        {
             return None;
         }
         self.queue.pop_first();
@@ -425,6 +456,7 @@ impl Sender {
         self.received_upto = self.stored_upto.max(remote_stored.min(self.highest_seq()));
         for op in &mut self.ops {
             op.received_now = false;
+            op.timeouts = 0;
         }
         if remote_stored > self.stored_upto {
             self.on_ack(
@@ -560,6 +592,7 @@ impl Sender {
                     kind: op.kind,
                     trigger,
                     latency: now.saturating_duration_since(op.submitted),
+                    folded: false,
                 };
                 self.stats.answered_by[trigger] += 1;
                 self.stats.answer_latency.record(done.latency);
@@ -574,6 +607,55 @@ impl Sender {
             self.base += 1;
         }
         self.check();
+    }
+
+    /// The primary stops journaling: every operation so far has gone to
+    /// its local copy and changed-block map instead, and will never be sent.
+    /// Answers every one not yet answered (as `folded`, at `buffered`, the
+    /// stage it now matches: durable on the primary) and forgets them all;
+    /// the stream continues after the highest seq.
+    pub fn fold(&mut self, now: Instant) {
+        self.clock(now);
+        let highest = self.highest_seq();
+        for (i, op) in self.ops.iter_mut().enumerate() {
+            let seq = self.base + i as Seq;
+            if seq > self.answered_upto && !op.answered && !op.recovered {
+                let done = Completion {
+                    seq,
+                    kind: op.kind,
+                    trigger: Trigger::Buffered,
+                    latency: now.saturating_duration_since(op.submitted),
+                    folded: true,
+                };
+                self.stats.folded += 1;
+                self.stats.answer_latency.record(done.latency);
+                self.completions.push_back(done);
+            }
+        }
+        self.ops.clear();
+        self.queue.clear();
+        self.inflight_bytes = 0;
+        self.base = highest + 1;
+        self.answered_upto = highest;
+        self.buffered_upto = highest;
+        self.received_upto = highest;
+        self.stored_upto = highest;
+        self.answer_timer = None;
+        self.check();
+    }
+
+    /// Whether an operation of `kind` after `seq` is still held (not known
+    /// to be stored, so a remote that has stored up to `seq` gets it again).
+    pub fn holds_after(&self, kind: OpKind, seq: Seq) -> bool {
+        self.ops
+            .iter()
+            .enumerate()
+            .any(|(i, op)| self.base + i as Seq > seq && op.kind == kind)
+    }
+
+    /// The lowest seq this sender may still send: everything below is stored.
+    pub fn base(&self) -> Seq {
+        self.base
     }
 
     /// The next answered host operation.
@@ -594,15 +676,28 @@ impl Sender {
         let rto = self.cfg.retransmit_timeout.and_then(|rto| {
             self.ops
                 .iter()
-                .filter(|op| op.in_flight && !op.received_now)
-                .filter_map(|op| op.last_sent)
+                .enumerate()
+                .filter(|(_, op)| op.in_flight && !op.received_now)
+                .filter_map(|(i, op)| {
+                    let wait = self.rto_of(self.base + i as Seq, op.timeouts, rto);
+                    op.last_sent.map(|t| t + wait)
+                })
                 .min()
-                .map(|t| t + rto)
         });
         [self.answer_timer, self.heartbeats.poll_timeout(), rto]
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// The retransmit timeout of `seq`: backed off, except for the seq the
+    /// remote needs next, which nothing after it can stand in for.
+    fn rto_of(&self, seq: Seq, timeouts: u32, rto: Duration) -> Duration {
+        if seq == self.received_upto + 1 {
+            rto
+        } else {
+            backoff(rto, timeouts)
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -614,12 +709,18 @@ impl Sender {
                 .ops
                 .iter()
                 .enumerate()
-                .filter(|(_, op)| {
-                    op.in_flight && !op.received_now && op.last_sent.is_some_and(|t| t + rto <= now)
+                .filter(|(i, op)| {
+                    let wait = self.rto_of(self.base + *i as Seq, op.timeouts, rto);
+                    op.in_flight
+                        && !op.received_now
+                        && op.last_sent.is_some_and(|t| t + wait <= now)
                 })
                 .map(|(i, _)| self.base + i as Seq)
                 .collect();
             for seq in late {
+                if let Some(op) = self.op_mut(seq) {
+                    op.timeouts = op.timeouts.saturating_add(1);
+                }
                 self.requeue(seq);
             }
         }

@@ -23,6 +23,10 @@ fn hello(role: Role, epoch: u32, stored_seq: u64) -> Hello {
         highest_seq: 0,
         key_fingerprint: 0,
         flags: 0,
+        gens: Default::default(),
+        map_base: 0,
+        resume_from: 0,
+        decision: 0,
     }
 }
 
@@ -43,8 +47,13 @@ fn write(seq: u64, index: u32, count: u32, byte: u8) -> Write {
 
 fn connected(now: Instant) -> Receiver {
     let mut r = Receiver::new(0, 0, Duration::from_secs(1), now);
-    r.on_hello(&hello(Role::Remote, 0, 0), &hello(Role::Primary, 1, 0), now)
-        .unwrap();
+    r.on_hello(
+        &hello(Role::Remote, 0, 0),
+        &hello(Role::Primary, 1, 0),
+        None,
+        now,
+    )
+    .unwrap();
     r
 }
 
@@ -162,34 +171,37 @@ fn the_handshake_refuses_stale_and_amnesiac_primaries() {
     let now = Instant::now();
     let mut r = Receiver::new(0, 0, Duration::from_secs(1), now);
     let ours = hello(Role::Remote, 0, 0);
-    r.on_hello(&ours, &hello(Role::Primary, 5, 0), now).unwrap();
+    r.on_hello(&ours, &hello(Role::Primary, 5, 0), None, now)
+        .unwrap();
     deliver(&mut r, write(1, 0, 1, 1), now);
     deliver(&mut r, write(2, 0, 1, 1), now);
     assert_eq!(r.released_upto(), 2);
 
     assert!(matches!(
-        r.on_hello(&ours, &hello(Role::Primary, 4, 2), now),
+        r.on_hello(&ours, &hello(Role::Primary, 4, 2), None, now),
         Err(HandshakeError::StaleEpoch { seen: 5, theirs: 4 })
     ));
     // A restarted primary that carried over only seq 1 would reuse seq 2.
     assert!(matches!(
-        r.on_hello(&ours, &hello(Role::Primary, 6, 1), now),
+        r.on_hello(&ours, &hello(Role::Primary, 6, 1), None, now),
         Err(HandshakeError::PrimaryBehind {
             stored: 2,
             primary: 1
         })
     ));
     assert!(matches!(
-        r.on_hello(&ours, &hello(Role::Remote, 6, 9), now),
+        r.on_hello(&ours, &hello(Role::Remote, 6, 9), None, now),
         Err(HandshakeError::SameRole(Role::Remote))
     ));
     let mut other_volume = hello(Role::Primary, 6, 9);
     other_volume.volume_id = [2; 16];
     assert!(matches!(
-        r.on_hello(&ours, &other_volume, now),
+        r.on_hello(&ours, &other_volume, None, now),
         Err(HandshakeError::Volume { .. })
     ));
-    let reply = r.on_hello(&ours, &hello(Role::Primary, 6, 2), now).unwrap();
+    let reply = r
+        .on_hello(&ours, &hello(Role::Primary, 6, 2), None, now)
+        .unwrap();
     assert_eq!(reply.epoch, 6);
     assert_eq!(r.epoch_seen(), 6);
 }
@@ -200,8 +212,13 @@ fn nothing_unreleased_survives_a_new_connection() {
     let mut r = connected(now);
     deliver(&mut r, write(2, 0, 1, 1), now);
     assert!(r.pending_bytes() > 0);
-    r.on_hello(&hello(Role::Remote, 0, 0), &hello(Role::Primary, 2, 5), now)
-        .unwrap();
+    r.on_hello(
+        &hello(Role::Remote, 0, 0),
+        &hello(Role::Primary, 2, 5),
+        None,
+        now,
+    )
+    .unwrap();
     assert_eq!(r.pending_bytes(), 0);
     assert!(
         deliver(&mut r, write(2, 0, 1, 1), now),

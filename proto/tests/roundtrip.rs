@@ -5,6 +5,7 @@ use bytes::{Bytes, BytesMut};
 use dtu_proto::chunk::{ChunkPlan, Joiner};
 use dtu_proto::codec::{decode_chunk, encode_chunk, ChunkFlags, ChunkId, EncodeOptions, Key};
 use dtu_proto::frame::*;
+use dtu_proto::generation::Generations;
 use dtu_proto::MAX_CHUNKS_PER_WRITE;
 use proptest::prelude::*;
 
@@ -44,11 +45,19 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<u64>(),
             0..=dtu_proto::frame::hello_flags::KNOWN,
         ),
+        (
+            any::<u64>(),
+            any::<[u64; 4]>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u8>(),
+        ),
     )
         .prop_map(
             |(
                 (version, role, volume_id, volume_size, block_size, features, epoch, stored_seq),
                 (highest_seq, key_fingerprint, flags),
+                (current, history, map_base, resume_from, decision),
             )| {
                 Frame::Hello(Hello {
                     version,
@@ -62,6 +71,10 @@ fn frame() -> impl Strategy<Value = Frame> {
                     highest_seq,
                     key_fingerprint,
                     flags,
+                    gens: Generations { current, history },
+                    map_base,
+                    resume_from,
+                    decision,
                 })
             },
         );
@@ -100,11 +113,25 @@ fn frame() -> impl Strategy<Value = Frame> {
             offset,
             length: length.min(u64::MAX - offset)
         })),
-        (any::<u64>(), any::<u32>(), "[a-z0-9 é-]{0,80}").prop_map(|(seq, epoch, label)| Frame::Checkpoint(Checkpoint {
+        (1..u64::MAX, any::<u32>(), 0u8..6, any::<u64>(), "[a-z0-9 é-]{0,80}").prop_map(|(seq, epoch, kind, time_us, label)| Frame::Checkpoint(Checkpoint {
             seq,
             epoch,
+            kind,
+            time_us,
             label
         })),
+        (1..u64::MAX, any::<u32>(), prop_oneof![Just(MarkerKind::SyncStart), Just(MarkerKind::SyncDone)], any::<u64>())
+            .prop_map(|(seq, epoch, kind, gen)| Frame::Marker(Marker { seq, epoch, kind, gen })),
+        (1..u64::MAX, any::<u32>(), any::<u64>(), 1..=MAX_DIGEST_SPAN, 12u32..=22)
+            .prop_map(|(seq, epoch, offset, length, shift)| Frame::DigestRequest(DigestRequest {
+                seq,
+                epoch,
+                offset: offset.min(u64::MAX - u64::from(length)),
+                length,
+                block: 1 << shift,
+            })),
+        (any::<u64>(), proptest::collection::vec(any::<[u8; 16]>(), 0..300))
+            .prop_map(|(seq, digests)| Frame::DigestResponse(DigestResponse { seq, digests })),
         (prop_oneof![Just(AckKind::Received), Just(AckKind::Stored)], any::<u64>())
             .prop_map(|(kind, upto)| Frame::Ack(Ack { kind, upto })),
         (any::<u64>(), any::<u32>(), prop_oneof![Just(NackReason::Checksum), Just(NackReason::Decode)])

@@ -72,6 +72,10 @@ fn hello(role: Role) -> Hello {
         highest_seq: 0,
         key_fingerprint: 0,
         flags: 0,
+        gens: Default::default(),
+        map_base: 0,
+        resume_from: 0,
+        decision: 0,
     }
 }
 
@@ -115,7 +119,7 @@ fn run(seed: u64, seal: bool) {
     };
 
     let reply = receiver
-        .on_hello(&hello(Role::Remote), &hello(Role::Primary), t0)
+        .on_hello(&hello(Role::Remote), &hello(Role::Primary), None, t0)
         .unwrap();
     sender.on_connected(reply.stored_seq, t0).unwrap();
 
@@ -188,7 +192,7 @@ fn run(seed: u64, seal: bool) {
             up.queue.clear();
             down.queue.clear();
             let reply = receiver
-                .on_hello(&hello(Role::Remote), &hello(Role::Primary), at)
+                .on_hello(&hello(Role::Remote), &hello(Role::Primary), None, at)
                 .unwrap();
             sender.on_connected(reply.stored_seq, at).unwrap();
         }

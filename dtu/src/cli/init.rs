@@ -43,6 +43,14 @@ pub struct InitArgs {
     /// Do not seal payloads with a volume key (QUIC still encrypts the link).
     #[arg(long)]
     pub no_seal: bool,
+    /// How the replica is first brought to the primary's volume (with a
+    /// local copy): `full` copies every extent (holes and zeros cost
+    /// nothing), `checksum` sends only blocks whose digests differ (a
+    /// replica seeded by truck or from an earlier pair), `assume-in-sync`
+    /// takes the replica as equal without looking (you must know it is:
+    /// it is recorded in the replica's state).
+    #[arg(long, default_value = "full")]
+    pub initial_sync: dtu_proto::generation::InitialSync,
     /// Replace files from an earlier `dtu init` in the same directory.
     #[arg(long)]
     pub force: bool,
@@ -132,6 +140,14 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
         nvbuf: NvbufSection {
             path: "primary.nvbuf".into(),
             size: a.nvbuf_size.clone(),
+            map: None,
+            map_granularity: None,
+            overflow: None,
+            overflow_after: None,
+        },
+        sync: SyncSection {
+            initial: Some(a.initial_sync.name().into()),
+            ..SyncSection::default()
         },
         pipeline: PipelineSection::default(),
         policy: PolicySection::default(),

@@ -814,6 +814,49 @@ impl<S: NvStore> Nvbuf<S> {
         self.persist_superblock()
     }
 
+    /// The headers of every unreleased record, in log order (what a fold
+    /// into the changed-block map must mark).
+    pub fn unreleased_headers(&self) -> Vec<RecordHeader> {
+        lock(&self.state).index.iter().map(|e| e.hdr).collect()
+    }
+
+    /// Releases every record and makes `seq` the next one to append, as if
+    /// the seqs between had been appended and stored: the primary folded
+    /// them into its changed-block map and will never send them. Durable
+    /// (a superblock write) before it returns. `seq` must not go back.
+    pub fn skip_to(&self, seq: Seq) -> Result<(), NvbufError> {
+        {
+            let mut st = lock(&self.state);
+            if seq < st.next_seq {
+                return Err(NvbufError::InvalidHeader(format!(
+                    "cannot skip back to seq {seq}: the next is {}",
+                    st.next_seq
+                )));
+            }
+            // A seq half appended (the nvbuf filled between its chunks) is
+            // dropped with the rest when the skip goes past it.
+            if let Some((s, idx, count)) = st.last {
+                if idx + 1 < count && seq <= s {
+                    return Err(NvbufError::InvalidHeader(format!(
+                        "cannot skip to seq {seq} while seq {s} is half appended"
+                    )));
+                }
+            }
+            while let Some(e) = st.index.pop_front() {
+                st.released_tail = e.end;
+            }
+            st.released_tail = st.head;
+            st.released_tail_seq = seq;
+            st.next_seq = seq;
+            st.unreleased_seqs = 0;
+            st.last = None;
+            st.last_complete_seq = seq.checked_sub(1);
+        }
+        self.persist_superblock()?;
+        self.space_cv.notify_all();
+        Ok(())
+    }
+
     /// Records the durable frontier in the superblock if it moved since the
     /// last one: meant for idle moments, so that damage to the last records
     /// written before a pause is recognised as damage, not as a torn tail.

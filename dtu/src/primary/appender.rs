@@ -43,6 +43,8 @@ pub enum AppendError {
         "{0} records wait for an earlier one: the encoder and the nvbuf disagree on the next seq"
     )]
     TooManyWaiting(usize),
+    #[error("going ahead: {0}")]
+    Fold(#[from] super::mode::FoldError),
 }
 
 /// What one step did.
@@ -62,6 +64,14 @@ pub struct Step {
 pub struct Appender {
     waiting: BTreeMap<(Seq, u32), Record>,
     next: (Seq, u32),
+    /// Records below this seq arriving after a fold are void (sync pieces
+    /// that were still being read): dropped.
+    void_below: Seq,
+    /// Records of a seq whose later chunks are not appended yet: they reach
+    /// the local copy only with the seq's last chunk, so a crash between
+    /// chunks cannot leave on the local copy part of a seq that recovery
+    /// drops (and the replica never sees).
+    held: Vec<Record>,
 }
 
 impl Appender {
@@ -70,12 +80,17 @@ impl Appender {
         Appender {
             waiting: BTreeMap::new(),
             next: (next_seq, 0),
+            void_below: 0,
+            held: Vec::new(),
         }
     }
 
     /// A record from an encode worker (or a control operation).
     pub fn push(&mut self, rec: Record) -> Result<(), AppendError> {
         let key = (rec.hdr.seq, rec.hdr.chunk_index);
+        if key.0 < self.void_below {
+            return Ok(());
+        }
         if key < self.next || self.waiting.contains_key(&key) {
             return Err(AppendError::Duplicate {
                 seq: key.0,
@@ -87,6 +102,44 @@ impl Appender {
         }
         self.waiting.insert(key, rec);
         Ok(())
+    }
+
+    /// Takes every record held, in (seq, chunk) order, and continues after
+    /// `next_seq` (the primary folded them into its map).
+    pub fn drain(&mut self, next_seq: Seq) -> Vec<Record> {
+        self.next = (next_seq, 0);
+        self.void_below = next_seq;
+        let mut out = std::mem::take(&mut self.held);
+        out.extend(std::mem::take(&mut self.waiting).into_values());
+        out
+    }
+
+    /// Whether every record of every seq up to `highest` is here (or
+    /// appended), except seqs `skip` says need none (sync pieces still being
+    /// read, which a fold voids).
+    pub fn holds_through(&self, highest: Seq, skip: impl Fn(Seq) -> bool) -> bool {
+        let mut seq = self.next.0;
+        while seq <= highest {
+            let start = if seq == self.next.0 { self.next.1 } else { 0 };
+            let recs: Vec<&Record> = self
+                .waiting
+                .range((seq, start)..(seq + 1, 0))
+                .map(|(_, r)| r)
+                .collect();
+            let complete = recs
+                .first()
+                .is_some_and(|r| recs.len() as u32 + start == r.hdr.chunk_count);
+            if !complete && !skip(seq) {
+                return false;
+            }
+            seq += 1;
+        }
+        true
+    }
+
+    /// The record the appender waits for next.
+    pub fn next(&self) -> (Seq, u32) {
+        self.next
     }
 
     /// Records held, waiting for their turn or for space.
@@ -140,7 +193,14 @@ impl Appender {
             nv.sync_to(lsn)?;
         }
         if let Some(local) = local {
-            for rec in &batch {
+            let mut ready = std::mem::take(&mut self.held);
+            ready.extend(batch);
+            let complete_upto = ready
+                .iter()
+                .rposition(|r| r.hdr.chunk_index + 1 == r.hdr.chunk_count)
+                .map_or(0, |i| i + 1);
+            self.held = ready.split_off(complete_upto);
+            for rec in &ready {
                 let last = rec.hdr.chunk_index + 1 == rec.hdr.chunk_count;
                 local
                     .apply(rec.hdr.seq, &rec.local, last)

@@ -4,13 +4,21 @@
 //! agrees at connect is simulated exactly as it ships.
 
 use dtu_proto::codec::Key;
-use dtu_proto::frame::{features, hello_flags, Hello, Role};
+use dtu_proto::frame::{features, hello_flags, DecisionCode, Hello, Role};
+use dtu_proto::generation::{Decision, Gen, Generations, InitialSync};
 use dtu_proto::handshake::{self, HandshakeError};
 use dtu_proto::{Epoch, Seq};
 
+use std::time::Instant;
+
+use crate::changemap::{ChangeMap, MapStore};
 use crate::config::Volume;
 
-use super::meta::LostWrites;
+use super::local::LocalCopy;
+use super::mode::{FoldError, Mode};
+use super::sync::SyncEngine;
+
+use super::meta::PrimaryMeta;
 
 /// Why the remote's answer ends the attempt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,6 +28,8 @@ pub enum Refusal {
     Handshake(#[from] HandshakeError),
     #[error("the peer is not a remote DTU")]
     NotARemote,
+    #[error("the remote's answer carries no decision (an older dtu?)")]
+    NoDecision,
 }
 
 /// What the remote's accepted answer says.
@@ -30,6 +40,13 @@ pub struct Accepted {
     /// The remote has recorded (durably) that its replica is inconsistent,
     /// so a loss this primary reported need not be reported again.
     pub inconsistent: bool,
+    /// What the remote decided.
+    pub decision: Decision,
+    /// The remote's generations after its decision.
+    pub remote_gens: Generations,
+    /// The generation a sync under way on the replica was bringing it to
+    /// when the remote decided (0: none).
+    pub remote_sync_target: Gen,
 }
 
 /// The Hello of a primary of `volume` at `epoch`, whose stream carried over
@@ -57,17 +74,41 @@ pub fn hello(volume: &Volume, epoch: Epoch, carried_over: Seq, compress: bool) -
             .as_ref()
             .map_or(0, |k| Key::from_bytes(k).fingerprint()),
         flags: 0,
+        gens: Default::default(),
+        map_base: 0,
+        resume_from: 0,
+        decision: 0,
     }
 }
 
-/// The Hello offered at one connect: how far the stream reaches now, and
-/// a loss the remote has not yet recorded.
-pub fn offer(template: &Hello, highest: Seq, unreported: Option<&LostWrites>) -> Hello {
+/// What the primary says about itself at one connect.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer<'a> {
+    /// The highest seq assigned so far.
+    pub highest: Seq,
+    /// The lowest seq it can still send.
+    pub resume_from: Seq,
+    pub meta: &'a PrimaryMeta,
+    pub has_local: bool,
+    pub initial: InitialSync,
+}
+
+/// The Hello offered at one connect: how far the stream reaches, the
+/// generations and the map's base for the remote's decision, and a loss
+/// the remote has not yet recorded.
+pub fn offer(template: &Hello, o: &Offer<'_>) -> Hello {
     let mut h = template.clone();
-    h.highest_seq = highest;
-    if unreported.is_some() {
+    h.highest_seq = o.highest;
+    h.resume_from = o.resume_from;
+    h.gens = o.meta.gens;
+    h.map_base = o.meta.map_base;
+    if o.meta.unreported_loss.is_some() {
         h.flags |= hello_flags::LOST_WRITES;
     }
+    if o.has_local {
+        h.flags |= hello_flags::HAS_LOCAL;
+    }
+    h.flags |= o.initial.bits() << hello_flags::INITIAL_SHIFT;
     h
 }
 
@@ -77,8 +118,89 @@ pub fn check_reply(sent: &Hello, theirs: &Hello) -> Result<Accepted, Refusal> {
     if theirs.role != Role::Remote {
         return Err(Refusal::NotARemote);
     }
+    let decision = DecisionCode::decode(theirs.decision).ok_or(Refusal::NoDecision)?;
     Ok(Accepted {
         remote_stored: theirs.stored_seq,
         inconsistent: theirs.flags & hello_flags::INCONSISTENT != 0,
+        decision,
+        remote_gens: theirs.gens,
+        remote_sync_target: theirs.map_base,
     })
+}
+
+/// Carries out the remote's decision on the primary's side: a resync
+/// (marking every extent when it must sync all) starts the sync engine and
+/// ends writing ahead; `resume` after a sync means the remote already took
+/// the primary's generation, so the map's work is done; an adoption empties
+/// the map. Returns whether the metadata changed (the caller writes it).
+/// The caller holds out host writes while the mode changes.
+/// `markers_pending` says the stream still to be sent holds sync markers
+/// (see [`Sender::holds_after`](dtu_proto::sender::Sender::holds_after)):
+/// a start among them will mark the replica mid-sync again, so a run must
+/// follow with its own end even when nothing is left to copy.
+#[allow(clippy::too_many_arguments)]
+pub fn on_accepted<M: MapStore>(
+    a: &Accepted,
+    markers_pending: bool,
+    meta: &mut PrimaryMeta,
+    map: Option<&ChangeMap<M>>,
+    local: Option<&LocalCopy>,
+    sync: &mut SyncEngine,
+    mode: &mut Mode,
+    checksum_always: bool,
+    now: Instant,
+) -> Result<bool, FoldError> {
+    let mut changed = false;
+    if matches!(mode, Mode::Ahead { .. }) && !matches!(a.decision, Decision::Refuse(_)) {
+        // Back to the journal: what the host wrote ahead without a flush
+        // must be on disk before a sync reads it and the replica holds it.
+        if let (Some(map), Some(local)) = (map, local) {
+            super::mode::flush_ahead(map, local)?;
+        }
+    }
+    match a.decision {
+        Decision::Resume | Decision::Adopt => {
+            if meta.map_base != 0 || sync.running() || markers_pending {
+                // The replica holds this generation (a sync completed while
+                // its last answer was on the way, or it was adopted).
+                sync.abort();
+                if let Some(map) = map {
+                    map.reset(false, 0)?;
+                    if markers_pending {
+                        sync.start(meta.gens.current, false, map, now);
+                    }
+                }
+                meta.map_base = 0;
+                changed = true;
+            }
+            if matches!(mode, Mode::Ahead { .. }) {
+                *mode = Mode::Journal;
+                meta.ahead = false;
+                changed = true;
+            }
+        }
+        Decision::Resync { all, checksum } => {
+            let Some(map) = map else {
+                // The remote never asks a primary without a local copy to
+                // sync; refuse rather than pretend.
+                return Ok(changed);
+            };
+            if matches!(mode, Mode::Ahead { .. }) {
+                *mode = Mode::Journal;
+                meta.ahead = false;
+                changed = true;
+            }
+            // A sync that was under way towards this generation keeps its
+            // map: it holds what is left (relative to the run's base).
+            let continuing = a.remote_sync_target != 0 && a.remote_sync_target == meta.gens.current;
+            if all || (!continuing && meta.map_base != a.remote_gens.current) {
+                map.reset(true, a.remote_gens.current)?;
+                meta.map_base = a.remote_gens.current;
+                changed = true;
+            }
+            sync.start(meta.gens.current, checksum || checksum_always, map, now);
+        }
+        Decision::Refuse(_) => {}
+    }
+    Ok(changed)
 }

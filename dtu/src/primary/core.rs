@@ -10,15 +10,20 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
 use dtu_proto::sender::{Completion, OpKind, Sender};
 use dtu_proto::Seq;
 use tokio::sync::{oneshot, Notify};
 
+use crate::changemap::{ChangeMap, SparseFile};
 use crate::metrics::{QuicMeter, RateMeter};
 use crate::nvbuf::Nvbuf;
+
+use super::meta::PrimaryMeta;
+use super::mode::Mode;
+use super::sync::{Event as SyncEvent, SyncEngine};
 
 use super::local::{release_point, LocalCopy};
 
@@ -53,6 +58,16 @@ pub(crate) struct State {
     pub failed: Option<String>,
     /// The deadline the timer task sleeps until.
     timer_armed: Option<Instant>,
+    /// Journal or ahead (see [`super::mode`]).
+    pub mode: Mode,
+    /// What to sync and verify.
+    pub sync: SyncEngine,
+    /// The durable metadata as last written (generations, map base, ...).
+    pub meta: PrimaryMeta,
+    /// The last connect's decision and its reason, in one line.
+    pub decision: Option<String>,
+    /// Since when the appender has been waiting for nvbuf space.
+    pub full_since: Option<Instant>,
 }
 
 /// Shared by the host-facing API, the ingest threads and the async tasks.
@@ -75,9 +90,16 @@ pub(crate) struct Core {
     /// QUIC's own figures, across connections.
     pub quic: QuicMeter,
     rates: Mutex<RateState>,
-    /// Answered writes lost with the nvbuf that the remote has not yet
-    /// recorded; told at every connect until it has.
-    pub unreported_loss: Mutex<Option<super::meta::LostWrites>>,
+    /// The changed-block map (with a local copy only).
+    pub map: Option<Arc<ChangeMap<SparseFile>>>,
+    /// Host operations hold it shared while they enter the pipeline; a mode
+    /// change holds it alone, so no write is half in the journal and half in
+    /// the map.
+    pub gate: RwLock<()>,
+    /// The sync thread has work (a decision, a stored seq, digests).
+    pub sync_wake: (Mutex<bool>, Condvar),
+    /// A fold waits for the gate: new host operations hold back.
+    pub folding: AtomicBool,
 }
 
 /// Link and host byte rates.
@@ -108,7 +130,14 @@ pub(crate) struct Counters {
 }
 
 impl Core {
-    pub fn new(sender: Sender, nvbuf: Arc<Nvbuf>, local: Option<Arc<LocalCopy>>) -> Core {
+    pub fn new(
+        sender: Sender,
+        nvbuf: Arc<Nvbuf>,
+        local: Option<Arc<LocalCopy>>,
+        map: Option<Arc<ChangeMap<SparseFile>>>,
+        meta: PrimaryMeta,
+        mode: Mode,
+    ) -> Core {
         Core {
             state: Mutex::new(State {
                 sender,
@@ -120,9 +149,18 @@ impl Core {
                 conn: None,
                 failed: None,
                 timer_armed: None,
+                mode,
+                sync: SyncEngine::new(),
+                meta,
+                decision: None,
+                full_since: None,
             }),
             nvbuf,
             local,
+            map,
+            gate: RwLock::new(()),
+            sync_wake: (Mutex::new(false), Condvar::new()),
+            folding: AtomicBool::new(false),
             lanes_wake: Notify::new(),
             control_wake: Notify::new(),
             timer_wake: Notify::new(),
@@ -131,7 +169,138 @@ impl Core {
             counters: Counters::default(),
             quic: QuicMeter::default(),
             rates: Mutex::new(RateState::default()),
-            unreported_loss: Mutex::new(None),
+        }
+    }
+
+    /// The remote's digests for the request at `seq`.
+    pub fn on_digests(&self, seq: Seq, digests: &[crate::digest::Digest]) {
+        let Some(map) = &self.map else { return };
+        let events = {
+            let mut st = self.lock();
+            st.sync.on_digests(seq, digests, map, Instant::now())
+        };
+        self.on_sync_events(events);
+        self.wake_sync();
+    }
+
+    /// What the sync engine reports: a finished sync frees the map's base,
+    /// a verify's findings are logged (and with repair, a sync starts).
+    pub fn on_sync_events(&self, events: Vec<SyncEvent>) {
+        for e in events {
+            match e {
+                SyncEvent::SyncComplete { gen } => {
+                    let Some(map) = &self.map else { continue };
+                    let mut result = Ok(());
+                    let written = self.update_meta(|m| result = super::sync::on_complete(map, m));
+                    if let Err(e) = result {
+                        tracing::error!("changed-block map after the sync: {e}");
+                    }
+                    match written {
+                        Ok(_) => tracing::info!(
+                            "sync complete: the replica holds the primary's volume of generation {gen:016x}"
+                        ),
+                        Err(e) => tracing::error!("recording the completed sync: {e}"),
+                    }
+                }
+                SyncEvent::Mismatch { ranges, repair } => {
+                    let bytes: u64 = ranges.iter().map(|r| r.1).sum();
+                    tracing::warn!(
+                        "verify: {} ranges ({}) differ between the local copy and the replica{}: {}",
+                        ranges.len(),
+                        crate::units::format_bytes(bytes),
+                        if repair { ", marked for repair" } else { "" },
+                        ranges
+                            .iter()
+                            .take(8)
+                            .map(|(o, l)| format!("{o}+{l}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    if repair {
+                        self.start_repair();
+                    }
+                }
+                SyncEvent::VerifyComplete {
+                    mismatched_bytes,
+                    ranges,
+                } => {
+                    tracing::info!(
+                        "verify complete: {ranges} ranges, {} differ",
+                        crate::units::format_bytes(mismatched_bytes)
+                    );
+                    if let Err(e) = self.update_meta(|m| m.verify = None) {
+                        tracing::error!("recording the finished verify: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A verify with repair found differences (already marked in the map):
+    /// a sync towards the current generation brings them over; the replica
+    /// is inconsistent until it completes.
+    fn start_repair(&self) {
+        let Some(map) = &self.map else { return };
+        let mut st = self.lock();
+        if st.sync.running() {
+            return;
+        }
+        let gen = st.meta.gens.current;
+        st.sync.start(gen, false, map, Instant::now());
+        let first = st.meta.map_base == 0;
+        drop(st);
+        if first {
+            // The map is relative to the replica as it stands: the same
+            // generation (the marks say where it differs).
+            let _ = map.set_base(gen);
+            let _ = self.update_meta(|m| m.map_base = gen);
+        }
+    }
+
+    /// Wakes the sync thread.
+    pub fn wake_sync(&self) {
+        let (m, cv) = &self.sync_wake;
+        *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+
+    /// The sync thread waits for work, at most `timeout`.
+    pub fn wait_sync(&self, timeout: std::time::Duration) {
+        let (m, cv) = &self.sync_wake;
+        let mut woken = m.lock().unwrap_or_else(|p| p.into_inner());
+        if !*woken {
+            woken = cv
+                .wait_timeout(woken, timeout)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *woken = false;
+    }
+
+    /// Changes the durable metadata and writes it before returning.
+    pub fn update_meta(
+        &self,
+        f: impl FnOnce(&mut PrimaryMeta),
+    ) -> Result<PrimaryMeta, crate::nvbuf::NvbufError> {
+        let mut st = self.lock();
+        f(&mut st.meta);
+        let meta = st.meta;
+        drop(st);
+        self.nvbuf.set_meta(&meta.encode())?;
+        Ok(meta)
+    }
+
+    /// What a host operation (or a sync batch) holds while it enters the
+    /// pipeline; a mode change waits for all of them to leave.
+    pub fn enter(&self) -> RwLockReadGuard<'_, ()> {
+        loop {
+            while self.folding.load(Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let g = self.gate.read().unwrap_or_else(|p| p.into_inner());
+            if !self.folding.load(Ordering::Acquire) {
+                return g;
+            }
         }
     }
 
@@ -161,6 +330,12 @@ impl Core {
         Ok((seq, rx))
     }
 
+    /// Answers whatever the sender has completed (after a fold).
+    pub fn answer_ready(&self) {
+        let done = drain(&mut self.lock());
+        answer(done);
+    }
+
     /// Runs one event against the sender and does what follows from it.
     pub fn event<T>(&self, f: impl FnOnce(&mut Sender, Instant) -> T) -> T {
         let mut st = self.lock();
@@ -170,6 +345,11 @@ impl Core {
         let out = f(&mut st.sender, now);
         let done = drain(&mut st);
         let progress = st.sender.progress();
+        let sync_events = match &self.map {
+            Some(map) if st.sync.running() => st.sync.on_stored(progress.remote_stored, map, now),
+            _ => Vec::new(),
+        };
+        let wake_sync = st.sync.running() || st.sync.verifying();
         let sendable = progress.queued > 0 && st.sender.is_connected();
         // Wake the timer task only if it sleeps past the new deadline.
         let retime = match (st.sender.poll_timeout(), st.timer_armed) {
@@ -179,6 +359,12 @@ impl Core {
         };
         drop(st);
         answer(done);
+        if !sync_events.is_empty() {
+            self.on_sync_events(sync_events);
+        }
+        if wake_sync {
+            self.wake_sync();
+        }
         // Space the remote has stored (and the local copy synced) is free.
         let done = release_point(progress.remote_stored, self.local.as_deref());
         if done >= self.nvbuf.first_unreleased_seq() {
@@ -261,6 +447,7 @@ fn answer(done: Vec<(Waiter, Completion)>) {
             seq: c.seq,
             trigger: c.trigger,
             latency: c.latency,
+            ahead: c.folded,
         }));
     }
 }

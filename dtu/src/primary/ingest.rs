@@ -29,14 +29,17 @@ use crate::workers::WorkerPool;
 use super::appender::{AppendError, Appender};
 use super::core::Core;
 use super::local::{LocalCopy, LocalOp, LOCAL_SYNC_EVERY};
+use super::mode::{self, Mode, Overflow};
 
 /// Op kinds as stored in the low byte of a record's flags.
-pub(crate) fn kind_code(kind: OpKind) -> u32 {
+pub fn kind_code(kind: OpKind) -> u32 {
     match kind {
         OpKind::Write => 1,
         OpKind::Flush => 2,
         OpKind::Trim => 3,
         OpKind::Checkpoint => 4,
+        OpKind::Marker => 5,
+        OpKind::Digest => 6,
     }
 }
 
@@ -47,6 +50,8 @@ pub fn kind_from_flags(flags: u32) -> Option<OpKind> {
         2 => Some(OpKind::Flush),
         3 => Some(OpKind::Trim),
         4 => Some(OpKind::Checkpoint),
+        5 => Some(OpKind::Marker),
+        6 => Some(OpKind::Digest),
         _ => None,
     }
 }
@@ -60,6 +65,9 @@ pub struct EncodeJob {
     pub count: u32,
     pub offset: u64,
     pub data: Bytes,
+    /// The data still has to reach the local copy (a host write); a sync
+    /// copy was read from it.
+    pub to_local: bool,
 }
 
 /// One record ready for the nvbuf, with what it does to the local copy.
@@ -91,8 +99,8 @@ impl Record {
                 chunk_count: 1,
             },
             frame: frame.to_bytes(),
-            local: match kind {
-                OpKind::Trim => LocalOp::Trim {
+            local: match (kind, frame) {
+                (OpKind::Trim, Frame::Trim(_)) => LocalOp::Trim {
                     offset,
                     len: length,
                 },
@@ -131,6 +139,7 @@ pub fn encode_jobs(
             count,
             offset: span.offset,
             data: data.slice(span.range),
+            to_local: true,
         })
     })
 }
@@ -169,7 +178,7 @@ pub fn encode_one(s: &EncodeSettings, job: EncodeJob) -> Record {
             chunk_count: job.count,
         },
         frame: frame.to_bytes(),
-        local: if s.keep_plain {
+        local: if s.keep_plain && job.to_local {
             LocalOp::Write {
                 offset: job.offset,
                 data: job.data,
@@ -205,6 +214,7 @@ impl Ingest {
         settings: EncodeSettings,
         workers: usize,
         local: Option<Arc<LocalCopy>>,
+        overflow: (Overflow, Duration),
     ) -> std::io::Result<Ingest> {
         let settings = Arc::new(settings);
         let (records, rx) = crossbeam_channel::bounded::<Record>(RECORD_QUEUE);
@@ -225,7 +235,13 @@ impl Ingest {
         let appender = std::thread::Builder::new()
             .name("dtu-append".into())
             .spawn(move || {
-                if let Err(e) = append_loop(&app_core, rx, Appender::new(next), local.as_deref()) {
+                if let Err(e) = append_loop(
+                    &app_core,
+                    rx,
+                    Appender::new(next),
+                    local.as_deref(),
+                    overflow,
+                ) {
                     tracing::error!("the appender failed, the primary stops accepting writes: {e}");
                     app_core.fail(e.to_string());
                 }
@@ -276,6 +292,7 @@ fn append_loop(
     rx: Receiver<Record>,
     mut app: Appender,
     local: Option<&LocalCopy>,
+    (overflow, overflow_after): (Overflow, Duration),
 ) -> Result<(), AppendError> {
     let nvbuf = &core.nvbuf;
     loop {
@@ -305,7 +322,36 @@ fn append_loop(
             }
             sync_local(core, local, now, step.blocked)?;
             if !step.blocked {
+                let mut st = core.lock();
+                st.full_since = None;
+                if matches!(st.mode, Mode::Failing { .. }) {
+                    st.mode = Mode::Journal;
+                    tracing::info!("the nvbuf has room again: writes are taken again");
+                }
                 break;
+            }
+            let since = *core.lock().full_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= overflow_after {
+                match overflow {
+                    Overflow::Stall => {}
+                    Overflow::Fail => {
+                        let mut st = core.lock();
+                        if matches!(st.mode, Mode::Journal) {
+                            st.mode = Mode::Failing { since };
+                            tracing::error!(
+                                "the nvbuf has been full for {:?}: new writes are refused \
+                                 (nvbuf.overflow = fail) until the remote frees space",
+                                now.saturating_duration_since(since)
+                            );
+                        }
+                    }
+                    Overflow::Bitmap => {
+                        if let Some(local) = local {
+                            fold_now(core, &rx, &mut app, local)?;
+                            break;
+                        }
+                    }
+                }
             }
             // The ring is full: what we appended is durable and on its way;
             // wait for the remote to free space, as long as the primary runs.
@@ -318,6 +364,89 @@ fn append_loop(
             }
         }
     }
+}
+
+/// Leaves the journal for the map (see [`super::mode`]): host operations
+/// are held out, every record of every seq handed out so far is gathered
+/// (draining the encoders meanwhile, so none of them waits forever), and
+/// everything not yet stored on the replica is folded into the map.
+fn fold_now(
+    core: &Core,
+    rx: &Receiver<Record>,
+    app: &mut Appender,
+    local: &LocalCopy,
+) -> Result<(), AppendError> {
+    let Some(map) = core.map.as_deref() else {
+        return Ok(());
+    };
+    core.folding.store(true, Ordering::Release);
+    let _gate = loop {
+        match core.gate.try_write() {
+            Ok(g) => break g,
+            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                while let Ok(rec) = rx.try_recv() {
+                    app.push(rec)?;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
+    let highest = core.lock().sender.highest_seq();
+    loop {
+        while let Ok(rec) = rx.try_recv() {
+            app.push(rec)?;
+        }
+        let ready = {
+            let st = core.lock();
+            app.holds_through(highest, |seq| st.sync.is_reserved(seq))
+        };
+        if ready {
+            break;
+        }
+        if core.is_shutdown() {
+            core.folding.store(false, Ordering::Release);
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let now = Instant::now();
+    let conn = {
+        let mut st = core.lock();
+        let st = &mut *st;
+        st.sync.abort();
+        let held = st.sender.progress();
+        mode::fold(
+            &core.nvbuf,
+            map,
+            local,
+            app,
+            &mut st.sender,
+            &mut st.meta,
+            rand::random::<u64>() | 1,
+            now,
+        )?;
+        st.mode = Mode::Ahead { since: now };
+        st.full_since = None;
+        tracing::warn!(
+            "the nvbuf stayed full: the primary goes ahead (nvbuf.overflow = bitmap): seqs {}..={} \
+             folded into the changed-block map ({} marked), new generation {:016x}; writes go to the \
+             local copy and the map until the remote is back and resynced",
+            held.remote_stored + 1,
+            held.highest,
+            crate::units::format_bytes(map.marked_bytes()),
+            st.meta.gens.current
+        );
+        st.conn.clone()
+    };
+    core.answer_ready();
+    core.folding.store(false, Ordering::Release);
+    // The remote must decide a resync: a new session makes it.
+    if let Some(c) = conn {
+        c.close(2u32.into(), b"primary went ahead");
+    }
+    core.lanes_wake.notify_waiters();
+    Ok(())
 }
 
 /// Syncs the local copy when due, and lets the nvbuf free what that allows.

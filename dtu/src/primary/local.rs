@@ -14,7 +14,7 @@
 //! answered before them has reached the local copy.
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -48,6 +48,8 @@ pub struct LocalCopy {
     disk: Arc<dyn Replica>,
     state: Mutex<LocalState>,
     applied_tx: watch::Sender<Seq>,
+    /// For threads waiting on the applied frontier.
+    applied_cv: Condvar,
 }
 
 impl std::fmt::Debug for LocalCopy {
@@ -71,6 +73,7 @@ impl LocalCopy {
                 last_sync: None,
             }),
             applied_tx: watch::channel(applied).0,
+            applied_cv: Condvar::new(),
         }
     }
 
@@ -94,6 +97,7 @@ impl LocalCopy {
         if last_chunk {
             self.lock().applied = seq;
             self.applied_tx.send_replace(seq);
+            self.applied_cv.notify_all();
         }
         Ok(())
     }
@@ -106,6 +110,18 @@ impl LocalCopy {
         st.synced = st.synced.max(seq);
         drop(st);
         self.applied_tx.send_replace(seq);
+        self.applied_cv.notify_all();
+    }
+
+    /// Moves both frontiers to `seq`, backwards too: recovery replays the
+    /// records after `seq` again, whatever the local copy already held.
+    pub fn rewind_to(&self, seq: Seq) {
+        let mut st = self.lock();
+        st.applied = seq;
+        st.synced = seq;
+        drop(st);
+        self.applied_tx.send_replace(seq);
+        self.applied_cv.notify_all();
     }
 
     /// Syncs the local copy when it holds unsynced seqs and `every` has
@@ -146,6 +162,25 @@ impl LocalCopy {
         tokio::time::timeout(timeout, rx.wait_for(|&a| a >= seq))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Blocks the calling thread until every seq up to `seq` has reached
+    /// the local copy, or `timeout` passes; returns whether it did.
+    pub fn wait_applied_blocking(&self, seq: Seq, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        while st.applied < seq {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .applied_cv
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
     }
 
     /// The storage under the local copy.

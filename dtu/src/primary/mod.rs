@@ -30,9 +30,12 @@ mod host;
 pub mod ingest;
 pub mod local;
 pub mod meta;
+pub mod mode;
 pub mod replay;
 mod session;
 mod status;
+pub mod sync;
+mod syncer;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,15 +67,24 @@ pub use self::host::HostSink;
 use self::ingest::{EncodeSettings, Ingest, Record};
 use self::local::LocalCopy;
 use self::meta::{LostWrites, PrimaryMeta};
+use self::mode::FoldError;
+pub use self::mode::{Mode, Overflow};
+use crate::changemap::{ChangeMap, ChangeMapError, SparseFile};
+use dtu_proto::generation::{Generations, InitialSync};
 
 /// How a host operation was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Answer {
+    /// Its place in the stream (0 for a write made while ahead, which has
+    /// none: it went to the local copy and the changed-block map).
     pub seq: Seq,
     /// The stage that answered it; `remote-stored` is the true ack.
     pub trigger: Trigger,
     /// From submission to answer.
     pub latency: Duration,
+    /// Answered from the local copy and the changed-block map, not the
+    /// journal: the primary was (or went) ahead.
+    pub ahead: bool,
 }
 
 /// Why the primary refused or failed an operation.
@@ -92,6 +104,17 @@ pub enum PrimaryError {
     Local(String),
     #[error("cannot start the primary: {0}")]
     Start(String),
+    #[error(
+        "the nvbuf has been full for {waited:?} and nvbuf.overflow = fail: writes are refused \
+         until the remote frees space"
+    )]
+    NvbufFull { waited: Duration },
+    #[error("{0} needs the journal, and the primary is ahead (writing to its local copy and map) until the remote is resynced")]
+    Ahead(&'static str),
+    #[error("{0} needs a local copy (nbd.local) to compare or copy from")]
+    NoLocalCopy(&'static str),
+    #[error("{0}")]
+    Busy(&'static str),
 }
 
 // Every write the NBD front end accepts must be one the primary accepts.
@@ -147,7 +170,53 @@ pub struct PrimaryOptions {
     /// (answered writes): keep the intact prefix and mark the replica as
     /// possibly lacking them. Without it such an nvbuf refuses to start.
     pub accept_nvbuf_loss: bool,
+    /// The changed-block map, sync, overflow and verify settings.
+    pub mirror: MirrorOptions,
 }
+
+/// How the primary keeps a replica that is behind in step: the
+/// changed-block map, initial sync, overflow and verify.
+#[derive(Debug, Clone)]
+pub struct MirrorOptions {
+    /// The changed-block map file (default: the nvbuf's path + `.map`).
+    pub map_path: Option<PathBuf>,
+    /// Bytes one map bit stands for.
+    pub map_granularity: u64,
+    /// What to do when the nvbuf stays full (default: `bitmap` with a
+    /// local copy, `stall` without).
+    pub overflow: Option<Overflow>,
+    /// How long writers may wait for nvbuf space before `overflow` acts.
+    pub overflow_after: Duration,
+    /// For a replica that was never synced.
+    pub initial_sync: InitialSync,
+    /// Compare digests before copying on every resync, not only the ones
+    /// that need it.
+    pub sync_checksum: bool,
+    /// Cap on the sync's pace, bytes per second.
+    pub sync_rate_max: Option<u64>,
+    /// Verify the whole volume this often.
+    pub verify_every: Option<Duration>,
+}
+
+impl Default for MirrorOptions {
+    fn default() -> Self {
+        MirrorOptions {
+            map_path: None,
+            map_granularity: crate::changemap::DEFAULT_GRANULARITY,
+            overflow: None,
+            overflow_after: DEFAULT_OVERFLOW_AFTER,
+            initial_sync: InitialSync::Full,
+            sync_checksum: false,
+            sync_rate_max: None,
+            verify_every: None,
+        }
+    }
+}
+
+/// How long writers wait for nvbuf space before the overflow policy acts,
+/// unless configured: longer than a link hiccup, far shorter than a host's
+/// I/O timeout (30 s and more).
+pub const DEFAULT_OVERFLOW_AFTER: Duration = Duration::from_secs(5);
 
 impl PrimaryOptions {
     pub fn from_config(c: &PrimaryConfig) -> Result<PrimaryOptions, PrimaryError> {
@@ -176,6 +245,7 @@ impl PrimaryOptions {
             local: c.local.clone(),
             read_timeout: Duration::from_secs(30),
             accept_nvbuf_loss: false,
+            mirror: c.mirror.clone(),
         })
     }
 }
@@ -184,6 +254,7 @@ impl PrimaryOptions {
 pub struct Primary {
     core: Arc<Core>,
     ingest: Ingest,
+    syncer: Option<std::thread::JoinHandle<()>>,
     local: Option<Arc<LocalCopy>>,
     volume: Volume,
     epoch: u32,
@@ -246,6 +317,11 @@ impl Primary {
             tracing::warn!("nvbuf recovery stopped at a torn record (an unflushed tail): {why}");
         }
         let mut meta = PrimaryMeta::decode(&nvbuf.meta()).map_err(|e| start_err(&e))?;
+        if meta.gens.current == 0 {
+            // A new primary: its first generation.
+            meta.gens = Generations::new(rand::random::<u64>() | 1);
+            nvbuf.set_meta(&meta.encode()).map_err(|e| start_err(&e))?;
+        }
         if let Some(loss) = &recovery.loss {
             tracing::error!(
                 "nvbuf: {loss}; continuing with the intact prefix as --accept-nvbuf-loss asks; \
@@ -327,11 +403,49 @@ impl Primary {
             }
             None => None,
         };
-        let core = Arc::new(Core::new(sender, nvbuf, local.clone()));
-        *core
-            .unreported_loss
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = meta.unreported_loss;
+        let overflow = opts.mirror.overflow.unwrap_or(if local.is_some() {
+            Overflow::Bitmap
+        } else {
+            Overflow::Stall
+        });
+        if overflow == Overflow::Bitmap && local.is_none() {
+            return Err(start_err(
+                &"nvbuf.overflow = bitmap needs a local copy (nbd.local) to write ahead to; \
+                  without one, choose stall or fail",
+            ));
+        }
+        let map = match &local {
+            Some(_) => Some(Arc::new(
+                open_map(&opts, &mut meta).map_err(|e| start_err(&e))?,
+            )),
+            None => None,
+        };
+        let mut mode = Mode::Journal;
+        if meta.ahead {
+            let (Some(map), Some(_)) = (&map, &local) else {
+                return Err(start_err(
+                    &"the primary stopped while ahead (writes in its local copy and map only) \
+                      but has no local copy now: start it with its nbd.local",
+                ));
+            };
+            // A crash in the middle of a fold leaves records in the nvbuf:
+            // the replay put them in the local copy; the map gets them now.
+            mode::resume_ahead(&nvbuf, map, &mut sender, now).map_err(|e| start_err(&e))?;
+            mode = Mode::Ahead { since: now };
+            tracing::warn!(
+                "the primary was ahead when it stopped: it goes on writing to its local copy \
+                 and map ({} marked) until the remote is back and resynced",
+                crate::units::format_bytes(map.marked_bytes())
+            );
+        }
+        let core = Arc::new(Core::new(
+            sender,
+            nvbuf,
+            local.clone(),
+            map.clone(),
+            meta,
+            mode,
+        ));
         let ingest = Ingest::start(
             core.clone(),
             EncodeSettings {
@@ -342,6 +456,7 @@ impl Primary {
             },
             opts.workers,
             local.clone(),
+            (overflow, opts.mirror.overflow_after),
         )
         .map_err(|e| start_err(&e))?;
 
@@ -363,6 +478,8 @@ impl Primary {
             hello,
             lanes: opts.lanes,
             connect_timeout: opts.tuning.connect_timeout(),
+            initial: opts.mirror.initial_sync,
+            sync_checksum: opts.mirror.sync_checksum,
         };
         let tasks = vec![
             handle.spawn(session::run(core.clone(), params)),
@@ -374,9 +491,20 @@ impl Primary {
             carried_over + 1,
             opts.remote
         );
+        let syncer = syncer::Syncer {
+            core: core.clone(),
+            records: ingest.records.clone(),
+            encode: ingest.encode.sender(),
+            epoch,
+            chunk_size: opts.chunk_size,
+            rate_max: opts.mirror.sync_rate_max,
+        }
+        .spawn()
+        .map_err(|e| start_err(&e))?;
         Ok(Primary {
             core,
             ingest,
+            syncer: Some(syncer),
             local,
             volume: opts.volume,
             epoch,
@@ -389,6 +517,44 @@ impl Primary {
             recovered,
             lanes: opts.lanes,
         })
+    }
+
+    /// Where a host operation goes now, holding the gate so the mode cannot
+    /// change under it.
+    fn route(&self) -> Result<Route<'_>, PrimaryError> {
+        let gate = self.core.enter();
+        let mode = self.core.lock().mode;
+        match mode {
+            Mode::Journal => Ok(Route::Journal(gate)),
+            Mode::Ahead { .. } => match (&self.core.map, &self.local) {
+                (Some(map), Some(local)) => Ok(Route::Ahead(gate, map, local)),
+                _ => Ok(Route::Journal(gate)),
+            },
+            Mode::Failing { since } => Err(PrimaryError::NvbufFull {
+                waited: since.elapsed(),
+            }),
+        }
+    }
+
+    /// Runs an operation on the local copy and the map while ahead; the
+    /// host is answered once it is done. A failure there means the map can
+    /// no longer say what the replica lacks: the primary stops.
+    fn ahead(&self, f: impl FnOnce() -> Result<(), FoldError>) -> Result<Pending, PrimaryError> {
+        let started = Instant::now();
+        if let Err(e) = f() {
+            let why = format!("writing ahead: {e}");
+            tracing::error!("{why}; the primary stops accepting writes");
+            self.core.fail(why.clone());
+            return Err(PrimaryError::Failed(why));
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(Answer {
+            seq: 0,
+            trigger: Trigger::Buffered,
+            latency: started.elapsed(),
+            ahead: true,
+        }));
+        Ok(Pending { rx })
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(), PrimaryError> {
@@ -414,6 +580,17 @@ impl Primary {
         }
         self.check_range(offset, data.len() as u64)?;
         let len = data.len() as u64;
+        let _gate = match self.route()? {
+            Route::Journal(g) => g,
+            Route::Ahead(_g, map, local) => {
+                self.core
+                    .counters
+                    .plain_bytes
+                    .fetch_add(len, Ordering::Relaxed);
+                self.core.counters.writes.fetch_add(1, Ordering::Relaxed);
+                return self.ahead(|| mode::write_ahead(map, local, offset, &data));
+            }
+        };
         let (seq, rx) = self.core.submit(OpKind::Write, len)?;
         self.core
             .counters
@@ -430,6 +607,10 @@ impl Primary {
     /// with a local copy, the writes before it are durable in the nvbuf,
     /// from which a restart brings the local copy back).
     pub fn flush(&self) -> Result<Pending, PrimaryError> {
+        let _gate = match self.route()? {
+            Route::Journal(g) => g,
+            Route::Ahead(_g, map, local) => return self.ahead(|| mode::flush_ahead(map, local)),
+        };
         let (seq, rx) = self.core.submit(OpKind::Flush, 0)?;
         let frame = Frame::Flush(Flush {
             seq,
@@ -451,6 +632,12 @@ impl Primary {
     /// Discards a range; the replica reads it back as zeros.
     pub fn trim(&self, offset: u64, len: u64) -> Result<Pending, PrimaryError> {
         self.check_range(offset, len)?;
+        let _gate = match self.route()? {
+            Route::Journal(g) => g,
+            Route::Ahead(_g, map, local) => {
+                return self.ahead(|| mode::trim_ahead(map, local, offset, len))
+            }
+        };
         let (seq, rx) = self.core.submit(OpKind::Trim, 0)?;
         let frame = Frame::Trim(Trim {
             seq,
@@ -473,10 +660,16 @@ impl Primary {
 
     /// Names the current point of the write stream; the remote records it.
     pub fn checkpoint(&self, label: &str) -> Result<Pending, PrimaryError> {
+        let _gate = match self.route()? {
+            Route::Journal(g) => g,
+            Route::Ahead(..) => return Err(PrimaryError::Ahead("a checkpoint")),
+        };
         let (seq, rx) = self.core.submit(OpKind::Checkpoint, 0)?;
         let frame = Frame::Checkpoint(Checkpoint {
             seq,
             epoch: self.epoch,
+            kind: 0,
+            time_us: 0,
             label: label.to_string(),
         });
         self.ingest
@@ -515,6 +708,36 @@ impl Primary {
         }
         let after = self.core.lock().sender.highest_seq();
         session::read_remote(self.core.clone(), offset, len, after, self.read_timeout).await
+    }
+
+    /// Starts an online verify of `start..end`: the local copy and the
+    /// replica are compared by block digests at the same seq while the host
+    /// keeps writing; differing ranges are reported in the status and the
+    /// log (and with `repair`, resynced). Needs a local copy.
+    pub fn verify(&self, start: u64, end: u64, repair: bool) -> Result<(), PrimaryError> {
+        if self.core.map.is_none() {
+            return Err(PrimaryError::NoLocalCopy("a verify"));
+        }
+        let end = end.min(self.volume.size);
+        if start >= end {
+            return Err(PrimaryError::OutOfRange {
+                offset: start,
+                len: end.saturating_sub(start),
+                size: self.volume.size,
+            });
+        }
+        {
+            let mut st = self.core.lock();
+            if st.sync.verifying() {
+                return Err(PrimaryError::Busy("a verify is already running"));
+            }
+            st.sync.start_verify(start, end, repair, Instant::now());
+        }
+        self.core
+            .update_meta(|m| m.verify = Some((start, end)))
+            .map_err(|e| PrimaryError::Failed(format!("recording the verify: {e}")))?;
+        self.core.wake_sync();
+        Ok(())
     }
 
     /// The host's share of dirty cache, 0..=100: spoofing applies only at or
@@ -572,6 +795,10 @@ impl Primary {
         self.core.conn_wake.notify_waiters();
         self.core.lanes_wake.notify_waiters();
         self.core.timer_wake.notify_one();
+        self.core.wake_sync();
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
         self.ingest.join();
         let tasks = std::mem::take(&mut self.tasks);
         crate::runtime::stop_tasks(
@@ -588,6 +815,53 @@ impl Primary {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
     }
+}
+
+/// Where a host operation goes.
+enum Route<'a> {
+    Journal(std::sync::RwLockReadGuard<'a, ()>),
+    Ahead(
+        std::sync::RwLockReadGuard<'a, ()>,
+        &'a ChangeMap<SparseFile>,
+        &'a LocalCopy,
+    ),
+}
+
+/// Opens (or creates) the changed-block map of a primary with a local copy.
+fn open_map(
+    opts: &PrimaryOptions,
+    meta: &mut PrimaryMeta,
+) -> Result<ChangeMap<SparseFile>, ChangeMapError> {
+    let path = opts.mirror.map_path.clone().unwrap_or_else(|| {
+        let mut p = opts.nvbuf_path.clone().into_os_string();
+        p.push(".map");
+        PathBuf::from(p)
+    });
+    let exists = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+    let map = if exists {
+        let (map, info) =
+            ChangeMap::open(SparseFile::open(&path)?, opts.volume.id, opts.volume.size)?;
+        tracing::debug!("changed-block map {}: {info:?}", path.display());
+        map
+    } else {
+        ChangeMap::create(
+            SparseFile::create(&path, false)?,
+            opts.volume.id,
+            opts.volume.size,
+            opts.mirror.map_granularity,
+            meta.map_base,
+        )?
+    };
+    let cleared = mode::reconcile_map(&map, meta)?;
+    if cleared > 0 {
+        tracing::warn!(
+            "changed-block map {} had {} marked but relative to no generation (a fold that \
+             stopped before its metadata was written; the journal covers them): cleared",
+            path.display(),
+            crate::units::format_bytes(cleared)
+        );
+    }
+    Ok(map)
 }
 
 impl Drop for Primary {
@@ -664,6 +938,21 @@ impl crate::control::Controlled for Primary {
                     message: e.to_string(),
                 },
             },
+            Request::Verify { start, end, repair } => {
+                let start = start.unwrap_or(0);
+                let end = end.unwrap_or(self.volume.size).min(self.volume.size);
+                match self.verify(start, end, repair) {
+                    Ok(()) => Response::Ok {
+                        message: format!(
+                            "verify of {start}..{end} started{}",
+                            if repair { " (with repair)" } else { "" }
+                        ),
+                    },
+                    Err(e) => Response::Error {
+                        message: e.to_string(),
+                    },
+                }
+            }
         }
     }
 

@@ -100,7 +100,7 @@ pub fn into_local(
     };
     // Everything before the first recovered seq was synced to the local copy
     // before the nvbuf released it.
-    local.set_applied(first - 1);
+    local.rewind_to(first - 1);
     for (hdr, payload) in &recovery.records {
         let seq = hdr.seq;
         let op = match frame::decode_slice(payload, frame::DEFAULT_MAX_FRAME) {

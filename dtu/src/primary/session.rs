@@ -17,7 +17,7 @@ use dtu_proto::frame::{Frame, GoodbyeReason, Hello, ReadRequest, ReadStatus};
 
 use crate::transport::{self, Backoff, FrameStream};
 
-use super::connect::{self, Refusal};
+use super::connect::{self, Offer, Refusal};
 use super::core::{Core, LinkState};
 use super::PrimaryError;
 
@@ -30,6 +30,8 @@ pub(crate) struct SessionParams {
     pub hello: Hello,
     pub lanes: usize,
     pub connect_timeout: Duration,
+    pub initial: dtu_proto::generation::InitialSync,
+    pub sync_checksum: bool,
 }
 
 /// Why a session ended.
@@ -148,12 +150,19 @@ async fn session_inner(
     let (mut ctl_send, ctl_recv) = conn.open_bi().await?;
     // Heartbeats (and so RTT samples) must not queue behind lane data.
     let _ = ctl_send.set_priority(1);
-    let unreported = *core
-        .unreported_loss
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let highest = core.lock().sender.highest_seq();
-    let hello = connect::offer(&p.hello, highest, unreported.as_ref());
+    let hello = {
+        let st = core.lock();
+        connect::offer(
+            &p.hello,
+            &Offer {
+                highest: st.sender.highest_seq(),
+                resume_from: st.sender.base(),
+                meta: &st.meta,
+                has_local: core.local.is_some(),
+                initial: p.initial,
+            },
+        )
+    };
     transport::write_frame(&mut ctl_send, &Frame::Hello(hello.clone())).await?;
     let mut frames = FrameStream::new(ctl_recv);
     let theirs = match frames.next().await? {
@@ -185,18 +194,7 @@ async fn session_inner(
             return Err(SessionEnd::Refused(e.to_string()));
         }
     };
-    if unreported.is_some() && accepted.inconsistent {
-        // The remote has durably recorded that its replica may lack the
-        // lost writes: no need to tell it again.
-        core.nvbuf
-            .set_meta(&super::meta::PrimaryMeta::default().encode())
-            .map_err(|e| SessionEnd::Protocol(format!("nvbuf metadata: {e}")))?;
-        *core
-            .unreported_loss
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
-        tracing::warn!("the remote recorded that its replica may lack the writes the nvbuf lost");
-    }
+    accept_decision(core, p, &accepted)?;
     core.event(|s, now| s.on_connected(theirs.stored_seq, now))
         .map_err(|e| SessionEnd::Protocol(e.to_string()))?;
     {
@@ -298,6 +296,7 @@ async fn control_reader(core: &Core, frames: &mut FrameStream) -> Result<(), Ses
     loop {
         match frames.next().await? {
             Some(Frame::Goodbye(g)) => return Err(SessionEnd::Goodbye(g.message)),
+            Some(Frame::DigestResponse(r)) => core.on_digests(r.seq, &r.digests),
             Some(f) => core
                 .event(|s, now| s.on_frame(&f, now))
                 .map_err(|e| SessionEnd::Protocol(e.to_string()))?,
@@ -406,4 +405,73 @@ async fn read_once(conn: &quinn::Connection, req: ReadRequest) -> Result<Bytes, 
             "remote closed the read stream".into(),
         )),
     }
+}
+
+/// Carries out what the remote decided at connect (see
+/// [`connect::on_accepted`]) and records it.
+fn accept_decision(
+    core: &Core,
+    p: &SessionParams,
+    accepted: &connect::Accepted,
+) -> Result<(), SessionEnd> {
+    let leaving_ahead = matches!(core.lock().mode, super::Mode::Ahead { .. })
+        && !matches!(
+            accepted.decision,
+            dtu_proto::generation::Decision::Refuse(_)
+        );
+    // Writing ahead stops: host writes go back to the journal, so none may
+    // be half way through the ahead path.
+    let _gate = leaving_ahead.then(|| core.gate.write().unwrap_or_else(|e| e.into_inner()));
+    let (meta, changed, line) = {
+        let mut st = core.lock();
+        let st = &mut *st;
+        let mut changed = false;
+        if st.meta.unreported_loss.is_some() && accepted.inconsistent {
+            // The remote has durably recorded that its replica may lack the
+            // lost writes: no need to tell it again.
+            st.meta.unreported_loss = None;
+            changed = true;
+            tracing::warn!(
+                "the remote recorded that its replica may lack the writes the nvbuf lost"
+            );
+        }
+        let pv = dtu_proto::generation::PrimaryView {
+            gens: st.meta.gens,
+            map_base: st.meta.map_base,
+            has_local: core.local.is_some(),
+            initial: p.initial,
+        };
+        let rv = dtu_proto::generation::RemoteView {
+            gens: accepted.remote_gens,
+            sync_target: accepted.remote_sync_target,
+        };
+        let line = accepted.decision.explain(&pv, &rv);
+        st.sync.on_reconnect();
+        let markers_pending = st
+            .sender
+            .holds_after(dtu_proto::sender::OpKind::Marker, accepted.remote_stored);
+        changed |= connect::on_accepted(
+            accepted,
+            markers_pending,
+            &mut st.meta,
+            core.map.as_deref(),
+            core.local.as_deref(),
+            &mut st.sync,
+            &mut st.mode,
+            p.sync_checksum,
+            Instant::now(),
+        )
+        .map_err(|e| SessionEnd::Protocol(format!("changed-block map: {e}")))?;
+
+        st.decision = Some(line.clone());
+        (st.meta, changed, line)
+    };
+    if changed {
+        core.nvbuf
+            .set_meta(&meta.encode())
+            .map_err(|e| SessionEnd::Protocol(format!("nvbuf metadata: {e}")))?;
+    }
+    tracing::info!("remote decided: {line}");
+    core.wake_sync();
+    Ok(())
 }

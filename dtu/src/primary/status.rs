@@ -8,7 +8,7 @@ use std::time::Instant;
 use dtu_proto::Trigger;
 
 use crate::metrics::latency_stats;
-use crate::status::{ByTrigger, ConnectionState, PrimaryStatus};
+use crate::status::{gen_hex, ByTrigger, ConnectionState, MirrorStatus, PrimaryStatus};
 use crate::units::format_duration;
 
 use super::core::LinkState;
@@ -17,9 +17,26 @@ use super::Primary;
 pub(super) fn build(p: &Primary) -> PrimaryStatus {
     let now = Instant::now();
     // Copy out under the lock; summarise the histograms after it.
-    let (progress, stats, rtt, policy, dirty, oldest, link, failed) = {
+    let (progress, stats, rtt, policy, dirty, oldest, link, failed, mirror) = {
         let st = p.core.lock();
         let s = &st.sender;
+        let map = p.core.map.as_deref();
+        let mirror = MirrorStatus {
+            mode: st.mode.name().into(),
+            generation: gen_hex(st.meta.gens.current),
+            generation_history: st
+                .meta
+                .gens
+                .history
+                .iter()
+                .filter(|g| **g != 0)
+                .map(|g| gen_hex(*g))
+                .collect(),
+            decision: st.decision.clone(),
+            out_of_sync_bytes: map.map_or(0, |m| m.marked_bytes()),
+            has_map: map.is_some(),
+            sync: st.sync.status(map, now),
+        };
         (
             s.progress(),
             s.stats().clone(),
@@ -30,6 +47,7 @@ pub(super) fn build(p: &Primary) -> PrimaryStatus {
                 .map(|t| now.saturating_duration_since(t)),
             st.link.clone(),
             st.failed.clone(),
+            mirror,
         )
     };
     let (connection, peer, detail) = match link {
@@ -111,6 +129,7 @@ pub(super) fn build(p: &Primary) -> PrimaryStatus {
         ack_latency: latency_stats(&stats.answer_latency),
         ack_latency_by_trigger: by_trigger,
         quic: p.core.quic.status(),
+        mirror,
         failed,
     }
 }

@@ -1,16 +1,24 @@
-//! Accepting a primary: the checks and records the remote makes when a
-//! primary's Hello arrives, before a single write crosses. The receiver
-//! checks the peer (volume, size, key, epoch, that the primary has not lost
-//! seqs the replica holds); the state file records the new epoch, durably,
-//! and that the primary lost answered writes when it says so; the answer
-//! tells the primary whether the replica is marked inconsistent. The real
-//! session and the simulator call this same function.
+//! Accepting a primary: the checks, the decision and the records the remote
+//! makes when a primary's Hello arrives, before a single write crosses.
+//!
+//! The receiver checks the peer (volume, size, key, epoch). The remote then
+//! compares generations ([`dtu_proto::generation::decide`]) and decides what
+//! the pair does: resume the stream, sync (from the primary's changed-block
+//! map or every extent), adopt the primary's volume as it stands, or refuse
+//! (a split brain, unrelated data, a remote that moved on) — a refusal is
+//! never resolved silently. A sync or an adoption restarts the remote's
+//! stream position at the primary's; a sync marks the replica inconsistent
+//! until it completes. The state file records all of it durably (and the
+//! new epoch, a loss the primary reports, the bound of a replay after a
+//! machine crash) before the answer goes out. The real session and the
+//! simulator call this same function.
 
 use std::time::Instant;
 
-use dtu_proto::frame::{hello_flags, Hello};
+use dtu_proto::frame::{hello_flags, DecisionCode, Hello};
+use dtu_proto::generation::{decide, Decision, Gen, InitialSync, PrimaryView, RemoteView};
 use dtu_proto::handshake::HandshakeError;
-use dtu_proto::Receiver;
+use dtu_proto::{Receiver, Seq};
 
 use crate::replica::VolumeState;
 
@@ -20,22 +28,85 @@ use crate::replica::VolumeState;
 pub enum AcceptError {
     #[error(transparent)]
     Refused(#[from] HandshakeError),
+    /// The generations say the pair must not mirror; the message is the
+    /// one-line decision.
+    #[error("{0}")]
+    Decision(String),
     #[error("recording the primary in the replica's state file: {0}")]
     State(#[from] std::io::Error),
 }
 
-/// Checks `theirs` against this remote's Hello template `ours`, records
-/// what must be recorded, and returns the answer to send.
+/// What the remote decided for this primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The answer to send.
+    pub reply: Hello,
+    pub decision: Decision,
+    /// The decision and its reason, in one line (logged, and in the status).
+    pub explained: String,
+    /// The stream restarts after this seq (a sync or an adoption).
+    pub rebase: Option<Seq>,
+}
+
+/// What the primary's Hello says about its side of the decision.
+pub fn primary_view(theirs: &Hello) -> PrimaryView {
+    PrimaryView {
+        gens: theirs.gens,
+        map_base: theirs.map_base,
+        has_local: theirs.flags & hello_flags::HAS_LOCAL != 0,
+        initial: InitialSync::from_bits(
+            (theirs.flags & hello_flags::INITIAL_MASK) >> hello_flags::INITIAL_SHIFT,
+        )
+        .unwrap_or(InitialSync::Full),
+    }
+}
+
+/// Checks `theirs` against this remote's Hello template `ours`, decides,
+/// records what must be recorded, and returns the answer to send. `fresh`
+/// is a new random generation, used when the replica never had one.
 pub fn accept_primary(
     receiver: &mut Receiver,
     state: &mut VolumeState,
     ours: &Hello,
     theirs: &Hello,
+    fresh: Gen,
     now: Instant,
-) -> Result<Hello, AcceptError> {
-    let mut reply = receiver.on_hello(ours, theirs, now)?;
+) -> Result<Accepted, AcceptError> {
+    dtu_proto::handshake::check(ours, theirs)?;
+    let pv = primary_view(theirs);
+    let rv = RemoteView {
+        gens: state.gens(),
+        sync_target: state.sync_target(),
+    };
+    let decision = decide(&pv, &rv);
+    let explained = decision.explain(&pv, &rv);
+    let rebase = match decision {
+        Decision::Refuse(_) => return Err(AcceptError::Decision(explained)),
+        Decision::Resume => None,
+        Decision::Resync { .. } | Decision::Adopt => Some(theirs.resume_from.saturating_sub(1)),
+    };
+    let mut reply = receiver.on_hello(ours, theirs, rebase, now)?;
     state.set_epoch(theirs.epoch)?;
     state.set_replay_bound(theirs.highest_seq)?;
+    match decision {
+        Decision::Resync { .. } => {
+            state.begin_sync(theirs.gens.current, fresh)?;
+        }
+        Decision::Adopt => {
+            state.adopt(theirs.gens.current, pv.has_local)?;
+            if pv.has_local {
+                tracing::warn!(
+                    "the replica is taken as equal to the primary's volume without a sync, as \
+                     the operator chose (assume-in-sync); this is recorded in the replica's state"
+                );
+            }
+        }
+        _ => {}
+    }
+    if let Some(pos) = rebase {
+        state.rebase(pos)?;
+        reply.stored_seq = pos;
+    }
     if theirs.flags & hello_flags::LOST_WRITES != 0 {
         tracing::error!(
             "the primary (epoch {}) lost answered writes after seq {}: the replica is \
@@ -48,5 +119,15 @@ pub fn accept_primary(
     if !state.inconsistencies().is_empty() {
         reply.flags |= hello_flags::INCONSISTENT;
     }
-    Ok(reply)
+    reply.gens = state.gens();
+    // The remote's Hello carries its sync target (as it was when deciding)
+    // where the primary's carries its map base.
+    reply.map_base = rv.sync_target;
+    reply.decision = DecisionCode::encode(&decision);
+    Ok(Accepted {
+        reply,
+        decision,
+        explained,
+        rebase,
+    })
 }

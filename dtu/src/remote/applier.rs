@@ -10,8 +10,12 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use dtu_proto::frame::MarkerKind;
+use dtu_proto::generation::Gen;
 use dtu_proto::receiver::Apply;
 use dtu_proto::Seq;
+
+use crate::digest::{replica_digests, Digest};
 
 use crate::replica::{Replica, VolumeState};
 
@@ -47,7 +51,21 @@ pub enum Applied {
     /// A write, trim or flush.
     Data,
     /// A checkpoint: the replica now holds the volume as of this label.
-    Checkpoint { seq: Seq, label: String },
+    Checkpoint {
+        seq: Seq,
+        kind: u8,
+        time_us: u64,
+        label: String,
+    },
+    /// The digests a digest request asked for, of the replica exactly as
+    /// it is after every earlier seq: the answer for the primary.
+    Digests { seq: Seq, digests: Vec<Digest> },
+    /// A sync towards this generation began or completed.
+    Sync {
+        seq: Seq,
+        kind: MarkerKind,
+        gen: Gen,
+    },
 }
 
 /// Writes operations to a replica and keeps its state file in step.
@@ -58,6 +76,10 @@ pub struct Applier {
     synced: Seq,
     /// Bytes written since the last sync.
     unsynced_bytes: u64,
+    /// A sync completes at this seq, towards this generation: recorded once
+    /// the replica is synced through it, not before (a crash in between
+    /// must not leave a half-synced replica marked consistent).
+    sync_done: Option<(Seq, Gen)>,
 }
 
 impl Applier {
@@ -70,6 +92,7 @@ impl Applier {
             applied: stored,
             synced: stored,
             unsynced_bytes: 0,
+            sync_done: None,
         }
     }
 
@@ -100,10 +123,45 @@ impl Applier {
                 Applied::Data
             }
             Apply::Flush { .. } => Applied::Data,
-            Apply::Checkpoint { seq, label } => Applied::Checkpoint {
+            Apply::Checkpoint {
+                seq,
+                kind,
+                time_us,
+                label,
+            } => Applied::Checkpoint {
                 seq: *seq,
+                kind: *kind,
+                time_us: *time_us,
                 label: label.clone(),
             },
+            Apply::Marker { seq, kind, gen } => {
+                match kind {
+                    // A replica without a generation yet gets one derived
+                    // from the target (any nonzero value would do).
+                    MarkerKind::SyncStart => {
+                        self.sync_done = None;
+                        self.state()
+                            .begin_sync(*gen, gen.rotate_left(17) | 1)
+                            .map_err(|source| ApplyError::State { seq: *seq, source })?;
+                    }
+                    MarkerKind::SyncDone => self.sync_done = Some((*seq, *gen)),
+                }
+                Applied::Sync {
+                    seq: *seq,
+                    kind: *kind,
+                    gen: *gen,
+                }
+            }
+            Apply::Digest {
+                seq,
+                offset,
+                length,
+                block,
+            } => {
+                let digests = replica_digests(self.replica.as_ref(), *offset, *length, *block)
+                    .map_err(|source| ApplyError::Write { seq: *seq, source })?;
+                Applied::Digests { seq: *seq, digests }
+            }
         };
         self.state()
             .set_applied(seq)
@@ -127,10 +185,19 @@ impl Applier {
             // stored: a machine crash must not bring the remote back at an
             // older position than the primary saw acknowledged, since the
             // primary frees what was acknowledged and cannot resend it.
-            let mut st = self.state();
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let was = st.inconsistencies().len();
             st.set_synced(seq)
-                .and_then(|()| st.sync())
+                .map_err(|source| ApplyError::State { seq, source })?;
+            if let Some((at, gen)) = self.sync_done.filter(|(at, _)| *at <= seq) {
+                st.finish_sync(gen)
+                    .map_err(|source| ApplyError::State { seq: at, source })?;
+                self.sync_done = None;
+                tracing::info!(
+                    "the replica holds the primary's volume of generation {gen:016x} (synced through seq {seq})"
+                );
+            }
+            st.sync()
                 .map_err(|source| ApplyError::State { seq, source })?;
             if was > 0 && st.inconsistencies().is_empty() {
                 tracing::info!("replica is consistent again at seq {seq}");
@@ -139,6 +206,15 @@ impl Applier {
         self.synced = seq;
         let bytes = std::mem::take(&mut self.unsynced_bytes);
         Ok(Some((seq, bytes)))
+    }
+
+    /// The stream restarts after `seq` (a sync or an adoption decided at
+    /// connect; the state file was moved with it).
+    pub fn rebase(&mut self, seq: Seq) {
+        self.applied = seq;
+        self.synced = seq;
+        self.unsynced_bytes = 0;
+        self.sync_done = None;
     }
 
     /// The highest seq written to the replica.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use dtu_proto::frame::{DigestResponse, Frame, MarkerKind};
 use dtu_proto::receiver::Apply;
 
 use super::applier::{Applied, Applier, ApplyError};
@@ -20,7 +21,7 @@ const BATCH_BYTES: u64 = 64 << 20;
 /// a machine crash; correctness does not depend on it).
 const STATE_SYNC: Duration = Duration::from_secs(1);
 
-pub(super) fn run(core: Arc<RCore>, wake: Receiver<()>, mut applier: Applier) {
+pub(super) fn run(core: Arc<RCore>, wake: Receiver<()>) {
     let mut last_state_sync = Instant::now();
     loop {
         match wake.recv_timeout(Duration::from_millis(200)) {
@@ -28,6 +29,7 @@ pub(super) fn run(core: Arc<RCore>, wake: Receiver<()>, mut applier: Applier) {
             Err(RecvTimeoutError::Disconnected) => return,
         }
         loop {
+            let mut applier = core.applier.lock().unwrap_or_else(|p| p.into_inner());
             let batch = take_batch(&core);
             if batch.is_empty() {
                 break;
@@ -79,9 +81,25 @@ fn take_batch(core: &RCore) -> Vec<Apply> {
 /// acknowledges it as Stored.
 fn apply_batch(core: &RCore, applier: &mut Applier, batch: Vec<Apply>) -> Result<(), ApplyError> {
     for op in &batch {
-        if let Applied::Checkpoint { seq, label } = applier.apply(op)? {
-            tracing::info!("checkpoint {label:?} at seq {seq}");
-            core.lock().last_checkpoint = Some(format!("{label} (seq {seq})"));
+        match applier.apply(op)? {
+            Applied::Data => {}
+            Applied::Checkpoint { seq, label, .. } => {
+                tracing::info!("checkpoint {label:?} at seq {seq}");
+                core.lock().last_checkpoint = Some(format!("{label} (seq {seq})"));
+            }
+            Applied::Digests { seq, digests } => {
+                core.lock()
+                    .receiver
+                    .push_transmit(Frame::DigestResponse(DigestResponse { seq, digests }));
+            }
+            Applied::Sync { seq, kind, gen } => match kind {
+                MarkerKind::SyncStart => tracing::info!(
+                    "seq {seq}: a sync towards generation {gen:016x} begins; the replica is inconsistent until it completes"
+                ),
+                MarkerKind::SyncDone => tracing::info!(
+                    "seq {seq}: the sync towards generation {gen:016x} is complete"
+                ),
+            },
         }
         core.lock().receiver.on_applied(op);
     }

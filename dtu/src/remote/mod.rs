@@ -55,6 +55,10 @@ pub fn hello(volume: &Volume, epoch_seen: Epoch, stored: Seq) -> Hello {
             .as_ref()
             .map_or(0, |k| Key::from_bytes(k).fingerprint()),
         flags: 0,
+        gens: Default::default(),
+        map_base: 0,
+        resume_from: 0,
+        decision: 0,
     }
 }
 
@@ -117,6 +121,8 @@ pub(crate) struct RState {
     pub last_refusal: Option<String>,
     pub failed: Option<String>,
     pub syncs: u64,
+    /// The last connect's decision and its reason, in one line.
+    pub decision: Option<String>,
     /// Payload bytes applied and synced on the replica.
     pub stored_bytes: u64,
 }
@@ -126,6 +132,10 @@ pub(crate) struct RCore {
     state: Mutex<RState>,
     pub volume_state: Arc<Mutex<VolumeState>>,
     pub replica: Arc<dyn Replica>,
+    /// Writes released operations to the replica. Taken first when several
+    /// locks are needed (applier, then state, then volume state), so a
+    /// connect that restarts the stream waits for the batch being applied.
+    pub applier: Mutex<Applier>,
     pub key: Option<Key>,
     pub hello: Hello,
     /// Frames to send on the control stream.
@@ -227,6 +237,7 @@ impl Remote {
             tracing::warn!("the replica is inconsistent: {why}");
         }
         let hello = hello(&opts.volume, resume.epoch_seen, resume.stored);
+        let vstate = Arc::new(Mutex::new(vstate));
         let (apply_tx, apply_rx) = crossbeam_channel::bounded(1);
         let (applied, _) = watch::channel(resume.stored);
         let core = Arc::new(RCore {
@@ -246,8 +257,10 @@ impl Remote {
                 failed: None,
                 syncs: 0,
                 stored_bytes: 0,
+                decision: None,
             }),
-            volume_state: Arc::new(Mutex::new(vstate)),
+            applier: Mutex::new(Applier::new(replica.clone(), vstate.clone(), resume.stored)),
+            volume_state: vstate,
             replica,
             key: opts.volume.key.as_ref().map(Key::from_bytes),
             hello,
@@ -288,14 +301,7 @@ impl Remote {
         let acore = core.clone();
         let applier = std::thread::Builder::new()
             .name("dtu-apply".into())
-            .spawn(move || {
-                let applier = Applier::new(
-                    acore.replica.clone(),
-                    acore.volume_state.clone(),
-                    resume.stored,
-                );
-                apply::run(acore, apply_rx, applier)
-            })
+            .spawn(move || apply::run(acore, apply_rx))
             .map_err(|e| err(&e))?;
 
         let endpoint = {

@@ -89,6 +89,7 @@ async fn session_inner(
         return Err(why);
     }
     let accepted = {
+        let mut applier = core.applier.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = core.lock();
         let mut vs = core.volume_state.lock().unwrap_or_else(|p| p.into_inner());
         match accept_primary(
@@ -96,27 +97,44 @@ async fn session_inner(
             &mut vs,
             &core.hello,
             &theirs,
+            rand::random(),
             Instant::now(),
         ) {
-            Ok(reply) => {
+            Ok(a) => {
+                if let Some(pos) = a.rebase {
+                    applier.rebase(pos);
+                    core.applied.send_replace(pos);
+                }
                 st.session += 1;
                 st.peer = Some(conn.remote_address().to_string());
+                st.decision = Some(a.explained.clone());
                 core.quic.attach(&conn);
-                Ok((reply, st.session))
+                Ok((a, st.session))
             }
             Err(e) => {
                 st.refused += 1;
                 st.last_refusal = Some(e.to_string());
+                if let AcceptError::Decision(line) = &e {
+                    st.decision = Some(line.clone());
+                }
                 Err(e)
             }
         }
     };
-    let (reply, my_session) = match accepted {
+    let (accepted, my_session) = match accepted {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("refusing primary {}: {e}", conn.remote_address());
-            if let AcceptError::Refused(h) = &e {
-                let _ = transport::write_frame(&mut send, &Frame::Goodbye(h.goodbye())).await;
+            let goodbye = match &e {
+                AcceptError::Refused(h) => Some(h.goodbye()),
+                AcceptError::Decision(line) => Some(Goodbye {
+                    reason: GoodbyeReason::Refused,
+                    message: line.clone(),
+                }),
+                _ => None,
+            };
+            if let Some(g) = goodbye {
+                let _ = transport::write_frame(&mut send, &Frame::Goodbye(g)).await;
                 let _ = send.finish();
                 // Give the goodbye a moment to leave before the close.
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -124,6 +142,8 @@ async fn session_inner(
             return Err(e.to_string());
         }
     };
+    tracing::info!("primary {}: {}", conn.remote_address(), accepted.explained);
+    let reply = accepted.reply;
     transport::write_frame(&mut send, &Frame::Hello(reply.clone()))
         .await
         .map_err(|e| e.to_string())?;

@@ -15,11 +15,10 @@ pub(super) fn build(remote: &Remote) -> RemoteStatus {
         .per_second()
         * 8.0;
     let quic = core.quic.status();
-    let reasons = core
-        .volume_state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .inconsistencies();
+    let (reasons, gens, sync_target) = {
+        let vs = core.volume_state.lock().unwrap_or_else(|p| p.into_inner());
+        (vs.inconsistencies(), vs.gens(), vs.sync_target())
+    };
     let st = core.lock();
     let r = &st.receiver;
     let stats = r.stats();
@@ -66,6 +65,15 @@ pub(super) fn build(remote: &Remote) -> RemoteStatus {
         last_checkpoint: st.last_checkpoint.clone(),
         refused: st.refused,
         last_refusal: st.last_refusal.clone(),
+        generation: crate::status::gen_hex(gens.current),
+        generation_history: gens
+            .history
+            .iter()
+            .filter(|g| **g != 0)
+            .map(|g| crate::status::gen_hex(*g))
+            .collect(),
+        sync_target: (sync_target != 0).then(|| crate::status::gen_hex(sync_target)),
+        decision: st.decision.clone(),
         quic,
     }
 }

@@ -37,16 +37,19 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use dtu_proto::generation::{Gen, Generations};
 use dtu_proto::{Epoch, Seq, VolumeId};
 
 use super::{Replica, ReplicaIdentity};
 
 const MAGIC: &[u8; 8] = b"DTUREPST";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const VERSION_1: u32 = 1;
+const VERSION_2: u32 = 2;
 const SLOT: usize = 512;
 const RECORD_V1: usize = 92;
-const RECORD: usize = 184;
+const RECORD_V2: usize = 184;
+const RECORD: usize = 232;
 /// Blocks read for the sample digest, and their size.
 const SAMPLE_BLOCKS: u64 = 64;
 const SAMPLE_BLOCK: usize = 4096;
@@ -62,7 +65,10 @@ mod flag {
     /// After a machine crash: until a primary says how far its stream
     /// reaches, nothing bounds what may have reached the replica.
     pub const REPLAY_BOUND_PENDING: u32 = 8;
-    pub const KNOWN: u32 = LOST_WRITES | ADOPTED | CLEAN | REPLAY_BOUND_PENDING;
+    /// The replica was taken as in sync without a sync, as the operator
+    /// chose (`assume-in-sync`): recorded, and shown.
+    pub const ASSUMED_IN_SYNC: u32 = 16;
+    pub const KNOWN: u32 = LOST_WRITES | ADOPTED | CLEAN | REPLAY_BOUND_PENDING | ASSUMED_IN_SYNC;
 }
 
 /// Why the state file cannot be used.
@@ -113,6 +119,12 @@ pub enum Inconsistency {
     },
     /// The operator adopted a replica that did not match the state.
     Adopted { why: String },
+    /// A sync is bringing the replica to the primary's generation `to`;
+    /// until it completes the replica mixes old and new extents.
+    SyncTarget { to: Gen },
+    /// No primary has synced or adopted this replica yet: it holds whatever
+    /// the disk held.
+    NeverSynced,
 }
 
 impl std::fmt::Display for Inconsistency {
@@ -148,6 +160,15 @@ impl std::fmt::Display for Inconsistency {
             Inconsistency::Adopted { why } => write!(
                 f,
                 "adopted although {why}; unproven until a resync or verify"
+            ),
+            Inconsistency::SyncTarget { to } => write!(
+                f,
+                "a sync towards the primary's generation {to:016x} is under way: old and new \
+                 extents mix until it completes"
+            ),
+            Inconsistency::NeverSynced => write!(
+                f,
+                "never synced: no primary has brought this replica to its volume yet"
             ),
         }
     }
@@ -188,6 +209,9 @@ struct Record {
     lost_epoch: Epoch,
     id: ReplicaIdentity,
     sample: [u8; 32],
+    gens: Generations,
+    /// A sync towards this primary generation is under way (0: none).
+    sync_target: Gen,
 }
 
 impl Record {
@@ -210,6 +234,11 @@ impl Record {
         b[136..144].copy_from_slice(&self.id.device.to_be_bytes());
         b[144..152].copy_from_slice(&self.id.inode.to_be_bytes());
         b[152..184].copy_from_slice(&self.sample);
+        b[184..192].copy_from_slice(&self.gens.current.to_be_bytes());
+        for (i, g) in self.gens.history.iter().enumerate() {
+            b[192 + 8 * i..200 + 8 * i].copy_from_slice(&g.to_be_bytes());
+        }
+        b[224..232].copy_from_slice(&self.sync_target.to_be_bytes());
         let crc = crc32fast::hash(&b[..RECORD]);
         b[RECORD..RECORD + 4].copy_from_slice(&crc.to_be_bytes());
         b
@@ -223,12 +252,13 @@ impl Record {
         let version = u32::from_be_bytes(b[8..12].try_into().expect("4 bytes"));
         let len = match version {
             VERSION_1 => RECORD_V1,
+            VERSION_2 if b.len() >= RECORD_V2 + 4 => RECORD_V2,
             VERSION if b.len() >= RECORD + 4 => RECORD,
-            VERSION => return Ok(None),
+            VERSION | VERSION_2 => return Ok(None),
             found => {
                 // Only trust the version field of a slot whose checksum holds
                 // under some layout we know; otherwise it is just damage.
-                let plausible = [RECORD_V1, RECORD].iter().any(|&l| {
+                let plausible = [RECORD_V1, RECORD_V2, RECORD].iter().any(|&l| {
                     b.len() >= l + 4
                         && u32::from_be_bytes(b[l..l + 4].try_into().expect("4 bytes"))
                             == crc32fast::hash(&b[..l])
@@ -263,8 +293,10 @@ impl Record {
             lost_epoch: 0,
             id: ReplicaIdentity::default(),
             sample: [0; 32],
+            gens: Generations::default(),
+            sync_target: 0,
         };
-        if len == RECORD {
+        if len >= RECORD_V2 {
             rec.flags = u32_at(92) & flag::KNOWN;
             rec.inconsistent_until = u64_at(96);
             rec.lost_first = u64_at(104);
@@ -276,6 +308,13 @@ impl Record {
                 inode: u64_at(144),
             };
             rec.sample = b[152..184].try_into().expect("32 bytes");
+        }
+        if len >= RECORD {
+            rec.gens.current = u64_at(184);
+            for (i, g) in rec.gens.history.iter_mut().enumerate() {
+                *g = u64_at(192 + 8 * i);
+            }
+            rec.sync_target = u64_at(224);
         }
         Ok(Some(rec))
     }
@@ -295,6 +334,14 @@ impl Record {
                 first_seq: self.lost_first,
                 last_seq: (self.lost_last != 0).then_some(self.lost_last),
             });
+        }
+        if self.sync_target != 0 {
+            out.push(Inconsistency::SyncTarget {
+                to: self.sync_target,
+            });
+        }
+        if self.gens.current == 0 {
+            out.push(Inconsistency::NeverSynced);
         }
         if self.flags & flag::ADOPTED != 0 {
             out.push(Inconsistency::Adopted {
@@ -472,6 +519,8 @@ impl VolumeState {
                     lost_epoch: 0,
                     id: identity,
                     sample: [0; 32],
+                    gens: Generations::default(),
+                    sync_target: 0,
                 },
             };
             st.write().map_err(io_err)?;
@@ -481,7 +530,7 @@ impl VolumeState {
                 Resume {
                     stored: 0,
                     epoch_seen: 0,
-                    inconsistent: Vec::new(),
+                    inconsistent: vec![Inconsistency::NeverSynced],
                 },
             ));
         }
@@ -624,6 +673,75 @@ impl VolumeState {
         self.store.sync()
     }
 
+    /// The generation a sync under way is bringing the replica to (0: none).
+    pub fn sync_target(&self) -> Gen {
+        self.rec.sync_target
+    }
+
+    /// The replica's generations (current 0: never synced).
+    pub fn gens(&self) -> Generations {
+        self.rec.gens
+    }
+
+    /// A sync towards the primary's generation `target` begins: the
+    /// replica is inconsistent until [`VolumeState::finish_sync`]. A replica
+    /// that never had a generation gets one now, so that a sync interrupted
+    /// and resumed is recognised as the same. Durable.
+    pub fn begin_sync(&mut self, target: Gen, fresh: Gen) -> io::Result<()> {
+        if self.rec.gens.current == 0 {
+            self.rec.gens.current = fresh.max(1);
+        }
+        self.rec.sync_target = target;
+        self.write()?;
+        self.store.sync()
+    }
+
+    /// The sync towards `gen` is complete: the replica now holds the
+    /// primary's volume of that generation, which it adopts; what a resync
+    /// proves (a loss, an adopted replica) is cleared. Durable.
+    pub fn finish_sync(&mut self, gen: Gen) -> io::Result<()> {
+        if self.rec.gens.current != gen {
+            self.rec.gens.advance(gen);
+        }
+        self.rec.sync_target = 0;
+        self.rec.flags &= !(flag::LOST_WRITES | flag::ADOPTED | flag::ASSUMED_IN_SYNC);
+        self.write()?;
+        self.store.sync()
+    }
+
+    /// The replica is taken as the primary's volume of generation `gen`
+    /// without a sync; `assumed` records that the operator chose so.
+    /// Durable.
+    pub fn adopt(&mut self, gen: Gen, assumed: bool) -> io::Result<()> {
+        if self.rec.gens.current != gen {
+            self.rec.gens.advance(gen);
+        }
+        self.rec.sync_target = 0;
+        if assumed {
+            self.rec.flags |= flag::ASSUMED_IN_SYNC;
+        }
+        self.write()?;
+        self.store.sync()
+    }
+
+    /// The stream restarts after `seq` (a sync or an adoption decided at
+    /// connect): the replica's position is that seq from now on. Durable.
+    pub fn rebase(&mut self, seq: Seq) -> io::Result<()> {
+        self.rec.applied = seq;
+        self.rec.synced = seq;
+        if self.rec.inconsistent_until != 0 && self.rec.flags & flag::REPLAY_BOUND_PENDING == 0 {
+            // A replay is replaced by the sync that follows.
+            self.rec.inconsistent_until = 0;
+        }
+        self.write()?;
+        self.store.sync()
+    }
+
+    /// Whether the replica was taken as in sync on the operator's word.
+    pub fn assumed_in_sync(&self) -> bool {
+        self.rec.flags & flag::ASSUMED_IN_SYNC != 0
+    }
+
     /// Why the replica cannot be trusted now (empty: it is a state the
     /// host's volume passed through).
     pub fn inconsistencies(&self) -> Vec<Inconsistency> {
@@ -707,6 +825,8 @@ mod tests {
         let path = dir.path().join("state");
         let (mut st, r) = open(&path, &replica).unwrap();
         assert_eq!(r.stored, 0);
+        assert_eq!(r.inconsistent, vec![Inconsistency::NeverSynced]);
+        st.adopt(7, false).unwrap();
         st.set_epoch(3).unwrap();
         st.set_applied(10).unwrap();
         st.set_synced(8).unwrap();
@@ -789,6 +909,7 @@ mod tests {
         let replica = FileReplica::open(&rpath, size).unwrap();
         replica.write_at(0, &[7; 8192]).unwrap();
         let (mut st, _) = open(&path, &replica).unwrap();
+        st.adopt(7, false).unwrap();
         st.set_applied(3).unwrap();
         st.set_synced(3).unwrap();
         st.close_clean(&replica).unwrap();
@@ -833,6 +954,7 @@ mod tests {
         let replica = FileReplica::open(&dir.path().join("r"), 4096).unwrap();
         let path = dir.path().join("state");
         let (mut st, _) = open(&path, &replica).unwrap();
+        st.adopt(7, false).unwrap();
         st.set_lost_writes(4, 17, Some(30)).unwrap();
         drop(st);
         let (_, r) = open(&path, &replica).unwrap();

@@ -223,7 +223,66 @@ pub struct PrimaryStatus {
     pub ack_latency_by_trigger: ByTrigger<LatencyStats>,
     #[serde(default)]
     pub quic: QuicStatus,
+    #[serde(default)]
+    pub mirror: MirrorStatus,
     pub failed: Option<String>,
+}
+
+/// Progress of long work, for the status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub active: bool,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub rate_bps: f64,
+    pub eta_s: Option<f64>,
+    pub elapsed_s: f64,
+}
+
+/// The sync engine's figures for the status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// Generation the running sync brings the replica to (0: none).
+    pub target: u64,
+    pub checksum: bool,
+    pub sync: Progress,
+    pub verify: Progress,
+    pub verify_repair: bool,
+    /// Mismatched ranges found by the last (or running) verify.
+    pub mismatches: Vec<(u64, u64)>,
+    pub mismatched_bytes: u64,
+    /// Seconds since the Unix epoch when the last verify finished.
+    pub last_verify_unix: Option<u64>,
+    /// Bytes copied and blocks compared since start.
+    pub copied_bytes: u64,
+    pub compared_bytes: u64,
+    pub skipped_bytes: u64,
+}
+
+/// A generation id as the status shows it.
+pub fn gen_hex(g: u64) -> String {
+    format!("{g:016x}")
+}
+
+/// The primary's side of the mirror: its mode, generations, what the
+/// last connect decided, what the replica lacks, and sync and verify.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MirrorStatus {
+    /// `journal` (every write goes through the nvbuf), `ahead` (the nvbuf
+    /// overflowed: writes go to the local copy and the changed-block map)
+    /// or `full-failing` (it overflowed with `nvbuf.overflow = fail`).
+    pub mode: String,
+    /// Current generation, hex, and the ones before it (newest first).
+    pub generation: String,
+    pub generation_history: Vec<String>,
+    /// What the last connect decided, and why, in one line.
+    pub decision: Option<String>,
+    /// Bytes the changed-block map marks: what the replica lacks until a
+    /// resync (0 without a map).
+    pub out_of_sync_bytes: u64,
+    /// Whether the primary has a changed-block map (it needs a local copy).
+    pub has_map: bool,
+    pub sync: SyncStatus,
 }
 
 /// The remote's status.
@@ -264,6 +323,17 @@ pub struct RemoteStatus {
     pub last_checkpoint: Option<String>,
     pub refused: u64,
     pub last_refusal: Option<String>,
+    /// The replica's generation, hex, and the ones before it.
+    #[serde(default)]
+    pub generation: String,
+    #[serde(default)]
+    pub generation_history: Vec<String>,
+    /// The generation a sync under way brings the replica to.
+    #[serde(default)]
+    pub sync_target: Option<String>,
+    /// What the last connect decided, and why.
+    #[serde(default)]
+    pub decision: Option<String>,
     #[serde(default)]
     pub quic: QuicStatus,
 }
@@ -367,6 +437,34 @@ pub(crate) mod samples {
                 ..ByTrigger::default()
             },
             quic: quic(),
+            mirror: MirrorStatus {
+                mode: "ahead".into(),
+                generation: gen_hex(0xabcd),
+                generation_history: vec![gen_hex(0x1234)],
+                decision: Some("in sync: both sides at generation 1234".into()),
+                out_of_sync_bytes: 3 << 20,
+                has_map: true,
+                sync: SyncStatus {
+                    target: 0xabcd,
+                    checksum: true,
+                    sync: Progress {
+                        active: true,
+                        done_bytes: 1 << 20,
+                        total_bytes: 4 << 20,
+                        rate_bps: 8e6,
+                        eta_s: Some(3.0),
+                        elapsed_s: 1.0,
+                    },
+                    verify: Progress::default(),
+                    verify_repair: false,
+                    mismatches: vec![(0, 4096)],
+                    mismatched_bytes: 4096,
+                    last_verify_unix: Some(1_700_000_000),
+                    copied_bytes: 1 << 20,
+                    compared_bytes: 0,
+                    skipped_bytes: 0,
+                },
+            },
             failed: None,
         }
     }
@@ -403,6 +501,10 @@ pub(crate) mod samples {
             last_checkpoint: None,
             refused: 0,
             last_refusal: None,
+            generation: gen_hex(0x1234),
+            generation_history: vec![gen_hex(0x99)],
+            sync_target: Some(gen_hex(0x5678)),
+            decision: Some("resync from the changed-block map".into()),
             quic: QuicStatus {
                 path_mtu: None,
                 cwnd_bytes: None,

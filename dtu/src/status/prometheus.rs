@@ -426,6 +426,54 @@ fn primary(m: &mut Families<'_>, p: &PrimaryStatus) -> fmt::Result {
     ] {
         m.gauge(name, help, None, v as f64)?;
     }
+    let s = &p.mirror.sync;
+    m.flag(
+        "ahead",
+        "1 while the nvbuf overflowed and writes go to the local copy and the changed-block map",
+        p.mirror.mode == "ahead",
+    )?;
+    m.gauge(
+        "out_of_sync",
+        "bytes the changed-block map marks: what the replica lacks until a resync",
+        Some(Unit::Bytes),
+        p.mirror.out_of_sync_bytes as f64,
+    )?;
+    m.flag("sync_running", "1 while a sync runs", s.sync.active)?;
+    m.gauge(
+        "sync_remaining",
+        "bytes the running sync still has to bring over (0 when none runs)",
+        Some(Unit::Bytes),
+        s.sync.total_bytes.saturating_sub(s.sync.done_bytes) as f64,
+    )?;
+    m.counter(
+        "sync_copied",
+        "bytes copied by syncs since start",
+        Some(Unit::Bytes),
+        s.copied_bytes,
+    )?;
+    m.counter(
+        "sync_skipped",
+        "bytes a checksum sync found equal and did not send",
+        Some(Unit::Bytes),
+        s.skipped_bytes,
+    )?;
+    m.flag(
+        "verify_running",
+        "1 while an online verify runs",
+        s.verify.active,
+    )?;
+    m.counter(
+        "verify_compared",
+        "bytes compared by online verifies since start",
+        Some(Unit::Bytes),
+        s.compared_bytes,
+    )?;
+    m.gauge(
+        "verify_mismatched",
+        "bytes found different by the last (or running) verify",
+        Some(Unit::Bytes),
+        s.mismatched_bytes as f64,
+    )?;
     m.flag(
         "failed",
         "1 once the pipeline failed for good (see dtu status)",

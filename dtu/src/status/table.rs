@@ -77,6 +77,23 @@ fn quic(q: &QuicStatus) -> String {
 }
 
 /// An age from a status that may have come from elsewhere: never panics.
+/// Long work: done of total, rate and time left.
+fn progress(p: &super::Progress) -> String {
+    let pct = if p.total_bytes == 0 {
+        100.0
+    } else {
+        p.done_bytes as f64 * 100.0 / p.total_bytes as f64
+    };
+    format!(
+        "{:.1}% of {} at {}/s, {} left",
+        pct,
+        format_bytes(p.total_bytes),
+        format_rate(p.rate_bps as u64),
+        p.eta_s
+            .map_or("-".into(), |s| format_duration(Duration::from_secs_f64(s)))
+    )
+}
+
 fn opt_age(v: Option<f64>) -> String {
     v.map_or("-".into(), |s| {
         Duration::try_from_secs_f64(s).map_or_else(|_| format!("{s} s"), format_duration)
@@ -140,6 +157,66 @@ impl std::fmt::Display for Status {
                     ),
                 );
                 row("oldest unreplicated", opt_age(p.oldest_unreplicated_s));
+                let m = &p.mirror;
+                row(
+                    "mirror",
+                    format!(
+                        "{}, generation {}{}",
+                        if m.mode.is_empty() {
+                            "journal"
+                        } else {
+                            &m.mode
+                        },
+                        m.generation,
+                        if m.has_map {
+                            format!(", {} out of sync", format_bytes(m.out_of_sync_bytes))
+                        } else {
+                            String::new()
+                        }
+                    ),
+                );
+                if let Some(d) = &m.decision {
+                    row("decision", d.clone());
+                }
+                if m.sync.sync.active {
+                    row(
+                        "sync",
+                        format!(
+                            "to generation {:016x}{}: {}",
+                            m.sync.target,
+                            if m.sync.checksum { " (checksum)" } else { "" },
+                            progress(&m.sync.sync)
+                        ),
+                    );
+                }
+                if m.sync.verify.active {
+                    row(
+                        "verify",
+                        format!(
+                            "{}{}",
+                            progress(&m.sync.verify),
+                            if m.sync.verify_repair {
+                                ", repairing"
+                            } else {
+                                ""
+                            }
+                        ),
+                    );
+                }
+                if m.sync.mismatched_bytes > 0 || m.sync.last_verify_unix.is_some() {
+                    row(
+                        "last verify",
+                        format!(
+                            "{} in {} ranges differ{}",
+                            format_bytes(m.sync.mismatched_bytes),
+                            m.sync.mismatches.len(),
+                            m.sync
+                                .last_verify_unix
+                                .map(|t| format!(", finished at unix time {t}"))
+                                .unwrap_or_default()
+                        ),
+                    );
+                }
                 row(
                     "trigger",
                     format!(
@@ -255,6 +332,22 @@ impl std::fmt::Display for Status {
                         format!("NO: {}", r.inconsistent_reasons.join("; "))
                     },
                 );
+                if !r.generation.is_empty() {
+                    row(
+                        "generation",
+                        format!(
+                            "{}{}",
+                            r.generation,
+                            r.sync_target
+                                .as_ref()
+                                .map(|t| format!(", syncing to {t}"))
+                                .unwrap_or_default()
+                        ),
+                    );
+                }
+                if let Some(d) = &r.decision {
+                    row("decision", d.clone());
+                }
                 row(
                     "seq",
                     format!(

@@ -43,18 +43,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use dtu::changemap::{ChangeMap, MemMapStore};
 use dtu::config::Volume;
 use dtu::nvbuf::{MemStore, Nvbuf, NvbufConfig, NvbufError, OnLoss, Recovery};
 use dtu::primary::appender::Appender;
-use dtu::primary::connect;
+use dtu::primary::connect::{self, Offer};
 use dtu::primary::ingest::{encode_jobs, encode_one, EncodeJob, EncodeSettings, Record};
 use dtu::primary::local::{release_point, LocalCopy};
+use dtu::primary::meta::PrimaryMeta;
+use dtu::primary::mode::{self, Mode};
 use dtu::primary::replay;
+use dtu::primary::sync::{self, Event as SyncEvent, Prepared, SyncEngine, Work};
 use dtu::remote::accept::accept_primary;
+use dtu::remote::applier::Applied;
 use dtu::remote::applier::Applier;
 use dtu::replica::{MemReplica, MemStateStore, OpenState, Replica, VolumeState};
 use dtu_proto::codec::{decode_chunk, Key};
-use dtu_proto::frame::{self, Checkpoint, Flush, Frame, Hello, Trim, Write};
+use dtu_proto::frame::{
+    self, Checkpoint, CheckpointKind, DigestResponse, Flush, Frame, Hello, Trim, Write,
+};
+use dtu_proto::generation::{Generations, InitialSync};
 use dtu_proto::receiver::Inbound;
 use dtu_proto::sender::{OpKind, SenderConfig};
 use dtu_proto::{AckPolicy, Epoch, Receiver, Sender, Seq, Trigger};
@@ -87,6 +95,14 @@ pub struct Outcome {
     pub outages: u64,
     pub nacks: u64,
     pub local_copy: bool,
+    /// The initial sync the seed chose.
+    pub initial: String,
+    /// Times the primary went ahead (nvbuf full), host writes made ahead,
+    /// syncs completed, verifies completed.
+    pub folds: u64,
+    pub ahead_writes: u64,
+    pub syncs: u64,
+    pub verifies: u64,
 }
 
 /// An invariant that failed.
@@ -141,16 +157,42 @@ impl Default for Options {
 /// One host operation, as the host issued it.
 #[derive(Debug, Clone)]
 enum HostOp {
-    Write { offset: usize, data: Vec<u8> },
+    Write {
+        offset: usize,
+        data: Vec<u8>,
+    },
     Flush,
-    Trim { offset: usize, len: usize },
+    Trim {
+        offset: usize,
+        len: usize,
+    },
     Checkpoint,
+    /// A piece of sync or verify work in the stream (a copy of the local
+    /// copy, a marker, a digest request): the host's volume is unchanged.
+    Sync,
+    /// After a machine crash while ahead: writes the host never flushed may
+    /// or may not have reached the local copy, which is the volume now.
+    Image(Vec<u8>),
 }
 
-/// The volume after the operations of `history` up to and including `upto`.
-fn volume_after(history: &BTreeMap<Seq, HostOp>, upto: Seq) -> Vec<u8> {
-    let mut v = vec![0u8; VOLUME];
-    for (_, op) in history.range(..=upto) {
+/// Where an operation stands in the host's history: a seq, and for writes
+/// made while ahead (which have none), a position after the last seq.
+type At = (Seq, u32);
+
+/// The volume after the operations of `history` up to and including seq
+/// `upto` (and nothing written ahead after it).
+fn volume_after(base: &[u8], history: &BTreeMap<At, HostOp>, upto: Seq) -> Vec<u8> {
+    let mut v = base.to_vec();
+    for (_, op) in history.range(..=(upto, 0)) {
+        apply_op(&mut v, op);
+    }
+    v
+}
+
+/// The whole volume as the host sees it now.
+fn volume_now(base: &[u8], history: &BTreeMap<At, HostOp>) -> Vec<u8> {
+    let mut v = base.to_vec();
+    for op in history.values() {
         apply_op(&mut v, op);
     }
     v
@@ -160,8 +202,27 @@ fn apply_op(v: &mut [u8], op: &HostOp) {
     match op {
         HostOp::Write { offset, data } => v[*offset..offset + data.len()].copy_from_slice(data),
         HostOp::Trim { offset, len } => v[*offset..offset + len].fill(0),
-        HostOp::Flush | HostOp::Checkpoint => {}
+        HostOp::Image(img) => v.copy_from_slice(img),
+        HostOp::Flush | HostOp::Checkpoint | HostOp::Sync => {}
     }
+}
+
+/// A volume image that is not all zeros: runs of patterned data, zeros
+/// and holes, as a used disk has.
+fn filled_image(rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let mut v = vec![0u8; VOLUME];
+    let mut at = 0;
+    while at < VOLUME {
+        let len = (rng.gen_range(1..=16) * 4096).min(VOLUME - at);
+        if rng.gen_bool(0.7) {
+            let fill: u8 = rng.gen();
+            for (i, b) in v[at..at + len].iter_mut().enumerate() {
+                *b = fill.wrapping_add((i / 61) as u8);
+            }
+        }
+        at += len;
+    }
+    v
 }
 
 /// A primary DTU: dtu's primary components, driven step by step.
@@ -178,6 +239,19 @@ struct PrimaryNode {
     jobs: Vec<EncodeJob>,
     /// Host operations waiting for an answer: seq -> step submitted.
     waiting: BTreeMap<Seq, u64>,
+    /// The primary's durable metadata (generations, the map's base, ahead).
+    meta: PrimaryMeta,
+    /// The changed-block map (with a local copy only).
+    map: Option<ChangeMap<MemMapStore>>,
+    sync: SyncEngine,
+    mode: Mode,
+    /// Since which step the appender has been waiting for nvbuf space.
+    full_since: Option<u64>,
+    /// Sync work reserved, waiting for the local copy to reach its seqs.
+    batch: Vec<(Seq, Work)>,
+    /// Ranges written ahead since the last flush (a machine crash may lose
+    /// them: the host did not flush).
+    unflushed: Vec<(usize, usize)>,
 }
 
 /// A remote DTU: dtu's remote components, driven step by step.
@@ -196,6 +270,7 @@ struct RemoteNode {
 struct PrimaryDisks {
     nvbuf: Vec<u8>,
     local: Option<Vec<u8>>,
+    map: Option<Vec<u8>>,
 }
 
 /// What a crashed remote leaves on its disks.
@@ -215,8 +290,24 @@ struct World {
     t0: Instant,
     volume: Volume,
     key: Key,
-    /// Everything the host issued that still exists, by seq.
-    history: BTreeMap<Seq, HostOp>,
+    /// The volume before the host's first operation (a used disk).
+    base: Vec<u8>,
+    /// Everything the host issued that still exists, in order.
+    history: BTreeMap<At, HostOp>,
+    /// How the remote's replica is brought to the primary's volume.
+    initial: InitialSync,
+    /// `nvbuf.overflow = bitmap`: a nvbuf full for this many steps makes
+    /// the primary go ahead (with a local copy); `None`: it stalls.
+    overflow_after: Option<u64>,
+    /// Seqs of digest requests the remote answered while its replica was
+    /// marked consistent: a verify may find no difference there.
+    digests_consistent: BTreeMap<Seq, bool>,
+    /// The chance per step that the host issues an operation.
+    write_rate: f64,
+    /// Every policy answers at `buffered` (see [`World::new`]).
+    spoof_all: bool,
+    /// A violation found where no `Result` could carry it (a crash).
+    violation: Option<Violation>,
     /// The highest seq answered at `buffered` or later.
     acked_durable: Seq,
     /// The host's volume after `expected_upto`, for invariant (b).
@@ -250,6 +341,16 @@ fn random_policy(rng: &mut ChaCha8Rng) -> AckPolicy {
         }),
         spoofing: rng.gen_bool(0.8),
         dirty_threshold: [0.0, 50.0, 75.0, 100.0][rng.gen_range(0..4)],
+    }
+}
+
+/// `p` answering every write once it is in the nvbuf.
+fn spoof_to_buffered(p: AckPolicy) -> AckPolicy {
+    AckPolicy {
+        trigger: Trigger::Buffered,
+        spoofing: true,
+        dirty_threshold: 0.0,
+        ..p
     }
 }
 
@@ -302,8 +403,36 @@ impl World {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let up = Link::new(link_config(&mut rng), rng.gen()).expect("link config");
         let down = Link::new(link_config(&mut rng), rng.gen()).expect("link config");
-        let policy = random_policy(&mut rng);
+        let mut policy = random_policy(&mut rng);
         let with_local = rng.gen_bool(0.5);
+        // A used disk; the replica is a copy of it, partly stale, unless the
+        // primary has no local copy (then the replica is the volume) or the
+        // operator says they are equal.
+        let base = filled_image(&mut rng);
+        let initial = if with_local {
+            InitialSync::ALL[rng.gen_range(0..3)]
+        } else {
+            InitialSync::Full
+        };
+        let mut replica = base.clone();
+        if with_local && initial != InitialSync::AssumeInSync {
+            let stale = filled_image(&mut rng);
+            for block in 0..VOLUME / 4096 {
+                if rng.gen_bool(0.3) {
+                    let r = block * 4096..(block + 1) * 4096;
+                    replica[r.clone()].copy_from_slice(&stale[r]);
+                }
+            }
+        }
+        let overflow_after = (with_local && rng.gen_bool(0.7)).then(|| rng.gen_range(50..1000));
+        // Some seeds write hard enough to fill the nvbuf during an outage.
+        let write_rate = if rng.gen_bool(0.3) { 0.4 } else { 0.05 };
+        // Those that also overflow answer at `buffered`, so the host keeps
+        // writing while the link is down and the nvbuf fills.
+        let spoof_all = overflow_after.is_some() && write_rate > 0.1;
+        if spoof_all {
+            policy = spoof_to_buffered(policy);
+        }
         let key_bytes = [seed as u8; 32];
         let t0 = Instant::now();
         let mut w = World {
@@ -311,6 +440,7 @@ impl World {
             opts,
             step: 0,
             t0,
+            base,
             volume: Volume {
                 id: VOLUME_ID,
                 size: VOLUME as u64,
@@ -319,14 +449,20 @@ impl World {
             },
             key: Key::from_bytes(&key_bytes),
             history: BTreeMap::new(),
+            initial,
+            overflow_after,
+            digests_consistent: BTreeMap::new(),
+            write_rate,
+            spoof_all,
+            violation: None,
             acked_durable: 0,
-            expected: vec![0; VOLUME],
+            expected: Vec::new(),
             expected_upto: 0,
             primary: None,
             remote: None,
             primary_disks: None,
             remote_disks: Some(RemoteDisks {
-                replica: vec![0; VOLUME],
+                replica,
                 state: Vec::new(),
                 replica_at: 0,
             }),
@@ -353,6 +489,11 @@ impl World {
                 outages: 0,
                 nacks: 0,
                 local_copy: with_local,
+                initial: initial.name().to_string(),
+                folds: 0,
+                ahead_writes: 0,
+                syncs: 0,
+                verifies: 0,
             },
             rng,
         };
@@ -361,8 +502,16 @@ impl World {
             &NvbufConfig::new(VOLUME_ID).with_size(NVBUF as u64),
         )
         .expect("create the nvbuf");
-        let local = with_local.then(|| vec![0u8; VOLUME]);
-        let p = w.new_primary(nv, Recovery::default(), local)?;
+        w.expected = w.base.clone();
+        let meta = PrimaryMeta {
+            gens: Generations::new(w.rng.gen::<u64>() | 1),
+            ..Default::default()
+        };
+        nv.set_meta(&meta.encode())
+            .expect("a new nvbuf takes its metadata");
+        let local = with_local.then(|| w.base.clone());
+        let map = with_local.then(Vec::new);
+        let p = w.new_primary(nv, Recovery::default(), local, map)?;
         w.primary = Some(p);
         w.restart_remote()?;
         Ok(w)
@@ -407,8 +556,11 @@ impl World {
         nvbuf: Nvbuf<MemStore>,
         recovery: Recovery,
         local_image: Option<Vec<u8>>,
+        map_image: Option<Vec<u8>>,
     ) -> Result<PrimaryNode, Violation> {
         let now = self.now();
+        let meta = PrimaryMeta::decode(&nvbuf.meta())
+            .map_err(|e| self.fail("a (durability)", format!("primary metadata: {e}")))?;
         let epoch = nvbuf.epoch();
         let first = recovery.first_seq.unwrap_or_else(|| nvbuf.next_seq());
         let mut sender = Sender::new(
@@ -436,7 +588,46 @@ impl World {
             }
             None => (None, None),
         };
+        // The map as `Primary::start` opens it.
+        let map = match map_image {
+            Some(img) if img.is_empty() => Some(
+                ChangeMap::create(
+                    MemMapStore::new(),
+                    VOLUME_ID,
+                    VOLUME as u64,
+                    4096,
+                    meta.map_base,
+                )
+                .map_err(|e| self.fail("g (resync)", format!("creating the map: {e}")))?,
+            ),
+            Some(img) => Some(
+                ChangeMap::open(MemMapStore::from_image(img), VOLUME_ID, VOLUME as u64)
+                    .map_err(|e| self.fail("g (resync)", format!("reopening the map: {e}")))?
+                    .0,
+            ),
+            None => None,
+        };
+        if let Some(map) = &map {
+            mode::reconcile_map(map, &meta)
+                .map_err(|e| self.fail("g (resync)", format!("reconciling the map: {e}")))?;
+        }
+        let mut mode = Mode::Journal;
+        if meta.ahead {
+            let (Some(map), Some(_)) = (&map, &local) else {
+                return Err(self.fail("g (resync)", "ahead without a local copy".into()));
+            };
+            mode::resume_ahead(&nvbuf, map, &mut sender, now)
+                .map_err(|e| self.fail("g (resync)", format!("resuming ahead: {e}")))?;
+            mode = Mode::Ahead { since: now };
+        }
         Ok(PrimaryNode {
+            meta,
+            map,
+            sync: SyncEngine::new(),
+            mode,
+            full_since: None,
+            batch: Vec::new(),
+            unflushed: Vec::new(),
             appender: Appender::new(nvbuf.next_seq()),
             hello: connect::hello(&self.volume, epoch, carried_over, true),
             encode: EncodeSettings {
@@ -476,6 +667,9 @@ impl World {
                     self.restart_remote()?;
                 }
             }
+            if let Some(v) = self.violation.take() {
+                return Err(v);
+            }
             self.primary_step()?;
             self.deliver()?;
             self.remote_step()?;
@@ -488,7 +682,8 @@ impl World {
             "e (liveness)",
             format!(
                 "not drained {} ms after the faults healed: primary {:?}, appender holds {}, \
-                 remote received {:?} released {:?} applied {:?} synced {:?}, {} decoding, connected {}",
+                 remote received {:?} released {:?} applied {:?} synced {:?}, {} decoding, connected {}, \
+                 mode {:?}, sync running {}, batch {}, local applied {:?}, remote inconsistencies {:?}",
                 self.opts.heal_steps,
                 self.primary.as_ref().map(|p| p.sender.progress()),
                 self.primary.as_ref().map_or(0, |p| p.appender.waiting()),
@@ -498,6 +693,15 @@ impl World {
                 self.remote.as_ref().map(|r| r.applier.synced()),
                 self.remote.as_ref().map_or(0, |r| r.decoding.len()),
                 self.connected,
+                self.primary.as_ref().map(|p| p.mode),
+                self.primary.as_ref().is_some_and(|p| p.sync.running()),
+                self.primary.as_ref().map_or(0, |p| p.batch.len()),
+                self.primary
+                    .as_ref()
+                    .and_then(|p| p.local.as_ref().map(|l| l.applied())),
+                self.remote
+                    .as_ref()
+                    .map(|r| r.state.lock().expect("state").inconsistencies()),
             ),
         ))
     }
@@ -511,6 +715,9 @@ impl World {
                     && prog.remote_stored == prog.highest
                     && r.applier.synced() == prog.highest
                     && p.local.as_ref().is_none_or(|l| l.applied() == prog.highest)
+                    && matches!(p.mode, Mode::Journal)
+                    && !p.sync.running()
+                    && p.batch.is_empty()
                     && r.state.lock().expect("state").inconsistencies().is_empty()
             }
             _ => false,
@@ -518,9 +725,9 @@ impl World {
     }
 
     fn finish(mut self) -> Result<Outcome, Violation> {
-        let last = self.history.keys().next_back().copied().unwrap_or(0);
+        let last = self.history.keys().next_back().map_or(0, |k| k.0);
         // (a): everything that survived is on the replica.
-        let want = volume_after(&self.history, last);
+        let want = volume_now(&self.base, &self.history);
         let replica = self
             .remote
             .as_ref()
@@ -587,6 +794,9 @@ impl World {
             self.event(format!("link down for {len} ms"));
         } else if r < 0.0016 {
             self.policy = random_policy(&mut self.rng);
+            if self.spoof_all {
+                self.policy = spoof_to_buffered(self.policy);
+            }
             let p = self.policy;
             self.event(format!("policy {p:?}"));
             let now = self.now();
@@ -630,6 +840,38 @@ impl World {
                 d.working_image()
             }
         });
+        let map = p.map.as_ref().map(|m| {
+            let store = m.store();
+            if !machine {
+                store.working_image()
+            } else if torn {
+                store.crash_image_torn(self.rng.gen())
+            } else {
+                store.crash_image()
+            }
+        });
+        if machine && matches!(p.mode, Mode::Ahead { .. }) {
+            // Writes made ahead and not flushed may be lost; everything
+            // else the host wrote must be on the local copy's disk.
+            let img = local.clone().expect("ahead only with a local copy");
+            let want = volume_now(&self.base, &self.history);
+            let mut maybe = vec![false; VOLUME];
+            for &(o, l) in &p.unflushed {
+                maybe[o..o + l].fill(true);
+            }
+            if let Some(i) = (0..VOLUME).find(|&i| !maybe[i] && img[i] != want[i]) {
+                self.violation = Some(self.fail(
+                    "a (durability)",
+                    format!(
+                        "a machine crash while ahead lost a flushed write: the local copy \
+                         differs from the host's volume at byte {i}"
+                    ),
+                ));
+            }
+            let sub = self.next_sub(p.sender.highest_seq());
+            self.history
+                .insert((p.sender.highest_seq(), sub), HostOp::Image(img));
+        }
         self.out.primary_crashes += 1;
         self.event(format!(
             "primary {} (torn: {torn}); {} host ops unanswered",
@@ -640,7 +882,7 @@ impl World {
             },
             p.waiting.len()
         ));
-        self.primary_disks = Some(PrimaryDisks { nvbuf, local });
+        self.primary_disks = Some(PrimaryDisks { nvbuf, local, map });
         self.disconnect();
     }
 
@@ -689,7 +931,7 @@ impl World {
                 .ok()
                 .flatten()
                 .map(|x| x.0);
-            let ok = match (f, self.history.get(&h.seq)) {
+            let ok = match (f, self.history.get(&(h.seq, 0))) {
                 (Some(Frame::Write(w)), Some(HostOp::Write { offset, data })) => {
                     match decode_chunk(&w.chunk, w.id, w.offset, Some(&self.key)) {
                         Ok(plain) => {
@@ -704,6 +946,15 @@ impl World {
                 }
                 (Some(Frame::Flush(_)), Some(HostOp::Flush)) => true,
                 (Some(Frame::Checkpoint(_)), Some(HostOp::Checkpoint)) => true,
+                (
+                    Some(
+                        Frame::Write(_)
+                        | Frame::Trim(_)
+                        | Frame::Marker(_)
+                        | Frame::DigestRequest(_),
+                    ),
+                    Some(HostOp::Sync),
+                ) => true,
                 _ => false,
             };
             if !ok {
@@ -712,14 +963,14 @@ impl World {
                     format!(
                         "recovered seq {} is not what the host issued ({:?})",
                         h.seq,
-                        self.history.get(&h.seq)
+                        self.history.get(&(h.seq, 0))
                     ),
                 ));
             }
         }
         // Operations after what survived are gone; the host was never told
         // they were durable.
-        self.history.split_off(&(survived + 1));
+        self.history.split_off(&(survived + 1, 0));
         if self.expected_upto > survived {
             return Err(self.fail(
                 "b (prefix)",
@@ -729,7 +980,7 @@ impl World {
                 ),
             ));
         }
-        let p = self.new_primary(nv, rec, disks.local)?;
+        let p = self.new_primary(nv, rec, disks.local, disks.map)?;
         self.primary = Some(p);
         Ok(())
     }
@@ -804,7 +1055,7 @@ impl World {
         // the state file recorded; invariant (b) is only checked while the
         // replica is marked consistent.
         self.expected_upto = disks.replica_at;
-        self.expected = volume_after(&self.history, disks.replica_at);
+        self.expected = volume_after(&self.base, &self.history, disks.replica_at);
         if resume.inconsistent.is_empty() && disks.replica_at != resume.stored {
             return Err(self.fail(
                 "b (prefix)",
@@ -869,21 +1120,40 @@ impl World {
         let (Some(p), Some(r)) = (&mut self.primary, &mut self.remote) else {
             return Ok(());
         };
-        let offer = connect::offer(&p.hello, p.sender.highest_seq(), None);
-        let reply = {
+        let offer = connect::offer(
+            &p.hello,
+            &Offer {
+                highest: p.sender.highest_seq(),
+                resume_from: p.sender.base(),
+                meta: &p.meta,
+                has_local: p.local.is_some(),
+                initial: self.initial,
+            },
+        );
+        let fresh = self.rng.gen::<u64>() | 1;
+        let accepted = {
             let mut st = r.state.lock().expect("state");
-            accept_primary(&mut r.receiver, &mut st, &r.hello, &offer, now)
+            accept_primary(&mut r.receiver, &mut st, &r.hello, &offer, fresh, now)
         };
-        let reply = match reply {
-            Ok(reply) => reply,
+        let accepted = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 let detail = e.to_string();
                 return Err(self.fail(
-                    "a (durability)",
-                    format!("the remote refuses the restarted primary: {detail}"),
+                    "g (resync)",
+                    format!("the remote refuses the primary: {detail}"),
                 ));
             }
         };
+        if let Some(pos) = accepted.rebase {
+            // The stream restarts after `pos`: the replica is inconsistent
+            // until the sync completes (or was adopted as the volume).
+            r.applier.rebase(pos);
+            r.decoding.clear();
+        }
+        let explained = accepted.explained.clone();
+        let rebase = accepted.rebase;
+        let reply = accepted.reply;
         let accepted = match connect::check_reply(&offer, &reply) {
             Ok(a) => a,
             Err(e) => {
@@ -894,6 +1164,39 @@ impl World {
                 ));
             }
         };
+        p.sync.on_reconnect();
+        let markers_pending = p.sender.holds_after(OpKind::Marker, accepted.remote_stored);
+        let changed = connect::on_accepted(
+            &accepted,
+            markers_pending,
+            &mut p.meta,
+            p.map.as_ref(),
+            p.local.as_deref(),
+            &mut p.sync,
+            &mut p.mode,
+            false,
+            now,
+        );
+        match changed {
+            Ok(true) => {
+                if let Err(e) = p.nvbuf.set_meta(&p.meta.encode()) {
+                    let detail = e.to_string();
+                    return Err(self.fail("g (resync)", format!("primary metadata: {detail}")));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let detail = e.to_string();
+                return Err(self.fail("g (resync)", format!("carrying out the decision: {detail}")));
+            }
+        }
+        if !matches!(p.mode, Mode::Ahead { .. }) {
+            p.unflushed.clear();
+        }
+        if let Some(pos) = rebase {
+            self.expected_upto = pos;
+            self.expected = volume_after(&self.base, &self.history, pos);
+        }
         if let Err(e) = p.sender.on_connected(accepted.remote_stored, now) {
             let detail = e.to_string();
             return Err(self.fail(
@@ -901,6 +1204,7 @@ impl World {
                 format!("the primary refuses the remote's position: {detail}"),
             ));
         }
+        self.event(format!("decision: {explained}"));
         self.connected = true;
         self.event(format!(
             "connected; remote stored through {}",
@@ -909,16 +1213,77 @@ impl World {
         Ok(())
     }
 
+    /// The next position for a write made ahead after `seq`.
+    fn next_sub(&self, seq: Seq) -> u32 {
+        self.history
+            .range((seq, 1)..(seq + 1, 0))
+            .next_back()
+            .map_or(1, |(k, _)| k.1 + 1)
+    }
+
     fn host_step(&mut self) {
         let Some(p) = &mut self.primary else {
             return;
         };
-        if p.waiting.len() >= 8 || p.appender.waiting() > 64 || !self.rng.gen_bool(0.05) {
+        if p.waiting.len() >= 8 || p.appender.waiting() > 64 || !self.rng.gen_bool(self.write_rate)
+        {
             return;
         }
         let now = self.t0 + STEP * self.step as u32;
         let epoch = p.epoch;
         let pick: f64 = self.rng.gen();
+        if pick < 0.005 {
+            // An operator's online verify (only one at a time, in journal
+            // mode with a map).
+            if p.map.is_some() && matches!(p.mode, Mode::Journal) && !p.sync.verifying() {
+                p.sync.start_verify(0, VOLUME as u64, false, now);
+                self.event("verify starts".into());
+            }
+            return;
+        }
+        if let (Mode::Ahead { .. }, Some(map), Some(local)) = (p.mode, &p.map, &p.local) {
+            // Ahead: the host's operation goes to the local copy and the map
+            // and is answered at once; it has no seq.
+            let highest = p.sender.highest_seq();
+            let (op, what, done) = if pick < 0.1 {
+                let done = mode::flush_ahead(map, local);
+                p.unflushed.clear();
+                (HostOp::Flush, "flush".to_string(), done)
+            } else if pick < 0.2 {
+                let len = self.rng.gen_range(1..=16) * 512;
+                let offset = self.rng.gen_range(0..(VOLUME - len) / 512) * 512;
+                let done = mode::trim_ahead(map, local, offset as u64, len as u64);
+                p.unflushed.push((offset, len));
+                (
+                    HostOp::Trim { offset, len },
+                    format!("trim {offset}+{len}"),
+                    done,
+                )
+            } else {
+                let len = self.rng.gen_range(1..=64) * 512;
+                let offset = self.rng.gen_range(0..(VOLUME - len) / 512) * 512;
+                let fill: u8 = self.rng.gen();
+                let data: Vec<u8> = (0..len)
+                    .map(|i| fill.wrapping_add((i / 89) as u8))
+                    .collect();
+                let done = mode::write_ahead(map, local, offset as u64, &data);
+                p.unflushed.push((offset, len));
+                self.out.ahead_writes += 1;
+                (
+                    HostOp::Write { offset, data },
+                    format!("write {offset}+{len}"),
+                    done,
+                )
+            };
+            if let Err(e) = done {
+                self.violation = Some(self.fail("a (durability)", format!("writing ahead: {e}")));
+                return;
+            }
+            let sub = self.next_sub(highest);
+            self.history.insert((highest, sub), op);
+            self.event(format!("host {what} ahead after seq {highest}"));
+            return;
+        }
         let (seq, op, what) = if pick < 0.08 {
             let seq = p.sender.submit(OpKind::Flush, 0, now);
             let f = Frame::Flush(Flush { seq, epoch });
@@ -957,6 +1322,8 @@ impl World {
             let f = Frame::Checkpoint(Checkpoint {
                 seq,
                 epoch,
+                kind: CheckpointKind::Manual as u8,
+                time_us: self.step * 1000,
                 label: format!("cp-{seq}"),
             });
             p.appender
@@ -987,7 +1354,7 @@ impl World {
             )
         };
         p.waiting.insert(seq, self.step);
-        self.history.insert(seq, op);
+        self.history.insert((seq, 0), op);
         self.event(format!("host {what} seq {seq}"));
     }
 
@@ -998,6 +1365,7 @@ impl World {
         let Some(p) = &mut self.primary else {
             return Ok(());
         };
+        let mut notes: Vec<String> = Vec::new();
         // Encode workers finish in any order.
         let finish = if p.jobs.is_empty() {
             0
@@ -1021,6 +1389,99 @@ impl World {
                 return Err(self.fail("a (durability)", format!("appender: {detail}")));
             }
         };
+        // A nvbuf full for too long: go ahead (as the appender thread does).
+        if !step.blocked {
+            p.full_since = None;
+        } else {
+            let since = *p.full_since.get_or_insert(self.step);
+            let due = self
+                .overflow_after
+                .is_some_and(|after| self.step - since >= after);
+            if due && matches!(p.mode, Mode::Journal) {
+                if let (Some(map), Some(local)) = (&p.map, &p.local) {
+                    // Every record of every seq so far reaches the appender
+                    // first; sync work still being read is void.
+                    for job in std::mem::take(&mut p.jobs) {
+                        let rec = encode_one(&p.encode, job);
+                        if let Err(e) = p.appender.push(rec) {
+                            let detail = e.to_string();
+                            return Err(self.fail("c (order)", format!("appender: {detail}")));
+                        }
+                    }
+                    p.batch.clear();
+                    p.sync.abort();
+                    let held = p.sender.progress();
+                    let fresh = self.rng.gen::<u64>() | 1;
+                    if let Err(e) = mode::fold(
+                        &p.nvbuf,
+                        map,
+                        local,
+                        &mut p.appender,
+                        &mut p.sender,
+                        &mut p.meta,
+                        fresh,
+                        now,
+                    ) {
+                        let detail = e.to_string();
+                        return Err(self.fail("a (durability)", format!("fold: {detail}")));
+                    }
+                    p.mode = Mode::Ahead { since: now };
+                    p.full_since = None;
+                    self.out.folds += 1;
+                    let line = format!(
+                        "primary goes ahead: seqs {}..={} folded into the map ({} bytes marked)",
+                        held.remote_stored + 1,
+                        held.highest,
+                        map.marked_bytes()
+                    );
+                    self.event(line);
+                    // The remote must decide a resync: a new session makes it.
+                    self.disconnect();
+                    return Ok(());
+                }
+            }
+        }
+        // The sync thread: reserve a batch, wait for the local copy to
+        // reach it, read and send each piece.
+        if let (Some(map), Some(local)) = (&p.map, &p.local) {
+            let active = self.connected
+                && matches!(p.mode, Mode::Journal)
+                && (p.sync.running() || p.sync.verifying());
+            if active && p.batch.is_empty() {
+                p.batch = sync::reserve_batch(&mut p.sync, &mut p.sender, map, u64::MAX, now);
+                for (seq, work) in &p.batch {
+                    self.history.insert((*seq, 0), HostOp::Sync);
+                    notes.push(format!("sync reserves seq {seq}: {work:?}"));
+                }
+            }
+            if let Some(first) = p.batch.first().map(|b| b.0) {
+                if local.applied() >= first - 1 {
+                    for (seq, work) in std::mem::take(&mut p.batch) {
+                        match sync::prepare(seq, p.epoch, &work, local.disk().as_ref(), CHUNK) {
+                            Ok((Prepared::Jobs(jobs), _)) => p.jobs.extend(jobs),
+                            Ok((Prepared::Record(rec), digests)) => {
+                                if let Some(d) = digests {
+                                    p.sync.local_digests(seq, d);
+                                }
+                                if let Err(e) = p.appender.push(rec) {
+                                    let detail = e.to_string();
+                                    return Err(
+                                        self.fail("c (order)", format!("appender: {detail}"))
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                let detail = e.to_string();
+                                return Err(self.fail(
+                                    "g (resync)",
+                                    format!("reading the local copy: {detail}"),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
         if let Some(seq) = step.buffered {
             p.sender.on_buffered(seq, now);
         }
@@ -1037,7 +1498,10 @@ impl World {
             while let Some(seq) = p.sender.poll_send(now) {
                 let records = match p.nvbuf.read_seq(seq) {
                     Ok(r) => r,
-                    Err(NvbufError::NotFound { .. }) => continue,
+                    Err(NvbufError::NotFound { .. }) => {
+                        notes.push(format!("seq {seq} to send is not in the nvbuf"));
+                        continue;
+                    }
                     Err(e) => panic!("seed {}: nvbuf read: {e}", self.seed),
                 };
                 for (_, payload) in records {
@@ -1047,6 +1511,30 @@ impl World {
             }
             while let Some(f) = p.sender.poll_transmit() {
                 let _ = self.up.send(vnow, wrap(&f));
+            }
+        }
+        // The sync engine learns what the replica stored.
+        if let Some(map) = &p.map {
+            if p.sync.running() {
+                let stored = p.sender.progress().remote_stored;
+                for e in p.sync.on_stored(stored, map, now) {
+                    if let SyncEvent::SyncComplete { gen } = e {
+                        let done = sync::on_complete(map, &mut p.meta)
+                            .map_err(|e| e.to_string())
+                            .and_then(|()| {
+                                p.nvbuf
+                                    .set_meta(&p.meta.encode())
+                                    .map_err(|e| e.to_string())
+                            });
+                        if let Err(detail) = done {
+                            return Err(
+                                self.fail("g (resync)", format!("completing the sync: {detail}"))
+                            );
+                        }
+                        self.out.syncs += 1;
+                        notes.push(format!("sync towards {gen:016x} complete"));
+                    }
+                }
             }
         }
         // Answers: check (d) and record what the host now counts on.
@@ -1076,6 +1564,9 @@ impl World {
             }
             self.event(format!("answer seq {} at {}", c.seq, c.trigger));
         }
+        for n in notes {
+            self.event(n);
+        }
         Ok(())
     }
 
@@ -1103,6 +1594,29 @@ impl World {
                 continue;
             };
             let Some(p) = &mut self.primary else { continue };
+            if let Frame::DigestResponse(d) = &f {
+                let Some(map) = &p.map else { continue };
+                for e in p.sync.on_digests(d.seq, &d.digests, map, now) {
+                    match e {
+                        SyncEvent::Mismatch { ranges, .. } => {
+                            // Digests of a replica marked consistent at that
+                            // seq must equal the local copy's at that seq.
+                            if self.digests_consistent.get(&d.seq) == Some(&true) {
+                                return Err(self.fail(
+                                    "h (verify)",
+                                    format!(
+                                        "verify at seq {} found {ranges:?} different on a replica marked consistent",
+                                        d.seq
+                                    ),
+                                ));
+                            }
+                        }
+                        SyncEvent::VerifyComplete { .. } => self.out.verifies += 1,
+                        SyncEvent::SyncComplete { .. } => {}
+                    }
+                }
+                continue;
+            }
             if let Err(e) = p.sender.on_frame(&f, now) {
                 let detail = e.to_string();
                 return Err(self.fail(
@@ -1145,9 +1659,18 @@ impl World {
                 let applied = r.applier.applied();
                 return Err(self.fail("c (order)", format!("released seq {seq} after {applied}")));
             }
-            if let Err(e) = r.applier.apply(&op) {
-                let detail = e.to_string();
-                return Err(self.fail("c (order)", format!("applier: {detail}")));
+            match r.applier.apply(&op) {
+                Ok(Applied::Digests { seq, digests }) => {
+                    let consistent = r.state.lock().expect("state").inconsistencies().is_empty();
+                    self.digests_consistent.insert(seq, consistent);
+                    r.receiver
+                        .push_transmit(Frame::DigestResponse(DigestResponse { seq, digests }));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let detail = e.to_string();
+                    return Err(self.fail("c (order)", format!("applier: {detail}")));
+                }
             }
             r.receiver.on_applied(&op);
             applied_any = true;
@@ -1162,14 +1685,19 @@ impl World {
                     format!("replica applied seq {seq}, the model is at {upto}"),
                 ));
             } else {
-                match self.history.get(&seq) {
-                    Some(op) => apply_op(&mut self.expected, op),
-                    None => {
-                        return Err(self.fail(
-                            "b (prefix)",
-                            format!("replica applied seq {seq}, which the host never issued"),
-                        ))
-                    }
+                if !self.history.contains_key(&(seq, 0)) {
+                    return Err(self.fail(
+                        "b (prefix)",
+                        format!("replica applied seq {seq}, which the host never issued"),
+                    ));
+                }
+                // Writes made ahead after the previous seq come before it.
+                for op in self
+                    .history
+                    .range((seq - 1, 1)..=(seq, 0))
+                    .map(|(_, op)| op)
+                {
+                    apply_op(&mut self.expected, op);
                 }
                 self.expected_upto = seq;
             }
@@ -1194,7 +1722,27 @@ impl World {
         // One sync per batch, as the apply thread does.
         if applied_any || self.step.is_multiple_of(4) {
             match r.applier.sync() {
-                Ok(Some((seq, _))) => r.receiver.on_synced(seq),
+                Ok(Some((seq, _))) => {
+                    r.receiver.on_synced(seq);
+                    // (b) as soon as a sync's end makes the replica consistent.
+                    let consistent = r.state.lock().expect("state").inconsistencies().is_empty();
+                    let image = r.replica.working_image();
+                    if consistent && seq == self.expected_upto && image != self.expected {
+                        let i = image
+                            .iter()
+                            .zip(&self.expected)
+                            .position(|(a, b)| a != b)
+                            .unwrap_or(0);
+                        return Err(self.fail(
+                            "b (prefix)",
+                            format!(
+                                "at seq {seq} the replica is marked consistent but differs from the host's volume at byte {i} (replica {:#04x}, expected {:#04x}, base {:#04x}, local copy {:?})",
+                                image[i], self.expected[i], self.base[i],
+                                self.primary.as_ref().and_then(|p| p.local_disk.as_ref()).map(|d| d.working_image()[i])
+                            ),
+                        ));
+                    }
+                }
                 Ok(None) => {}
                 Err(e) => {
                     let detail = e.to_string();
@@ -1227,7 +1775,7 @@ pub fn summary(o: &Outcome) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "seed {}: {} steps, {} writes, {} trims, {} checkpoints, {} answers, {} primary crashes, {} remote crashes, {} outages, {} nacks, local copy {}, trace {}",
+        "seed {}: {} steps, {} writes, {} trims, {} checkpoints, {} answers, {} primary crashes, {} remote crashes, {} outages, {} nacks, local copy {}, initial {}, {} folds, {} writes ahead, {} syncs, {} verifies, trace {}",
         o.seed,
         o.steps,
         o.writes,
@@ -1239,6 +1787,11 @@ pub fn summary(o: &Outcome) -> String {
         o.outages,
         o.nacks,
         o.local_copy,
+        o.initial,
+        o.folds,
+        o.ahead_writes,
+        o.syncs,
+        o.verifies,
         o.trace_hash
     );
     s
