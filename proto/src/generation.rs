@@ -222,7 +222,11 @@ impl Decision {
                 all: true,
                 checksum,
             } => {
-                let why = if r.gens.current == 0 {
+                // Only two cases sync everything: a replica that was never
+                // synced (whose generation, once the remote has decided, is
+                // one the primary never had) and a primary that passed the
+                // replica's generation without a map.
+                let why = if r.gens.current == 0 || !p.gens.knows(r.gens.current) {
                     format!("the replica was never synced (initial sync: {})", p.initial)
                 } else {
                     format!(

@@ -312,19 +312,26 @@ impl Sender {
         if !self.connected {
             return None;
         }
-        let seq = *self.queue.first()?;
-        let bytes = self.op(seq).map_or(0, |op| op.bytes);
-        // The seq the remote needs next goes whatever the window says: the
-        // window may be full of later seqs the remote holds but cannot
-        // release without it (one lost, or resent after a reconnect).
-        let needed_next = seq == self.received_upto + 1;
-        if !needed_next
-            && self.inflight_bytes > 0
-            && self.inflight_bytes + bytes > self.cfg.max_inflight_bytes
+        let first = *self.queue.first()?;
+        let bytes = self.op(first).map_or(0, |op| op.bytes);
+        // The seqs the remote needs before it can release anything go
+        // whatever the window says: the window may be full of later seqs
+        // the remote holds but cannot release without them (one lost, one
+        // nacked, or resent after a reconnect).
+        let seq = if self.inflight_bytes == 0
+            || self.inflight_bytes + bytes <= self.cfg.max_inflight_bytes
+            || first <= self.received_upto + 1
         {
-            return None;
-        }
-        self.queue.pop_first();
+            first
+        } else {
+            let needed = self.received_upto + 1;
+            if !self.queue.contains(&needed) {
+                return None;
+            }
+            needed
+        };
+        let bytes = self.op(seq).map_or(0, |op| op.bytes);
+        self.queue.remove(&seq);
         let resend;
         {
             let op = self.op_mut(seq).expect("queued seqs are tracked");

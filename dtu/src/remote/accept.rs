@@ -83,7 +83,20 @@ pub fn accept_primary(
     let rebase = match decision {
         Decision::Refuse(_) => return Err(AcceptError::Decision(explained)),
         Decision::Resume => None,
-        Decision::Resync { .. } | Decision::Adopt => Some(theirs.resume_from.saturating_sub(1)),
+        Decision::Resync { .. } | Decision::Adopt => {
+            // A replica of this primary's own history (it knows the
+            // replica's generation, or a sync of its was under way) holds
+            // the seqs it applied: its position never goes back, or markers
+            // and writes replayed from the primary's nvbuf would be applied
+            // over later ones. Another history's seqs mean nothing here.
+            let from = theirs.resume_from.saturating_sub(1);
+            let same_history = pv.gens.knows(rv.gens.current) || rv.syncing_to(pv.gens.current);
+            Some(if same_history {
+                from.max(receiver.released_upto())
+            } else {
+                from
+            })
+        }
     };
     let mut reply = receiver.on_hello(ours, theirs, rebase, now)?;
     state.set_epoch(theirs.epoch)?;
