@@ -396,3 +396,81 @@ fn a_primary_with_unrelated_data_is_refused_and_the_replica_is_left_alone() {
     remote.shutdown();
     assert_same("the refused primary's replica", &rig.replica(), &image);
 }
+
+#[test]
+fn a_split_brain_is_refused_and_nothing_is_overwritten() {
+    let rig = Rig::new();
+    let image = fill_disk(&rig.path("source.img"), 11);
+    let small = |o: &mut PrimaryOptions| {
+        o.nvbuf_size = 4 << 20;
+        o.mirror.overflow = Some(Overflow::Bitmap);
+        o.mirror.overflow_after = Duration::from_millis(300);
+    };
+    let remote = rig.remote();
+    let primary = rig.primary(InitialSync::Full, small);
+    wait_for("the initial sync", Duration::from_secs(120), || {
+        settled(&primary, &remote)
+    });
+    primary.shutdown();
+    remote.shutdown();
+    // A second primary with the same history: a copy of the first one's
+    // nvbuf, map and disk (a site restored from a backup, a cloned VM).
+    let twin = rig.path("twin");
+    std::fs::create_dir(&twin).unwrap();
+    for f in ["primary.nvbuf", "primary.nvbuf.map", "source.img"] {
+        std::fs::copy(rig.path(f), twin.join(f)).unwrap();
+    }
+    let at_twin = |o: &mut PrimaryOptions| {
+        small(o);
+        o.nvbuf_path = twin.join("primary.nvbuf");
+        o.local = Some(twin.join("source.img"));
+    };
+    // Both write while the remote is away: each goes ahead into a new
+    // generation of its own.
+    let first = rig.primary(InitialSync::Full, small);
+    host_writes(&first, 12, 250, image.clone());
+    assert_eq!(primary_status(&first).mirror.mode, "ahead");
+    first.shutdown();
+    let second = rig.primary(InitialSync::Full, at_twin);
+    let second_image = host_writes(&second, 13, 250, image.clone());
+    assert_eq!(primary_status(&second).mirror.mode, "ahead");
+    // The twin reaches the remote first and resyncs it to its generation.
+    let remote = rig.remote();
+    wait_for("the twin's resync", Duration::from_secs(120), || {
+        settled(&second, &remote)
+    });
+    second.shutdown();
+    assert_same(
+        "replica after the twin's resync",
+        &rig.replica(),
+        &second_image,
+    );
+    // The first primary comes back: both sides changed since the
+    // generation they share.
+    let first = rig.primary(InitialSync::Full, small);
+    wait_for("the refusal", Duration::from_secs(30), || {
+        primary_status(&first).connection == ConnectionState::Refused
+    });
+    let why = primary_status(&first).connection_detail.unwrap_or_default();
+    assert!(why.contains("split brain"), "{why}");
+    let rs = remote_status(&remote);
+    assert!(
+        rs.decision.as_deref().unwrap_or("").contains("split brain")
+            || rs
+                .last_refusal
+                .as_deref()
+                .unwrap_or("")
+                .contains("split brain"),
+        "{:?} / {:?}",
+        rs.decision,
+        rs.last_refusal
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    first.shutdown();
+    remote.shutdown();
+    assert_same(
+        "the replica after the refusal",
+        &rig.replica(),
+        &second_image,
+    );
+}

@@ -50,6 +50,11 @@ pub struct SenderConfig {
     /// reconnect resends everything unstored either way.
     pub retransmit_timeout: Option<Duration>,
     pub heartbeat_interval: Duration,
+    /// Once the link has been down this long, operations waiting for a
+    /// later trigger are answered at `buffered` (the nvbuf holds them) until
+    /// it is back, like VVR's `synchronous=override`: a dead link must not
+    /// take the host down. `None` waits for the remote however long.
+    pub degrade_after: Option<Duration>,
 }
 
 impl Default for SenderConfig {
@@ -59,6 +64,7 @@ impl Default for SenderConfig {
             max_inflight_bytes: 64 << 20,
             retransmit_timeout: None,
             heartbeat_interval: Duration::from_secs(1),
+            degrade_after: None,
         }
     }
 }
@@ -164,6 +170,8 @@ pub struct Sender {
     stats: SenderStats,
     /// The latest `now` seen: time never goes backwards for the sender.
     last_now: Instant,
+    /// Since when no connection is up (a new sender has none yet).
+    down_since: Option<Instant>,
 }
 
 impl Sender {
@@ -190,7 +198,30 @@ impl Sender {
             answer_timer: None,
             stats: SenderStats::default(),
             last_now: now,
+            down_since: Some(now),
         }
+    }
+
+    /// Whether the link has been down longer than
+    /// [`SenderConfig::degrade_after`]: operations are answered at
+    /// `buffered` at the latest.
+    pub fn degraded(&self, now: Instant) -> bool {
+        self.degrade_at(now).is_some_and(|t| t <= now)
+    }
+
+    /// When the link will count as down for [`SenderConfig::degrade_after`]
+    /// if nothing is heard: a connection QUIC still holds open counts as
+    /// down once the remote has been silent that long (QUIC's own idle
+    /// timeout is far longer).
+    fn degrade_at(&self, now: Instant) -> Option<Instant> {
+        let after = self.cfg.degrade_after?;
+        let since = if self.connected {
+            let silent = self.heartbeats.silent_for(now)?;
+            now.checked_sub(silent)?
+        } else {
+            self.down_since?
+        };
+        since.checked_add(after)
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -457,6 +488,7 @@ impl Sender {
     /// `remote_stored`. Everything after it that is buffered will be (re)sent.
     pub fn on_connected(&mut self, remote_stored: Seq, now: Instant) -> Result<(), SenderError> {
         self.connected = true;
+        self.down_since = None;
         self.heartbeats.connected(now);
         // This remote has received nothing of this session yet: what an
         // earlier one held in memory only may be gone with it.
@@ -480,6 +512,7 @@ impl Sender {
     /// The connection is gone: whatever was in flight must be sent again.
     pub fn on_disconnected(&mut self, now: Instant) {
         self.connected = false;
+        self.down_since.get_or_insert(now);
         self.heartbeats.disconnected();
         let in_flight: Vec<Seq> = self
             .ops
@@ -576,7 +609,10 @@ impl Sender {
     fn advance(&mut self, now: Instant) {
         self.clock(now);
         self.answer_timer = None;
-        let (trigger, delay) = self.cfg.policy.effective(self.dirty);
+        let (mut trigger, mut delay) = self.cfg.policy.effective(self.dirty);
+        if trigger > Trigger::Buffered && self.degraded(now) {
+            (trigger, delay) = (Trigger::Buffered, Duration::ZERO);
+        }
         while self.answered_upto < self.highest_seq() {
             let seq = self.answered_upto + 1;
             let op = self.op_mut(seq).expect("unanswered seqs are tracked");
@@ -691,10 +727,21 @@ impl Sender {
                 })
                 .min()
         });
-        [self.answer_timer, self.heartbeats.poll_timeout(), rto]
-            .into_iter()
-            .flatten()
-            .min()
+        let degrade = if self.answered_upto < self.highest_seq() {
+            self.degrade_at(self.last_now)
+                .filter(|t| *t > self.last_now)
+        } else {
+            None
+        };
+        [
+            self.answer_timer,
+            self.heartbeats.poll_timeout(),
+            rto,
+            degrade,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The retransmit timeout of `seq`: backed off, except for the seq the

@@ -95,6 +95,7 @@ fn run(seed: u64, seal: bool) {
             max_inflight_bytes: 256 << 10,
             retransmit_timeout: Some(Duration::from_millis(200)),
             heartbeat_interval: Duration::from_millis(50),
+            degrade_after: None,
         },
         1,
         1,

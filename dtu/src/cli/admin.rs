@@ -91,6 +91,112 @@ pub struct CheckpointArgs {
     pub label: String,
 }
 
+/// `dtu verify [--range START..END] [--repair] [--wait]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Only this byte range of the volume, `START..END` in units
+    /// (`0..1GiB`); the whole volume without it.
+    #[arg(long, value_parser = parse_range)]
+    pub range: Option<(u64, u64)>,
+    /// Resync the extents found different.
+    #[arg(long)]
+    pub repair: bool,
+    /// Follow the verify with a progress bar until it ends; exit 2 when it
+    /// found differences (and did not repair them).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// `START..END` in byte units.
+pub fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("{s:?}: expected START..END, e.g. 0..1GiB"))?;
+    let start = dtu_proto::units::parse_bytes(a.trim()).map_err(|e| format!("{a:?}: {e}"))?;
+    let end = dtu_proto::units::parse_bytes(b.trim()).map_err(|e| format!("{b:?}: {e}"))?;
+    if start >= end {
+        return Err(format!(
+            "{s:?}: the range is empty (start must be below end)"
+        ));
+    }
+    Ok((start, end))
+}
+
+pub fn verify(a: VerifyArgs) -> Result<()> {
+    let req = Request::Verify {
+        start: a.range.map(|r| r.0),
+        end: a.range.map(|r| r.1),
+        repair: a.repair,
+    };
+    req.check()?;
+    let asked_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    print_ok(ask(&a.target, req)?)?;
+    if !a.wait {
+        return Ok(());
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "verify {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+        )
+        .expect("a valid template"),
+    );
+    // Until the primary's status shows the verify it just started (the
+    // sync thread picks it up) and then ends, or shows one that ended
+    // since it was asked for.
+    let mut seen = false;
+    loop {
+        let status = match ask(&a.target, Request::Status)? {
+            Response::Status(s) => s,
+            Response::Error { message } => bail!("{message}"),
+            Response::Ok { message } => bail!("unexpected answer: {message}"),
+        };
+        let crate::status::Status::Primary(p) = *status else {
+            bail!("a verify runs on the primary; this is a remote's control socket");
+        };
+        let s = &p.mirror.sync;
+        if s.verify.active {
+            seen = true;
+            bar.set_length(s.verify.total_bytes);
+            bar.set_position(s.verify.done_bytes);
+            bar.set_message(format!("{} differing", s.mismatches.len()));
+        } else if seen || s.last_verify_unix.is_some_and(|t| t >= asked_unix) {
+            bar.finish_and_clear();
+            let ranges = s.mismatches.len();
+            println!(
+                "verify done: {} in {ranges} ranges differ{}",
+                crate::units::format_bytes(s.mismatched_bytes),
+                if a.repair && ranges > 0 {
+                    " (being resynced)"
+                } else {
+                    ""
+                }
+            );
+            for (o, l) in s.mismatches.iter().take(20) {
+                println!("  {o}..{} ({})", o + l, crate::units::format_bytes(*l));
+            }
+            if ranges > 20 {
+                println!(
+                    "  ... and {} more (dtu status --json lists them)",
+                    ranges - 20
+                );
+            }
+            if ranges > 0 && !a.repair {
+                std::process::exit(2);
+            }
+            return Ok(());
+        }
+        if let Some(why) = &p.failed {
+            bail!("the primary failed: {why}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" | "true" | "yes" | "1" => Ok(true),

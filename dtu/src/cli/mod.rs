@@ -43,6 +43,9 @@ pub enum Command {
     Dirty(admin::DirtyArgs),
     /// Mark a named checkpoint in the write stream.
     Checkpoint(admin::CheckpointArgs),
+    /// Compare the local copy and the replica by block digests while the
+    /// host keeps writing; report (and with --repair resync) what differs.
+    Verify(admin::VerifyArgs),
     /// Run a primary and a remote over an emulated link with a bursty host
     /// workload, show live status, and verify the replica.
     Demo(demo::DemoArgs),
@@ -117,6 +120,7 @@ pub fn main() -> Result<()> {
         Command::Policy { action } => admin::policy(action),
         Command::Dirty(a) => admin::dirty(a),
         Command::Checkpoint(a) => admin::checkpoint(a),
+        Command::Verify(a) => admin::verify(a),
         Command::Demo(a) => {
             init_tracing(if cli.log == "info" { "warn" } else { &cli.log });
             demo::run(a)

@@ -362,12 +362,20 @@ impl Primary {
         let epoch = nvbuf.epoch();
         let now = Instant::now();
         let first = recovery.first_seq.unwrap_or_else(|| nvbuf.next_seq());
+        let overflow = opts.mirror.overflow.unwrap_or(if opts.local.is_some() {
+            Overflow::Bitmap
+        } else {
+            Overflow::Stall
+        });
         let mut sender = dtu_proto::Sender::new(
             SenderConfig {
                 policy: opts.policy,
                 max_inflight_bytes: opts.tuning.inflight_window(),
                 retransmit_timeout: None,
                 heartbeat_interval: Duration::from_secs(1),
+                // The host waits for the link at most as long as for nvbuf
+                // space, unless the operator chose to stall.
+                degrade_after: (overflow != Overflow::Stall).then_some(opts.mirror.overflow_after),
             },
             epoch,
             first,
@@ -403,11 +411,6 @@ impl Primary {
             }
             None => None,
         };
-        let overflow = opts.mirror.overflow.unwrap_or(if local.is_some() {
-            Overflow::Bitmap
-        } else {
-            Overflow::Stall
-        });
         if overflow == Overflow::Bitmap && local.is_none() {
             return Err(start_err(
                 &"nvbuf.overflow = bitmap needs a local copy (nbd.local) to write ahead to; \
@@ -421,6 +424,15 @@ impl Primary {
             None => None,
         };
         let mut mode = Mode::Journal;
+        if let (Some(map), false) = (&map, meta.ahead) {
+            let cleared = mode::clear_replayed(&nvbuf, map).map_err(|e| start_err(&e))?;
+            if cleared > 0 {
+                tracing::info!(
+                    "{} of the changed-block map reach the replica with the nvbuf's replay",
+                    crate::units::format_bytes(cleared)
+                );
+            }
+        }
         if meta.ahead {
             let (Some(map), Some(_)) = (&map, &local) else {
                 return Err(start_err(
@@ -446,6 +458,11 @@ impl Primary {
             meta,
             mode,
         ));
+        // Two round trips of the line keep the link busy; more only waits
+        // in the nvbuf (and is sent twice after a crash).
+        core.lock()
+            .sync
+            .set_max_inflight(opts.tuning.bdp().saturating_mul(2).max(4 << 20));
         let ingest = Ingest::start(
             core.clone(),
             EncodeSettings {
@@ -568,6 +585,19 @@ impl Primary {
         }
     }
 
+    /// A journaled host operation at a seq just given wholly rewrites
+    /// `offset..+len`: extents of the map it covers reach the replica with
+    /// it, so a sync need not copy them (a host writing ahead of a sync's
+    /// cursor would have its data sent twice). After the seq, so that no
+    /// sync end can come before the write it counts on.
+    fn overwritten(&self, offset: u64, len: u64) {
+        if let Some(map) = &self.core.map {
+            if let Err(e) = mode::overwritten(map, offset, len) {
+                tracing::warn!("changed-block map: {e}");
+            }
+        }
+    }
+
     /// Mirrors a write. Blocks only while the pipeline is full
     /// (backpressure); the returned [`Pending`] resolves when the write is
     /// answered.
@@ -592,6 +622,7 @@ impl Primary {
             }
         };
         let (seq, rx) = self.core.submit(OpKind::Write, len)?;
+        self.overwritten(offset, len);
         self.core
             .counters
             .plain_bytes
@@ -639,6 +670,7 @@ impl Primary {
             }
         };
         let (seq, rx) = self.core.submit(OpKind::Trim, 0)?;
+        self.overwritten(offset, len);
         let frame = Frame::Trim(Trim {
             seq,
             epoch: self.epoch,

@@ -185,6 +185,44 @@ pub fn resume_ahead<S: NvStore, M: MapStore>(
     Ok(())
 }
 
+/// A journaled host write or trim, at a seq just given, wholly rewrites
+/// `offset..+len`: the map's extents it covers reach the replica with it,
+/// so no sync needs to copy them. Call it after the seq is given, never
+/// before: a sync's end reserved in between would count on the write.
+pub fn overwritten<M: MapStore>(
+    map: &ChangeMap<M>,
+    offset: u64,
+    len: u64,
+) -> Result<u64, ChangeMapError> {
+    if len == 0 || map.marked_bytes() == 0 {
+        return Ok(0);
+    }
+    map.clear(offset, len)
+}
+
+/// At start in the journal: extents wholly rewritten by records still in
+/// the nvbuf reach the replica with the replay, in order after whatever it
+/// holds, so no sync needs to copy them again (a primary killed mid-sync
+/// re-copies only what it had not yet queued). Returns the bytes cleared.
+pub fn clear_replayed<S: NvStore, M: MapStore>(
+    nvbuf: &Nvbuf<S>,
+    map: &ChangeMap<M>,
+) -> Result<u64, ChangeMapError> {
+    let before = map.marked_bytes();
+    if before == 0 {
+        return Ok(0);
+    }
+    for h in nvbuf.unreleased_headers() {
+        if let Some((o, l)) = range(&h) {
+            if l > 0 {
+                map.clear(o, l)?;
+            }
+        }
+    }
+    map.persist()?;
+    Ok(before.saturating_sub(map.marked_bytes()))
+}
+
 /// At start: the map must agree with the metadata. Marks with no
 /// generation to be relative to (a fold that crashed before its metadata
 /// was written) are covered by the journal and cleared; the base follows

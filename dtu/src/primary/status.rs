@@ -17,7 +17,7 @@ use super::Primary;
 pub(super) fn build(p: &Primary) -> PrimaryStatus {
     let now = Instant::now();
     // Copy out under the lock; summarise the histograms after it.
-    let (progress, stats, rtt, policy, dirty, oldest, link, failed, mirror) = {
+    let (progress, stats, rtt, policy, dirty, oldest, link, failed, mirror, degraded) = {
         let st = p.core.lock();
         let s = &st.sender;
         let map = p.core.map.as_deref();
@@ -48,6 +48,7 @@ pub(super) fn build(p: &Primary) -> PrimaryStatus {
             st.link.clone(),
             st.failed.clone(),
             mirror,
+            s.degraded(now),
         )
     };
     let (connection, peer, detail) = match link {
@@ -97,7 +98,11 @@ pub(super) fn build(p: &Primary) -> PrimaryStatus {
         records_per_flush: nv.records_per_flush(),
         oldest_unreplicated_s: oldest.map(|d| d.as_secs_f64()),
         trigger: policy.trigger.to_string(),
-        effective_trigger: policy.effective(dirty).0.to_string(),
+        effective_trigger: if degraded && policy.effective(dirty).0 > Trigger::Buffered {
+            "buffered (the link is down)".to_string()
+        } else {
+            policy.effective(dirty).0.to_string()
+        },
         delay_ms: policy.delay.as_secs_f64() * 1e3,
         spoofing_enabled: policy.spoofing,
         spoofing_active: policy.spoofing_active(dirty),

@@ -50,7 +50,8 @@ pub const SYNC_DIGEST_BLOCK: u32 = 4096;
 pub const VERIFY_DIGEST_BLOCK: u32 = 64 << 10;
 /// Pieces reserved at one seq boundary (one wait for the local copy).
 pub const BATCH: usize = 8;
-/// Sync bytes that may be on their way (reserved, not yet stored) at once.
+/// Sync bytes that may be on their way (reserved, not yet stored) at once,
+/// unless the driver sets less (see [`SyncEngine::set_max_inflight`]).
 pub const MAX_INFLIGHT: u64 = 64 << 20;
 
 /// One item of work, at one seq.
@@ -149,6 +150,7 @@ pub struct SyncEngine {
     rate: RateMeter,
     verify_rate: RateMeter,
     status: SyncStatus,
+    max_inflight: u64,
 }
 
 impl Default for SyncEngine {
@@ -167,7 +169,16 @@ impl SyncEngine {
             rate: RateMeter::default(),
             verify_rate: RateMeter::default(),
             status: SyncStatus::default(),
+            max_inflight: MAX_INFLIGHT,
         }
+    }
+
+    /// Caps the sync bytes reserved and not yet stored. What is reserved
+    /// waits in the nvbuf for the link, delays host writes queued behind it,
+    /// and is copied again after a crash of the primary (its map bits clear
+    /// only once stored): a few round trips of the link's window is enough.
+    pub fn set_max_inflight(&mut self, bytes: u64) {
+        self.max_inflight = bytes.clamp(PIECE, MAX_INFLIGHT);
     }
 
     /// Starts (or continues) a sync towards `target` from what the map has
@@ -293,7 +304,7 @@ impl SyncEngine {
     pub fn plan<S: MapStore>(&mut self, map: &ChangeMap<S>, budget: u64) -> Vec<Work> {
         let mut out = Vec::new();
         let inflight = self.inflight_bytes();
-        let mut room = budget.min(MAX_INFLIGHT.saturating_sub(inflight));
+        let mut room = budget.min(self.max_inflight.saturating_sub(inflight));
         if let Some(run) = &mut self.run {
             if !run.start_sent {
                 run.start_sent = true;

@@ -19,6 +19,8 @@ use super::sync::{self, Prepared};
 
 /// How long the thread sleeps when there is nothing to do.
 const IDLE: Duration = Duration::from_millis(200);
+/// How often the map's progress is saved while a sync runs.
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
 /// How long it waits for the local copy to reach a batch.
 const LOCAL_WAIT: Duration = Duration::from_secs(60);
 
@@ -73,8 +75,18 @@ impl Syncer {
             tokens: 0.0,
             at: Instant::now(),
         };
+        let mut persisted = Instant::now();
         while !core.is_shutdown() {
             core.wait_sync(IDLE);
+            // The map's clears (pieces the replica stored) reach its file
+            // now and then: a primary that crashes re-copies only what was
+            // cleared since, not the whole sync again.
+            if persisted.elapsed() >= PERSIST_EVERY {
+                persisted = Instant::now();
+                if let Err(e) = map.persist() {
+                    tracing::warn!("sync: saving the changed-block map's progress: {e}");
+                }
+            }
             loop {
                 if core.is_shutdown() {
                     return;

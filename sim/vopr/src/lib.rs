@@ -304,6 +304,8 @@ struct World {
     digests_consistent: BTreeMap<Seq, bool>,
     /// The chance per step that the host issues an operation.
     write_rate: f64,
+    /// The sender answers at `buffered` once the link is down this long.
+    degrade_after: Option<Duration>,
     /// Every policy answers at `buffered` (see [`World::new`]).
     spoof_all: bool,
     /// A violation found where no `Result` could carry it (a crash).
@@ -433,6 +435,9 @@ impl World {
         if spoof_all {
             policy = spoof_to_buffered(policy);
         }
+        let degrade_after = rng
+            .gen_bool(0.5)
+            .then(|| Duration::from_millis(rng.gen_range(200..3000)));
         let key_bytes = [seed as u8; 32];
         let t0 = Instant::now();
         let mut w = World {
@@ -453,6 +458,7 @@ impl World {
             overflow_after,
             digests_consistent: BTreeMap::new(),
             write_rate,
+            degrade_after,
             spoof_all,
             violation: None,
             acked_durable: 0,
@@ -569,6 +575,7 @@ impl World {
                 max_inflight_bytes: 1 << 20,
                 retransmit_timeout: Some(Duration::from_millis(300)),
                 heartbeat_interval: Duration::from_millis(100),
+                degrade_after: self.degrade_after,
             },
             epoch,
             first,
@@ -612,6 +619,10 @@ impl World {
                 .map_err(|e| self.fail("g (resync)", format!("reconciling the map: {e}")))?;
         }
         let mut mode = Mode::Journal;
+        if let (Some(map), false) = (&map, meta.ahead) {
+            mode::clear_replayed(&nvbuf, map)
+                .map_err(|e| self.fail("g (resync)", format!("clearing replayed extents: {e}")))?;
+        }
         if meta.ahead {
             let (Some(map), Some(_)) = (&map, &local) else {
                 return Err(self.fail("g (resync)", "ahead without a local copy".into()));
@@ -651,9 +662,19 @@ impl World {
     }
 
     fn run(mut self) -> Result<Outcome, Violation> {
-        let total = self.opts.steps + self.opts.heal_steps;
-        while self.step < total {
+        // Healing lasts while the replica keeps moving: a slow, lossy link
+        // with a long backlog drains late, not never. It must not stand
+        // still for `heal_steps`, and all of it ends at ten times that.
+        let cap = self.opts.steps + 10 * self.opts.heal_steps;
+        let mut moved = (self.opts.steps, 0);
+        while self.step < cap && self.step < moved.0 + self.opts.heal_steps {
             self.step += 1;
+            if !self.faults_allowed() {
+                let at = self.remote.as_ref().map_or(0, |r| r.applier.synced());
+                if at > moved.1 {
+                    moved = (self.step, at);
+                }
+            }
             if self.faults_allowed() {
                 self.inject_faults()?;
                 self.host_step();
@@ -681,10 +702,11 @@ impl World {
         Err(self.fail(
             "e (liveness)",
             format!(
-                "not drained {} ms after the faults healed: primary {:?}, appender holds {}, \
+                "not drained {} ms after the faults healed (stuck for {} ms): primary {:?}, appender holds {}, \
                  remote received {:?} released {:?} applied {:?} synced {:?}, {} decoding, connected {}, \
                  mode {:?}, sync running {}, batch {}, local applied {:?}, remote inconsistencies {:?}",
-                self.opts.heal_steps,
+                self.step - self.opts.steps,
+                self.step - moved.0,
                 self.primary.as_ref().map(|p| p.sender.progress()),
                 self.primary.as_ref().map_or(0, |p| p.appender.waiting()),
                 self.remote.as_ref().map(|r| r.receiver.received_upto()),
@@ -1295,6 +1317,9 @@ impl World {
             let len = self.rng.gen_range(1..=16) * 512;
             let offset = self.rng.gen_range(0..(VOLUME - len) / 512) * 512;
             let seq = p.sender.submit(OpKind::Trim, 0, now);
+            if let Some(map) = &p.map {
+                mode::overwritten(map, offset as u64, len as u64).expect("the map in memory");
+            }
             let f = Frame::Trim(Trim {
                 seq,
                 epoch,
@@ -1343,6 +1368,9 @@ impl World {
                     .collect()
             };
             let seq = p.sender.submit(OpKind::Write, len as u64, now);
+            if let Some(map) = &p.map {
+                mode::overwritten(map, offset as u64, len as u64).expect("the map in memory");
+            }
             let bytes = Bytes::from(data.clone());
             p.jobs
                 .extend(encode_jobs(seq, epoch, offset as u64, &bytes, CHUNK));
