@@ -187,7 +187,9 @@ fn t3_t5_t9_t14_rule_with_trims_between() {
     // The catalog reads back the same after a reopen.
     let again = Catalog::open(r.catalog.path()).unwrap();
     assert_eq!(again.list(), r.catalog.list());
-    assert!(Catalog::open(&r.dir.path().join("none")).unwrap().is_empty());
+    assert!(Catalog::open(&r.dir.path().join("none"))
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -223,15 +225,18 @@ fn views_across_three_eras_and_rollback_byte_for_byte() {
 
     // Roll back to the middle checkpoint.
     let plan = r.journal.rollback_plan(e2).unwrap();
-    assert!(plan
-        .iter()
-        .all(|s| matches!(s, RollbackStep::Write { data, .. } if data.len() <= 1 << 20)
-            || matches!(s, RollbackStep::Zero { .. })));
+    assert!(plan.iter().all(
+        |s| matches!(s, RollbackStep::Write { data, .. } if data.len() <= 1 << 20)
+            || matches!(s, RollbackStep::Zero { .. })
+    ));
     apply(&r.replica, &plan);
     assert!(r.image() == r.views[1].1, "rollback to era 2");
     let dropped = r.journal.drop_eras_after(e2).unwrap();
     assert_eq!(dropped.iter().map(|d| d.era).collect::<Vec<_>>(), vec![e3]);
-    let gone = r.catalog.drop_after(r.catalog.by_era(e2).unwrap().seq).unwrap();
+    let gone = r
+        .catalog
+        .drop_after(r.catalog.by_era(e2).unwrap().seq)
+        .unwrap();
     assert_eq!(gone.len(), 1);
     assert_eq!(gone[0].label, "three");
     r.views.truncate(2);
@@ -244,7 +249,10 @@ fn views_across_three_eras_and_rollback_byte_for_byte() {
     apply(&r.replica, &r.journal.rollback_plan(e1).unwrap());
     assert!(r.image() == r.views[0].1, "rollback to era 1");
     // An unknown era is refused in words.
-    let err = r.journal.read_as_of(99, 0, &mut [0; 8], &r.replica).unwrap_err();
+    let err = r
+        .journal
+        .read_as_of(99, 0, &mut [0; 8], &r.replica)
+        .unwrap_err();
     assert!(matches!(err, UndoError::NoSuchEra { era: 99, .. }), "{err}");
 }
 
@@ -412,7 +420,10 @@ fn retention_drops_the_oldest_eras_first_and_never_the_newest() {
         ..Limits::default()
     });
     let dropped = r.journal.retain(now).unwrap();
-    assert_eq!(dropped.iter().map(|d| d.era).collect::<Vec<_>>(), vec![eras[2]]);
+    assert_eq!(
+        dropped.iter().map(|d| d.era).collect::<Vec<_>>(),
+        vec![eras[2]]
+    );
     drop_from_catalog(&mut r, &dropped);
     // By size: a hard limit below what the newest holds keeps the newest.
     r.journal.set_limits(Limits {
@@ -420,7 +431,10 @@ fn retention_drops_the_oldest_eras_first_and_never_the_newest() {
         ..Limits::default()
     });
     let dropped = r.journal.retain(now).unwrap();
-    assert_eq!(dropped.iter().map(|d| d.era).collect::<Vec<_>>(), vec![eras[3]]);
+    assert_eq!(
+        dropped.iter().map(|d| d.era).collect::<Vec<_>>(),
+        vec![eras[3]]
+    );
     drop_from_catalog(&mut r, &dropped);
     assert_eq!(r.journal.eras().len(), 1);
     assert!(r.journal.retain(now + 1_000_000 * SEC).unwrap().is_empty());
@@ -479,14 +493,20 @@ fn reconcile_after_crashes_between_journal_and_catalog() {
         .collect();
     assert_eq!(labels, ["a", "b"], "{report:?}");
     assert_eq!(
-        report.dropped_eras.iter().map(|d| d.0.era).collect::<Vec<_>>(),
+        report
+            .dropped_eras
+            .iter()
+            .map(|d| d.0.era)
+            .collect::<Vec<_>>(),
         vec![e1]
     );
     assert_eq!(r.catalog.list().len(), 1);
     assert_eq!(r.journal.eras().len(), 1);
     r.views.drain(..2);
     r.check_views();
-    assert!(reconcile(&mut r.catalog, &mut r.journal).unwrap().is_empty());
+    assert!(reconcile(&mut r.catalog, &mut r.journal)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -501,17 +521,36 @@ fn catalog_refuses_out_of_order_long_labels_and_unknown_kinds() {
         era,
     };
     c.append(e(10, 100, 1)).unwrap();
-    assert!(matches!(c.append(e(9, 200, 2)), Err(CatalogError::OutOfOrder { .. })));
-    assert!(matches!(c.append(e(11, 99, 2)), Err(CatalogError::OutOfOrder { .. })));
-    assert!(matches!(c.append(e(11, 100, 1)), Err(CatalogError::OutOfOrder { .. })));
+    assert!(matches!(
+        c.append(e(9, 200, 2)),
+        Err(CatalogError::OutOfOrder { .. })
+    ));
+    assert!(matches!(
+        c.append(e(11, 99, 2)),
+        Err(CatalogError::OutOfOrder { .. })
+    ));
+    assert!(matches!(
+        c.append(e(11, 100, 1)),
+        Err(CatalogError::OutOfOrder { .. })
+    ));
     let mut long = e(11, 100, 2);
     long.label = "x".repeat(257);
-    assert!(matches!(c.append(long), Err(CatalogError::LabelTooLong { .. })));
+    assert!(matches!(
+        c.append(long),
+        Err(CatalogError::LabelTooLong { .. })
+    ));
     let mut kind = e(11, 100, 2);
     kind.kind = 6;
-    assert!(matches!(c.append(kind), Err(CatalogError::Kind { kind: 6 })));
+    assert!(matches!(
+        c.append(kind),
+        Err(CatalogError::Kind { kind: 6 })
+    ));
     c.append(e(11, 100, 2)).unwrap();
-    assert_eq!(c.at_or_before(100).unwrap().seq, 11, "same time: the newest");
+    assert_eq!(
+        c.at_or_before(100).unwrap().seq,
+        11,
+        "same time: the newest"
+    );
     assert_eq!(c.list()[0].kind_name(), "boot");
     assert_eq!(c.drop_oldest().unwrap().unwrap().seq, 10);
     assert_eq!(Catalog::open(c.path()).unwrap().len(), 1);

@@ -10,8 +10,15 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { off: u64, len: u64, byte: u8 },
-    Trim { off: u64, len: u64 },
+    Write {
+        off: u64,
+        len: u64,
+        byte: u8,
+    },
+    Trim {
+        off: u64,
+        len: u64,
+    },
     Checkpoint,
     /// Roll back to the checkpoint this many from the newest (mod held).
     Rollback(usize),

@@ -266,8 +266,10 @@ impl Catalog {
         f.sync_all()
             .map_err(io_err("cannot sync the new catalog", &tmp))?;
         drop(f);
-        std::fs::rename(&tmp, &self.path)
-            .map_err(io_err("cannot rename the new catalog into place", &self.path))?;
+        std::fs::rename(&tmp, &self.path).map_err(io_err(
+            "cannot rename the new catalog into place",
+            &self.path,
+        ))?;
         super::sync_parent(&self.path)
             .map_err(io_err("cannot sync the catalog's directory", &self.path))?;
         self.entries = entries;
@@ -384,7 +386,9 @@ fn decode(b: &[u8]) -> Result<Vec<Entry>, String> {
         let body = &b[at + 2..end - 4];
         let kind = body[24];
         if CheckpointKind::from_byte(kind).is_none() {
-            return Err(format!("checkpoint {i} at byte {at} has unknown kind {kind}"));
+            return Err(format!(
+                "checkpoint {i} at byte {at} has unknown kind {kind}"
+            ));
         }
         let label = std::str::from_utf8(&body[BODY_FIXED..])
             .map_err(|_| format!("checkpoint {i} at byte {at} has a label that is not UTF-8"))?

@@ -95,6 +95,8 @@ pub enum CatalogError {
     LabelTooLong { len: usize, max: usize },
     #[error("checkpoint kind {kind} is not one of manual (0), timer (1), shutdown (2), boot (3), install (4), change (5)")]
     Kind { kind: u8 },
-    #[error("the catalog holds {max} checkpoints, as many as it may: drop the oldest first (retention)")]
+    #[error(
+        "the catalog holds {max} checkpoints, as many as it may: drop the oldest first (retention)"
+    )]
     Full { max: usize },
 }

@@ -185,9 +185,27 @@ mod tests {
     fn gaps_overlaps_and_tombstone_merging() {
         let mut ix = EraIndex::default();
         ix.insert(10, Ext { data: 0, blocks: 5 });
-        ix.insert(20, Ext { data: Ext::ZERO, blocks: 2 });
-        ix.insert(22, Ext { data: Ext::ZERO, blocks: 3 });
-        ix.insert(17, Ext { data: Ext::ZERO, blocks: 3 });
+        ix.insert(
+            20,
+            Ext {
+                data: Ext::ZERO,
+                blocks: 2,
+            },
+        );
+        ix.insert(
+            22,
+            Ext {
+                data: Ext::ZERO,
+                blocks: 3,
+            },
+        );
+        ix.insert(
+            17,
+            Ext {
+                data: Ext::ZERO,
+                blocks: 3,
+            },
+        );
         assert_eq!(ix.extents(), 2, "tombstones 17..25 merged");
         assert_eq!(ix.gaps(0, 30), vec![(0, 10), (15, 17), (25, 30)]);
         assert_eq!(ix.gaps(12, 14), vec![]);

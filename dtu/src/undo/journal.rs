@@ -26,8 +26,8 @@ use dtu_proto::Seq;
 use super::error::UndoError;
 use super::index::{Covered, EraIndex, Ext};
 use super::segment::{
-    self, Geometry, RecordHeader, SegmentHeader, HEADER_LEN, KIND_DATA, KIND_ZERO,
-    MAX_RECORD_DATA, RECORD_HEADER,
+    self, Geometry, RecordHeader, SegmentHeader, HEADER_LEN, KIND_DATA, KIND_ZERO, MAX_RECORD_DATA,
+    RECORD_HEADER,
 };
 use crate::replica::Replica;
 
@@ -229,11 +229,7 @@ impl Journal {
             let Some(name) = name.to_str() else { continue };
             if let Some(id) = parse_name(name) {
                 ids.push(id);
-            } else if name
-                .strip_suffix(".tmp")
-                .and_then(parse_name)
-                .is_some()
-            {
+            } else if name.strip_suffix(".tmp").and_then(parse_name).is_some() {
                 let p = entry.path();
                 std::fs::remove_file(&p).map_err(|source| UndoError::Io {
                     path: p.clone(),
@@ -314,10 +310,10 @@ impl Journal {
         let mut index = EraIndex::default();
         for r in &scan.records {
             let h = r.header;
-            if !index.gaps(h.first_block, h.first_block + u64::from(h.blocks)).eq(&[(
-                h.first_block,
-                h.first_block + u64::from(h.blocks),
-            )]) {
+            if !index
+                .gaps(h.first_block, h.first_block + u64::from(h.blocks))
+                .eq(&[(h.first_block, h.first_block + u64::from(h.blocks))])
+            {
                 return Err(UndoError::Damaged {
                     path,
                     offset: r.data_at - RECORD_HEADER as u64,
@@ -580,7 +576,15 @@ impl Journal {
                     } else {
                         let s = (i * bs) as usize;
                         let e = (j * bs).min(bytes) as usize;
-                        append(era, &mut self.dirty, KIND_DATA, seq, b + i, j - i, &buf[s..e])?;
+                        append(
+                            era,
+                            &mut self.dirty,
+                            KIND_DATA,
+                            seq,
+                            b + i,
+                            j - i,
+                            &buf[s..e],
+                        )?;
                         saved += (e - s) as u64;
                     }
                 }
@@ -610,9 +614,11 @@ impl Journal {
 
     fn find(&self, era: EraId) -> Option<usize> {
         let (a, b) = self.eras.as_slices();
-        a.binary_search_by_key(&era, |e| e.id)
-            .ok()
-            .or_else(|| b.binary_search_by_key(&era, |e| e.id).ok().map(|i| i + a.len()))
+        a.binary_search_by_key(&era, |e| e.id).ok().or_else(|| {
+            b.binary_search_by_key(&era, |e| e.id)
+                .ok()
+                .map(|i| i + a.len())
+        })
     }
 
     fn no_such_era(&self, era: EraId) -> UndoError {
@@ -624,13 +630,8 @@ impl Journal {
     }
 
     /// For blocks `lo..hi`, the oldest copy of each block saved in era `era`
-    /// or later: (first block, end block, era position, extent start, extent).
-    fn oldest_copies(
-        &self,
-        era: EraId,
-        lo: u64,
-        hi: u64,
-    ) -> Result<Vec<(u64, u64, usize, u64, Ext)>, UndoError> {
+    /// or later, in block order.
+    fn oldest_copies(&self, era: EraId, lo: u64, hi: u64) -> Result<Vec<OldCopy>, UndoError> {
         let first = self.find(era).ok_or_else(|| self.no_such_era(era))?;
         let mut covered = Covered::default();
         let mut out = Vec::new();
@@ -647,10 +648,16 @@ impl Journal {
                 while k + 1 < exts.len() && exts[k].0 + u64::from(exts[k].1.blocks) <= s {
                     k += 1;
                 }
-                out.push((s, t, pos, exts[k].0, exts[k].1));
+                out.push(OldCopy {
+                    start: s,
+                    end: t,
+                    pos,
+                    ext_start: exts[k].0,
+                    ext: exts[k].1,
+                });
             });
         }
-        out.sort_unstable_by_key(|p| p.0);
+        out.sort_unstable_by_key(|p| p.start);
         Ok(out)
     }
 
@@ -692,7 +699,14 @@ impl Journal {
         let bs = self.geo.block_size;
         let (lo, hi) = self.block_range(off, len);
         let end = off + len;
-        for (s, t, pos, ext_start, ext) in self.oldest_copies(era, lo, hi)? {
+        for OldCopy {
+            start: s,
+            end: t,
+            pos,
+            ext_start,
+            ext,
+        } in self.oldest_copies(era, lo, hi)?
+        {
             let from = (s * bs).max(off);
             let to = (t * bs).min(end);
             let dst = &mut buf[(from - off) as usize..(to - off) as usize];
@@ -714,7 +728,14 @@ impl Journal {
         let bs = self.geo.block_size;
         let size = self.geo.volume_size;
         let mut steps: Vec<RollbackStep> = Vec::new();
-        for (s, t, pos, ext_start, ext) in self.oldest_copies(era, 0, self.geo.blocks)? {
+        for OldCopy {
+            start: s,
+            end: t,
+            pos,
+            ext_start,
+            ext,
+        } in self.oldest_copies(era, 0, self.geo.blocks)?
+        {
             let from = s * bs;
             let to = (t * bs).min(size);
             if ext.is_zero() {
@@ -867,6 +888,16 @@ impl Journal {
     }
 }
 
+/// The oldest copy of blocks `start..end`: in the era at position `pos`,
+/// inside the extent `ext` that begins at block `ext_start`.
+struct OldCopy {
+    start: u64,
+    end: u64,
+    pos: usize,
+    ext_start: u64,
+    ext: Ext,
+}
+
 fn dropped_of(e: &Era) -> DroppedEra {
     DroppedEra {
         era: e.id,
@@ -923,7 +954,11 @@ fn append(
         era.index.insert(
             first_block,
             Ext {
-                data: if kind == KIND_ZERO { Ext::ZERO } else { data_at },
+                data: if kind == KIND_ZERO {
+                    Ext::ZERO
+                } else {
+                    data_at
+                },
                 blocks: n,
             },
         );

@@ -90,7 +90,10 @@ impl ReconcileReport {
 /// - an era without a checkpoint is dropped when it holds nothing or is the
 ///   oldest; otherwise (older checkpoints' views need its copies) it is kept
 ///   and reported.
-pub fn reconcile(catalog: &mut Catalog, journal: &mut Journal) -> Result<ReconcileReport, UndoError> {
+pub fn reconcile(
+    catalog: &mut Catalog,
+    journal: &mut Journal,
+) -> Result<ReconcileReport, UndoError> {
     let mut report = ReconcileReport::default();
     let eras = journal.eras();
     let held = |era: EraId, seq| eras.iter().any(|&(id, s, _)| id == era && s == seq);
@@ -102,7 +105,8 @@ pub fn reconcile(catalog: &mut Catalog, journal: &mut Journal) -> Result<Reconci
         .filter(|c| !held(c.era, c.seq) && c.era < newest_era)
         .map(|c| c.era)
         .max();
-    let gone = catalog.drop_where(|c| !held(c.era, c.seq) || cut.is_some_and(|cut| c.era <= cut))?;
+    let gone =
+        catalog.drop_where(|c| !held(c.era, c.seq) || cut.is_some_and(|cut| c.era <= cut))?;
     for c in gone {
         let why = if !held(c.era, c.seq) {
             format!("its undo era {} is missing", c.era)
@@ -128,7 +132,8 @@ pub fn reconcile(catalog: &mut Catalog, journal: &mut Journal) -> Result<Reconci
         if catalog.by_era(id).is_some_and(|c| c.seq == seq) {
             continue;
         }
-        let oldest = journal.current_era().is_some() && journal.eras().first().map(|e| e.0) == Some(id);
+        let oldest =
+            journal.current_era().is_some() && journal.eras().first().map(|e| e.0) == Some(id);
         let empty = journal.is_era_empty(id).unwrap_or(true);
         if empty || oldest {
             let d = journal.drop_era(id)?;
