@@ -425,11 +425,19 @@ fn retention_drops_the_oldest_eras_first_and_never_the_newest() {
         vec![eras[2]]
     );
     drop_from_catalog(&mut r, &dropped);
-    // By size: a hard limit below what the newest holds keeps the newest.
+    // By size: a hard limit below what the newest holds keeps the newest;
+    // the warning level only warns.
+    r.journal.set_limits(Limits {
+        warn_bytes: Some(1),
+        ..Limits::default()
+    });
+    assert!(r.journal.over_warning());
+    assert!(r.journal.retain(now).unwrap().is_empty());
     r.journal.set_limits(Limits {
         max_bytes: Some(1),
         ..Limits::default()
     });
+    assert!(!r.journal.over_warning());
     let dropped = r.journal.retain(now).unwrap();
     assert_eq!(
         dropped.iter().map(|d| d.era).collect::<Vec<_>>(),

@@ -1,5 +1,5 @@
 //! Property: for random writes, trims (of data and of zeros), checkpoints,
-//! rollbacks, retention and reopens, on a file replica (holes) or one in
+//! rollbacks, retention, reopens and crashes that tear unsynced saves, on a file replica (holes) or one in
 //! memory (no holes, or holes reported to the byte), with block sizes that do and do not divide the
 //! volume, every as-of view held equals the test's model of the volume at
 //! that checkpoint, and every rollback restores it byte for byte.
@@ -25,6 +25,13 @@ enum Op {
     /// Keep at most this many eras.
     Retain(usize),
     Reopen,
+    /// A save appended but never synced, the write never made, then a
+    /// crash that keeps `keep` (mod the unsynced bytes + 1) of its bytes.
+    Crash {
+        off: u64,
+        len: u64,
+        keep: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -36,6 +43,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..4).prop_map(Op::Rollback),
         1 => (1usize..4).prop_map(Op::Retain),
         1 => Just(Op::Reopen),
+        1 => (any::<u64>(), 1u64..12_000, any::<u64>())
+            .prop_map(|(off, len, keep)| Op::Crash { off, len, keep }),
     ]
 }
 
@@ -231,6 +240,31 @@ fn run(bs: u64, size: u64, kind: u8, ops: Vec<Op>) -> Result<(), TestCaseError> 
                     prop_assert_eq!(r.views.remove(0).0, d.era, "oldest first");
                 }
                 prop_assert!(r.views.len() <= max.max(1));
+            }
+            Op::Crash { off, len, keep } => {
+                let Some(era) = r.journal.current_era() else {
+                    continue;
+                };
+                let off = off % r.size;
+                let len = len.min(r.size - off);
+                let synced = r.journal.stats().eras.last().unwrap().disk_bytes;
+                r.seq += 1;
+                r.journal
+                    .save_before_write(r.seq, off, len, &*r.replica)
+                    .unwrap();
+                let seg = r.undo.join(format!("era-{era:016x}.undo"));
+                let now = std::fs::metadata(&seg).unwrap().len();
+                let kept = synced + keep % (now - synced + 1);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&seg)
+                    .unwrap()
+                    .set_len(kept)
+                    .unwrap();
+                let (j, report) = Journal::open(&r.undo, r.bs, r.size).unwrap();
+                prop_assert!(report.torn.len() <= 1, "{:?}", report);
+                prop_assert_eq!(report.eras, r.views.len());
+                r.journal = j;
             }
             Op::Reopen => {
                 let (j, report) = Journal::open(&r.undo, r.bs, r.size).unwrap();

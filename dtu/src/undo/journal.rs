@@ -37,8 +37,12 @@ pub type EraId = u64;
 /// Retention limits; `None` is no limit. The newest era is never dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
-    /// Drop the oldest eras while the segments hold more bytes than this.
+    /// Drop the oldest eras while the segments hold more bytes than this
+    /// (the hard limit).
     pub max_bytes: Option<u64>,
+    /// Above this many bytes [`Journal::over_warning`] answers true (for
+    /// status and metrics); nothing is dropped.
+    pub warn_bytes: Option<u64>,
     /// Drop an era once its checkpoint is older than this.
     pub max_age: Option<Duration>,
     /// Keep at most this many eras (checkpoints), e.g. 3 generations.
@@ -144,7 +148,8 @@ fn parse_name(name: &str) -> Option<EraId> {
     if hex.len() != 16 {
         return None;
     }
-    u64::from_str_radix(hex, 16).ok()
+    // Ids stay below 2^63 so that the next one never overflows.
+    u64::from_str_radix(hex, 16).ok().filter(|id| *id < 1 << 63)
 }
 
 fn is_zero(b: &[u8]) -> bool {
@@ -858,6 +863,13 @@ impl Journal {
             self.sync_dir()?;
         }
         Ok(dropped)
+    }
+
+    /// Whether the segments hold more than [`Limits::warn_bytes`].
+    pub fn over_warning(&self) -> bool {
+        self.limits
+            .warn_bytes
+            .is_some_and(|w| self.disk_bytes() > w)
     }
 
     fn disk_bytes(&self) -> u64 {
