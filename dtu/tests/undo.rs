@@ -474,11 +474,16 @@ fn reconcile_after_crashes_between_journal_and_catalog() {
     let e3 = r.checkpoint(T0 + 3 * SEC, "c");
     assert_eq!(r.journal.begin_era(r.seq, T0 + 3 * SEC).unwrap(), e3);
     assert!(r.journal.begin_era(r.seq - 5, T0).is_err());
-    // A write older than the current era is refused.
-    assert!(matches!(
-        r.journal.save_before_write(1, 0, 1, &r.replica),
-        Err(UndoError::SeqBeforeEra { .. })
-    ));
+    // A write replayed from before the newest checkpoint saves nothing:
+    // what its era needed was made durable when the next era began.
+    let before = r.journal.stats();
+    assert_eq!(
+        r.journal
+            .save_before_write(r.seq - 1, 0, 65_536, &r.replica)
+            .unwrap(),
+        0
+    );
+    assert_eq!(r.journal.stats(), before);
     // Crash after a rollback dropped eras but before the catalog followed:
     // checkpoints whose era is missing at the tail go, older ones stay.
     r.journal.drop_eras_after(e2).unwrap();
@@ -562,4 +567,60 @@ fn catalog_refuses_out_of_order_long_labels_and_unknown_kinds() {
     assert_eq!(c.list()[0].kind_name(), "boot");
     assert_eq!(c.drop_oldest().unwrap().unwrap().seq, 10);
     assert_eq!(Catalog::open(c.path()).unwrap().len(), 1);
+}
+
+/// A machine crash loses the replica's unsynced writes on both sides of a
+/// checkpoint; the primary replays them from the last synced seq. The
+/// replayed writes before the checkpoint save nothing, the replayed
+/// checkpoint answers its era again, and the view at the checkpoint and the
+/// replica come out right.
+#[test]
+fn replay_after_a_machine_crash_across_a_checkpoint() {
+    use dtu::replica::MemReplica;
+    let dir = tempfile::tempdir().unwrap();
+    let undo = dir.path().join("undo");
+    let (mut journal, _) = Journal::open(&undo, BS, SIZE).unwrap();
+    let replica = MemReplica::new(SIZE as usize);
+    let mut model = vec![0u8; SIZE as usize];
+    // (seq, offset, data); seq 10 is the checkpoint.
+    let writes: Vec<(u64, u64, Vec<u8>)> = (1..=15u64)
+        .filter(|s| *s != 10)
+        .map(|s| (s, (s * 37_000) % (SIZE - 50_000), pattern(s as u8, 20_000)))
+        .collect();
+    let apply_one = |journal: &mut Journal, replica: &MemReplica, w: &(u64, u64, Vec<u8>)| {
+        journal
+            .save_before_write(w.0, w.1, w.2.len() as u64, replica)
+            .unwrap();
+        journal.sync().unwrap();
+        replica.write_at(w.1, &w.2).unwrap();
+    };
+    let mut at_checkpoint = Vec::new();
+    for w in &writes {
+        if w.0 == 11 {
+            assert_eq!(journal.begin_era(10, T0).unwrap(), 1);
+            at_checkpoint = model.clone();
+        }
+        apply_one(&mut journal, &replica, w);
+        model[w.1 as usize..w.1 as usize + w.2.len()].copy_from_slice(&w.2);
+        if w.0 == 5 {
+            replica.sync().unwrap(); // the last replica sync: seq 5
+        }
+    }
+    // The machine crash: the replica keeps what was synced; the journal's
+    // files (synced before every replica write) survive.
+    let replica = MemReplica::from_image(replica.durable_image(), 1);
+    let (mut journal, report) = Journal::open(&undo, BS, SIZE).unwrap();
+    assert!(report.torn.is_empty());
+    let held = journal.stats();
+    for w in writes.iter().filter(|w| w.0 > 5) {
+        if w.0 == 11 {
+            assert_eq!(journal.begin_era(10, T0).unwrap(), 1, "replayed checkpoint");
+        }
+        apply_one(&mut journal, &replica, w);
+    }
+    assert_eq!(journal.stats(), held, "the replay saved nothing new");
+    assert!(replica.working_image() == model);
+    let mut view = vec![0u8; SIZE as usize];
+    journal.read_as_of(1, 0, &mut view, &replica).unwrap();
+    assert!(view == at_checkpoint, "the view at the checkpoint");
 }

@@ -55,8 +55,6 @@ pub enum UndoError {
         newest_seq: Seq,
         newest_time_us: u64,
     },
-    #[error("write at seq {seq} comes before the current era, which began at seq {era_seq}: writes older than the newest checkpoint must not be journalled again")]
-    SeqBeforeEra { seq: Seq, era_seq: Seq },
     #[error("range of {len} bytes at offset {offset} is outside the volume of {size} bytes")]
     OutOfRange { offset: u64, len: u64, size: u64 },
     #[error("undo era {era} is not held (held: {held})")]

@@ -482,7 +482,10 @@ impl Journal {
     /// saved in the current era, before the write at `seq` overwrites them;
     /// answers the bytes of old data saved (tombstones count 0). Not durable
     /// until [`Journal::sync`]. Without an era (no checkpoint yet) nothing
-    /// is saved.
+    /// is saved, nor for a write at or before the newest checkpoint's seq:
+    /// that is a replay after a crash, and the saves of its era were made
+    /// durable when the next era began. Saving it now would record the
+    /// replica as the crash left it, not as it was at the checkpoint.
     pub fn save_before_write(
         &mut self,
         seq: Seq,
@@ -520,10 +523,7 @@ impl Journal {
             return Ok(0);
         };
         if seq <= era.begin_seq {
-            return Err(UndoError::SeqBeforeEra {
-                seq,
-                era_seq: era.begin_seq,
-            });
+            return Ok(0);
         }
         if len == 0 {
             return Ok(0);

@@ -15,13 +15,19 @@
 //!              for each trim t:   j.save_before_trim(t.seq, t.off, t.len, &replica)?
 //!              j.sync()?;                       // the saves are durable first,
 //!              replica writes, replica.sync()   // then the writes they protect
-//! checkpoint:  let era = j.begin_era(c.seq, c.time_us)?;
-//!              cat.append(Entry { seq: c.seq, time_us: c.time_us, kind: c.kind, label: c.label, era })?;
+//! checkpoint:  let era = j.begin_era(c.seq, c.time_us)?;       // a replayed one answers its era again
+//!              if cat.newest().map(|n| n.seq) != Some(c.seq) {
+//!                  cat.append(Entry { seq: c.seq, time_us: c.time_us, kind: c.kind, label: c.label, era })?;
+//!              }
 //!              for d in j.retain(now_us)? { cat.drop_era(d.era)?; }
 //! as-of:       let e = cat.at_or_before(t)?  (or cat.by_label(l)?);  j.read_as_of(e.era, off, buf, &replica)?
 //! rollback:    for step in j.rollback_plan(e.era)? { write or zero }; replica.sync()?;
 //!              j.drop_eras_after(e.era)?;  cat.drop_after(e.seq)?;
 //! ```
+//!
+//! Writes replayed after a crash with a seq at or before the newest
+//! checkpoint save nothing (their eras' saves were made durable when the
+//! next era began); the applier calls the same code for them.
 //!
 //! # Cost
 //!
