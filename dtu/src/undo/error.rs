@@ -24,7 +24,7 @@ pub enum UndoError {
     BlockSize { block_size: u64 },
     #[error("undo journal: a volume of {size} bytes cannot be journalled (it must hold at least one byte and at most 2^62 bytes)")]
     VolumeSize { size: u64 },
-    #[error("undo segment {path} is damaged at byte {offset}: {what}; records after it are intact, so this is not a torn last write: restore the file or remove the undo directory (losing the history it holds)")]
+    #[error("undo segment {path} is damaged at byte {offset}: {what}; restore the file or remove the undo directory (losing the history it holds)")]
     Damaged {
         path: PathBuf,
         offset: u64,

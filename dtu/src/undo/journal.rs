@@ -296,6 +296,7 @@ impl Journal {
             path: path.clone(),
             what,
         })?;
+        let begin = h;
         if h.block_size != self.geo.block_size || h.volume_size != self.geo.volume_size {
             return Err(UndoError::WrongVolume {
                 path,
@@ -315,6 +316,16 @@ impl Journal {
         let mut index = EraIndex::default();
         for r in &scan.records {
             let h = r.header;
+            if h.seq <= begin.begin_seq {
+                return Err(UndoError::Damaged {
+                    path,
+                    offset: r.data_at - RECORD_HEADER as u64,
+                    what: format!(
+                        "a record of seq {} lies in the era that begins at seq {}",
+                        h.seq, begin.begin_seq
+                    ),
+                });
+            }
             if !index
                 .gaps(h.first_block, h.first_block + u64::from(h.blocks))
                 .eq(&[(h.first_block, h.first_block + u64::from(h.blocks))])

@@ -286,7 +286,9 @@ pub fn scan(file: &File, path: &Path, geo: &Geometry) -> Result<Scan, UndoError>
                     return Err(UndoError::Damaged {
                         path: path.to_path_buf(),
                         offset: at,
-                        what: format!("{what} (a valid record follows at byte {next})"),
+                        what: format!(
+                            "{what}, and a valid record follows at byte {next}, so this is not a torn last write"
+                        ),
                     });
                 }
                 return Ok(Scan {
