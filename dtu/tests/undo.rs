@@ -682,3 +682,39 @@ fn any_flip_or_cut_of_a_segment_is_noticed() {
     restore();
     r.check_views();
 }
+
+/// Descriptors open on the journal's directory (other tests' files are
+/// elsewhere, so running in parallel does not disturb the count).
+fn fds_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(dir))
+        .count()
+}
+
+#[test]
+fn one_descriptor_however_many_eras() {
+    let mut r = Rig::new();
+    r.fill(0, SIZE as usize, 1);
+    for i in 0..300u64 {
+        r.checkpoint(T0 + i * SEC, &format!("c{i}"));
+        r.fill((i * 3001) % (SIZE - 5000), 5000, i as u8 | 1);
+    }
+    assert_eq!(fds_under(&r.undo_dir()), 1);
+    r.check_views();
+    assert_eq!(fds_under(&r.undo_dir()), 1, "reads close what they open");
+    let (j, report) = Journal::open(&r.undo_dir(), BS, SIZE).unwrap();
+    assert_eq!(report.eras, 300);
+    r.journal = j;
+    assert_eq!(fds_under(&r.undo_dir()), 1);
+    // After a rollback the era now current takes appends again.
+    let e = r.views[150].0;
+    apply(&r.replica, &r.journal.rollback_plan(e).unwrap());
+    r.journal.drop_eras_after(e).unwrap();
+    r.views.truncate(151);
+    r.model = r.views[150].1.clone();
+    r.fill(0, 70_000, 0xEE);
+    r.check_views();
+    assert_eq!(fds_under(&r.undo_dir()), 1);
+}

@@ -116,7 +116,10 @@ struct Era {
     begin_seq: Seq,
     time_us: u64,
     path: PathBuf,
-    file: File,
+    /// Open for the newest era only (it takes the appends); older eras'
+    /// segments are opened for the length of a read, so a journal of
+    /// thousands of eras holds one descriptor.
+    file: Option<File>,
     /// Where the next record goes: the end of the valid records.
     end: u64,
     index: EraIndex,
@@ -267,6 +270,9 @@ impl Journal {
                 }
             }
             journal.next_id = id + 1;
+            if let Some(prev) = journal.eras.back_mut() {
+                prev.file = None;
+            }
             journal.eras.push_back(era);
         }
         if !report.removed_temp.is_empty() {
@@ -371,9 +377,9 @@ impl Journal {
             begin_seq: h.begin_seq,
             time_us: h.time_us,
             path,
-            file,
             end: scan.end,
             index,
+            file: Some(file),
         })
     }
 
@@ -459,12 +465,15 @@ impl Journal {
             .map_err(io_err("cannot sync a new segment", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err("cannot rename a new segment", &path))?;
         super::sync_dir(&self.dir).map_err(io_err("cannot sync the directory", &self.dir))?;
+        if let Some(prev) = self.eras.back_mut() {
+            prev.file = None;
+        }
         self.eras.push_back(Era {
             id,
             begin_seq: seq,
             time_us,
             path,
-            file,
+            file: Some(file),
             end: HEADER_LEN,
             index: EraIndex::default(),
         });
@@ -618,7 +627,12 @@ impl Journal {
             return Ok(());
         }
         if let Some(era) = self.eras.back() {
-            era.file.sync_data().map_err(|source| UndoError::Io {
+            let Some(file) = &era.file else {
+                // Appends open the file and keep it: nothing to sync.
+                self.dirty = false;
+                return Ok(());
+            };
+            file.sync_data().map_err(|source| UndoError::Io {
                 path: era.path.clone(),
                 what: "cannot sync the segment",
                 source,
@@ -677,17 +691,6 @@ impl Journal {
         Ok(out)
     }
 
-    fn read_segment(&self, pos: usize, at: u64, buf: &mut [u8]) -> Result<(), UndoError> {
-        let e = &self.eras[pos];
-        e.file
-            .read_exact_at(buf, at)
-            .map_err(|source| UndoError::Io {
-                path: e.path.clone(),
-                what: "cannot read saved blocks",
-                source,
-            })
-    }
-
     /// Fills `buf` with the volume's bytes at `off` as they were at the
     /// checkpoint that began era `era`: the replica's current bytes
     /// overlaid with the oldest copy of each block saved in that era or later.
@@ -715,6 +718,7 @@ impl Journal {
         let bs = self.geo.block_size;
         let (lo, hi) = self.block_range(off, len);
         let end = off + len;
+        let mut segments = Segments::new(self);
         for OldCopy {
             start: s,
             end: t,
@@ -729,7 +733,7 @@ impl Journal {
             if ext.is_zero() {
                 dst.fill(0);
             } else {
-                self.read_segment(pos, ext.data + (from - ext_start * bs), dst)?;
+                segments.read(pos, ext.data + (from - ext_start * bs), dst)?;
             }
         }
         Ok(())
@@ -744,6 +748,7 @@ impl Journal {
         let bs = self.geo.block_size;
         let size = self.geo.volume_size;
         let mut steps: Vec<RollbackStep> = Vec::new();
+        let mut segments = Segments::new(self);
         for OldCopy {
             start: s,
             end: t,
@@ -767,7 +772,7 @@ impl Journal {
                 });
             } else {
                 let mut data = vec![0u8; (to - from) as usize];
-                self.read_segment(pos, ext.data + (from - ext_start * bs), &mut data)?;
+                segments.read(pos, ext.data + (from - ext_start * bs), &mut data)?;
                 steps.push(RollbackStep::Write { off: from, data });
             }
         }
@@ -911,6 +916,48 @@ impl Journal {
     }
 }
 
+/// The segment files one read uses: the newest era's open one, older
+/// ones opened on first use and closed when the read is done.
+struct Segments<'a> {
+    journal: &'a Journal,
+    opened: Vec<(usize, File)>,
+}
+
+impl<'a> Segments<'a> {
+    fn new(journal: &'a Journal) -> Segments<'a> {
+        Segments {
+            journal,
+            opened: Vec::new(),
+        }
+    }
+
+    fn read(&mut self, pos: usize, at: u64, buf: &mut [u8]) -> Result<(), UndoError> {
+        let Some(e) = self.journal.eras.get(pos) else {
+            return Err(self.journal.no_such_era(u64::MAX));
+        };
+        let io = |what| {
+            move |source| UndoError::Io {
+                path: e.path.clone(),
+                what,
+                source,
+            }
+        };
+        let file = match &e.file {
+            Some(f) => f,
+            None => match self.opened.iter().position(|(p, _)| *p == pos) {
+                Some(i) => &self.opened[i].1,
+                None => {
+                    let f = File::open(&e.path).map_err(io("cannot open the segment"))?;
+                    self.opened.push((pos, f));
+                    &self.opened[self.opened.len() - 1].1
+                }
+            },
+        };
+        file.read_exact_at(buf, at)
+            .map_err(io("cannot read saved blocks"))
+    }
+}
+
 /// The oldest copy of blocks `start..end`: in the era at position `pos`,
 /// inside the extent `ext` that begins at block `ext_start`.
 struct OldCopy {
@@ -964,8 +1011,22 @@ fn append(
             data_len: data.len() as u32,
         };
         let rec = header.encode(data);
-        era.file
-            .write_all_at(&rec, era.end)
+        if era.file.is_none() {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&era.path)
+                .map_err(|source| UndoError::Io {
+                    path: era.path.clone(),
+                    what: "cannot open the segment",
+                    source,
+                })?;
+            era.file = Some(f);
+        }
+        let Some(file) = &era.file else {
+            return Ok(());
+        };
+        file.write_all_at(&rec, era.end)
             .map_err(|source| UndoError::Io {
                 path: era.path.clone(),
                 what: "cannot append saved blocks",
