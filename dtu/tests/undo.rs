@@ -520,6 +520,21 @@ fn reconcile_after_crashes_between_journal_and_catalog() {
     assert!(reconcile(&mut r.catalog, &mut r.journal)
         .unwrap()
         .is_empty());
+    // An era without a checkpoint that holds copies an older view needs
+    // (the catalog append failed and applying went on) is kept...
+    r.seq += 1;
+    let orphan = r.journal.begin_era(r.seq, T0 + 5 * SEC).unwrap();
+    r.fill(0, 30_000, 6);
+    let report = reconcile(&mut r.catalog, &mut r.journal).unwrap();
+    assert_eq!(report.kept_eras.len(), 1, "{report:?}");
+    assert_eq!(report.kept_eras[0].0, orphan);
+    assert!(report.dropped_eras.is_empty());
+    r.check_views();
+    // ...until it is the oldest.
+    r.catalog.drop_oldest().unwrap().unwrap();
+    let report = reconcile(&mut r.catalog, &mut r.journal).unwrap();
+    assert_eq!(report.dropped_eras.len(), 2, "{report:?}");
+    assert!(r.journal.eras().is_empty());
 }
 
 #[test]

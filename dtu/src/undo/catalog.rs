@@ -34,8 +34,9 @@ use super::time::fmt_time_us;
 
 /// Most checkpoints a catalog holds.
 pub const MAX_CHECKPOINTS: usize = 4096;
-/// Longest label, in bytes.
+/// Longest label, in bytes: every label the wire carries fits.
 pub const MAX_LABEL: usize = 256;
+const _: () = assert!(MAX_LABEL >= dtu_proto::frame::MAX_LABEL);
 
 const MAGIC: &[u8; 8] = b"DTUCKPT1";
 const VERSION: u32 = 1;

@@ -138,8 +138,7 @@ pub fn reconcile(
         if catalog.by_era(id).is_some_and(|c| c.seq == seq) {
             continue;
         }
-        let oldest =
-            journal.current_era().is_some() && journal.eras().first().map(|e| e.0) == Some(id);
+        let oldest = journal.eras().first().map(|e| e.0) == Some(id);
         let empty = journal.is_era_empty(id).unwrap_or(true);
         if empty || oldest {
             let d = journal.drop_era(id)?;
