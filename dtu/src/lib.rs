@@ -6,7 +6,8 @@
 //! [`primary`] and [`remote`] pipelines, the [`replica`], the QUIC
 //! [`transport`] and peer [`identity`], the [`nbd`] front end, the
 //! [`control`] socket, the [`status`] display and the [`metrics`] it is
-//! built from, the [`config`] files and the [`cli`].
+//! built from, the [`config`] files and the [`cli`]; the remote's
+//! checkpoint catalog and [`undo`] journal (as-of views and rollback).
 
 pub mod changemap;
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod replica;
 mod runtime;
 pub mod status;
 pub mod transport;
+pub mod undo;
 pub mod workers;
 
 /// Human units (`1GiB`, `1.544Mbit`, `40ms`); they live in `dtu-proto`
