@@ -474,3 +474,20 @@ fn a_split_brain_is_refused_and_nothing_is_overwritten() {
         &second_image,
     );
 }
+
+#[test]
+fn a_periodic_verify_runs_by_itself() {
+    let rig = Rig::new();
+    let _ = fill_disk(&rig.path("source.img"), 14);
+    let remote = rig.remote();
+    let primary = rig.primary(InitialSync::Full, |o| {
+        o.mirror.verify_every = Some(Duration::from_secs(1));
+    });
+    wait_for("a periodic verify", Duration::from_secs(120), || {
+        let s = primary_status(&primary).mirror.sync;
+        s.last_verify_unix.is_some() && !s.verify.active
+    });
+    assert_eq!(primary_status(&primary).mirror.sync.mismatched_bytes, 0);
+    primary.shutdown();
+    remote.shutdown();
+}

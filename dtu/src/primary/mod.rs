@@ -463,6 +463,11 @@ impl Primary {
         core.lock()
             .sync
             .set_max_inflight(opts.tuning.bdp().saturating_mul(2).max(4 << 20));
+        // A verify that a stop interrupted goes on from where it was.
+        if let (Some((cursor, end)), Some(_)) = (meta.verify, &map) {
+            tracing::info!("resuming the verify interrupted at byte {cursor} of {end}");
+            core.lock().sync.start_verify(cursor, end, false, now);
+        }
         let ingest = Ingest::start(
             core.clone(),
             EncodeSettings {
@@ -515,6 +520,8 @@ impl Primary {
             epoch,
             chunk_size: opts.chunk_size,
             rate_max: opts.mirror.sync_rate_max,
+            verify_every: opts.mirror.verify_every,
+            volume_size: opts.volume.size,
         }
         .spawn()
         .map_err(|e| start_err(&e))?;

@@ -32,6 +32,10 @@ pub(crate) struct Syncer {
     pub epoch: Epoch,
     pub chunk_size: usize,
     pub rate_max: Option<u64>,
+    /// `sync.verify_every`: a whole-volume verify this long after the
+    /// previous one ended (or after the start).
+    pub verify_every: Option<Duration>,
+    pub volume_size: u64,
 }
 
 /// A token bucket for `sync.rate_max`.
@@ -76,8 +80,25 @@ impl Syncer {
             at: Instant::now(),
         };
         let mut persisted = Instant::now();
+        let mut saved_cursor = None;
+        let mut last_verify_end = Instant::now();
         while !core.is_shutdown() {
             core.wait_sync(IDLE);
+            {
+                let mut st = core.lock();
+                if st.sync.verifying() {
+                    last_verify_end = Instant::now();
+                } else if self
+                    .verify_every
+                    .is_some_and(|every| last_verify_end.elapsed() >= every)
+                    && matches!(st.mode, Mode::Journal)
+                {
+                    tracing::info!("starting the periodic verify (sync.verify_every)");
+                    st.sync
+                        .start_verify(0, self.volume_size, false, Instant::now());
+                    last_verify_end = Instant::now();
+                }
+            }
             // The map's clears (pieces the replica stored) reach its file
             // now and then: a primary that crashes re-copies only what was
             // cleared since, not the whole sync again.
@@ -85,6 +106,14 @@ impl Syncer {
                 persisted = Instant::now();
                 if let Err(e) = map.persist() {
                     tracing::warn!("sync: saving the changed-block map's progress: {e}");
+                }
+                // And where a verify is, so that a restart resumes it.
+                let cursor = core.lock().sync.verify_cursor();
+                if cursor.is_some() && cursor != saved_cursor {
+                    saved_cursor = cursor;
+                    if let Err(e) = core.update_meta(|m| m.verify = cursor) {
+                        tracing::warn!("sync: saving the verify's progress: {e}");
+                    }
                 }
             }
             loop {
