@@ -491,3 +491,28 @@ fn a_periodic_verify_runs_by_itself() {
     primary.shutdown();
     remote.shutdown();
 }
+
+#[test]
+fn primary_checkpoint_reaches_the_remote_in_stream_order() {
+    let rig = Rig::new();
+    std::fs::File::create(rig.path("source.img"))
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let remote = rig.remote();
+    let primary = rig.primary(InitialSync::AssumeInSync, |_| {});
+    let image = host_writes(&primary, 15, 20, vec![0; SIZE as usize]);
+    primary.checkpoint("after-twenty").unwrap().wait().unwrap();
+    wait_for(
+        "the checkpoint on the remote",
+        Duration::from_secs(30),
+        || {
+            remote_status(&remote)
+                .last_checkpoint
+                .is_some_and(|c| c.contains("after-twenty"))
+        },
+    );
+    primary.shutdown();
+    remote.shutdown();
+    assert_same("replica", &rig.replica(), &image);
+}

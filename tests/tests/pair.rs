@@ -254,3 +254,94 @@ fn fio_verifies_crc32c_through_the_export_with_reads_from_the_remote() {
     pair.wait_caught_up(Duration::from_secs(60));
     assert!(pair.primary_status().reads > 0);
 }
+
+/// Whether one 4 KiB write through qemu-io is answered within `limit`.
+fn write_answered_within(pair: &Pair, offset: u64, limit: Duration) -> bool {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw", "-c", &format!("write -P 0x5a {offset} 4k")])
+        .arg(pair.nbd_uri());
+    let mut p = Proc::spawn("qemu-io", cmd, pair.path(&format!("qemu-io-{offset}.log")));
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if !p.is_running() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.kill();
+    false
+}
+
+#[test]
+fn with_the_remote_frozen_only_the_local_triggers_answer() {
+    require("qemu-io");
+    let mut pair = Pair::init("16MiB", &[], &[]);
+    pair.start(&FAST_ACKS);
+    assert!(write_answered_within(&pair, 0, Duration::from_secs(10)));
+    pair.wait_caught_up(Duration::from_secs(30));
+    // SIGSTOP: the remote's socket still takes packets, nothing answers.
+    let pid = pair.remote.as_mut().unwrap().pid().unwrap().to_string();
+    run_ok(
+        {
+            let mut c = Command::new("kill");
+            c.args(["-STOP", &pid]);
+            c
+        },
+        Duration::from_secs(5),
+    );
+    let mut offset = 4096;
+    for (trigger, answers) in [
+        ("received", true),
+        ("buffered", true),
+        ("sent", true),
+        ("remote-received", false),
+        ("remote-stored", false),
+    ] {
+        pair.dtu(&[
+            "policy",
+            "set",
+            "--trigger",
+            trigger,
+            "--dirty-threshold",
+            "0",
+        ]);
+        let answered = write_answered_within(&pair, offset, Duration::from_secs(3));
+        assert_eq!(
+            answered, answers,
+            "trigger {trigger}: answered {answered} with the remote frozen"
+        );
+        offset += 4096;
+    }
+    run_ok(
+        {
+            let mut c = Command::new("kill");
+            c.args(["-CONT", &pid]);
+            c
+        },
+        Duration::from_secs(5),
+    );
+    // Thawed, everything reaches the replica, the writes that were never
+    // answered included (their clients gave up, the primary did not).
+    pair.wait_caught_up(Duration::from_secs(60));
+    let replica = pair.replica_bytes();
+    for block in 0..6 {
+        assert!(
+            replica[block * 4096..(block + 1) * 4096]
+                .iter()
+                .all(|&b| b == 0x5a),
+            "block {block} did not reach the replica"
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_from_the_library_and_the_cli_reaches_the_remote() {
+    let mut pair = Pair::init("16MiB", &[], &[]);
+    pair.start(&FAST_ACKS);
+    pair.dtu(&["checkpoint", "before-upgrade"]);
+    wait_until("the remote to record it", Duration::from_secs(30), || {
+        pair.remote_status()
+            .last_checkpoint
+            .is_some_and(|c| c.contains("before-upgrade"))
+    });
+}
