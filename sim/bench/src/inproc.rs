@@ -42,6 +42,9 @@ pub struct PairConfig {
     pub policy: AckPolicy,
     /// Congestion controller; `None`: the preset's tuning (cubic).
     pub congestion: Option<Congestion>,
+    /// A local copy (`source.img` in the pair's directory) and the initial
+    /// sync for a replica never synced; `None`: no local copy.
+    pub local: Option<dtu_proto::generation::InitialSync>,
 }
 
 impl Default for PairConfig {
@@ -56,6 +59,7 @@ impl Default for PairConfig {
             workers: 2,
             policy: spoof_always(),
             congestion: None,
+            local: None,
         }
     }
 }
@@ -182,7 +186,10 @@ impl InprocPair {
             self.dir.path(),
             self.cfg.policy,
         );
-        o.local = None;
+        match self.cfg.local {
+            Some(initial) => o.mirror.initial_sync = initial,
+            None => o.local = None,
+        }
         o.nvbuf_size = self.cfg.nvbuf_size;
         o.workers = self.cfg.workers;
         o.compress = self.cfg.compress;

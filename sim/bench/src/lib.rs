@@ -16,6 +16,7 @@ pub mod link_efficiency;
 pub mod plot;
 pub mod replay;
 pub mod report;
+pub mod sync;
 pub mod throughput;
 pub mod tools;
 
@@ -129,6 +130,16 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "replay",
         about: "draining an nvbuf filled while the link was down, after a primary restart",
         run: replay::run,
+    },
+    Scenario {
+        name: "initial-sync",
+        about: "a 1 GiB image, half of it zero extents, synced over wan-100m-40ms: time / (data / line rate)",
+        run: sync::initial,
+    },
+    Scenario {
+        name: "resync-checksum",
+        about: "a 1 GiB replica differing in 1 % of its 4 KiB blocks: bytes on the link and time of a checksum sync",
+        run: sync::checksum,
     },
     Scenario {
         name: "delay",
