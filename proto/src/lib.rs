@@ -10,6 +10,8 @@
 //! timers to arm and which host writes complete, so the same code runs in the
 //! real DTU and, in virtual time, in the deterministic simulator.
 
+#![forbid(unsafe_code)]
+
 pub mod chunk;
 pub mod codec;
 pub mod frame;

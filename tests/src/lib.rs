@@ -3,6 +3,8 @@
 //! driven by real NBD clients, and killed (with their files removed) when
 //! the test ends, pass or fail.
 
+#![forbid(unsafe_code)]
+
 pub mod nbd_client;
 
 use std::io::{BufRead, BufReader};

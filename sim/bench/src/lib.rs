@@ -7,6 +7,8 @@
 //! into the output directory; targets are reported as met or missed, never
 //! asserted.
 
+#![forbid(unsafe_code)]
+
 pub mod ack_latency;
 pub mod burst;
 pub mod compression;

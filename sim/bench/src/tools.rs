@@ -46,9 +46,10 @@ pub fn run(mut cmd: Command, limit: Duration) -> Result<Output> {
     let out = match rx.recv_timeout(limit) {
         Ok(out) => out.map_err(|e| BenchError::io(format!("waiting for {name}"), e))?,
         Err(_) => {
-            // SAFETY: kill(2) on the pid of our own child, not yet reaped
-            // (the waiting thread still holds it); touches no memory.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            // Our own child, not yet reaped (the waiting thread holds it).
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
             return Err(BenchError::Timeout {
                 after: limit,
                 what: name,
@@ -311,8 +312,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // Fields 14 and 15 (utime, stime) are the 12th and 13th after ')'.
     let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf only reads a system constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = rustix::param::clock_ticks_per_second() as f64;
     Ok((ticks(11) + ticks(12)) / hz.max(1.0))
 }
 

@@ -37,6 +37,8 @@
 //! the same seed replays the same run, which a hash of the event trace
 //! proves.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
