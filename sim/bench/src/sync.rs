@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::inproc::{InprocPair, PairConfig};
 use super::report::{f, mbit};
-use super::tools::wait_for;
+use super::tools::{require, run, wait_for};
 use super::{BenchError, Opts, Report, Result, Table, Target};
 
 const PRESET: &str = "wan-100m-40ms";
@@ -147,8 +147,11 @@ pub fn checksum(o: &Opts) -> Result<Report> {
         seed: o.seed,
         volume_size: size,
         local: Some(InitialSync::Checksum),
+        // The relay also carries rsync's TCP.
+        tcp: true,
         ..PairConfig::default()
     })?;
+    require("rsync")?;
     let src = pair.dir.path().join("source.img");
     let rep = pair.dir.path().join("replica.img");
     image(&src, size, 1.0, o.seed)?;
@@ -168,6 +171,11 @@ pub fn checksum(o: &Opts) -> Result<Report> {
     }
     file.sync_all()
         .map_err(|e| BenchError::io("syncing the replica", e))?;
+    // rsync gets the same starting point in a file of its own.
+    let theirs = pair.dir.path().join("rsync").join("replica.img");
+    std::fs::create_dir(theirs.parent().expect("a directory"))
+        .map_err(|e| BenchError::io("rsync's directory", e))?;
+    std::fs::copy(&rep, &theirs).map_err(|e| BenchError::io("rsync's replica", e))?;
     let line = pair.preset.as_ref().map_or(1.0, |p| p.up.rate_bps as f64);
     pair.start_remote()?;
     pair.start_relay()?;
@@ -177,9 +185,31 @@ pub fn checksum(o: &Opts) -> Result<Report> {
     let took = (done - t0).as_secs_f64();
     let on_link = link_bytes(&pair);
     let s = pair.status();
+    let rsync = rsync_through(&pair, &src, &theirs)?;
     pair.shutdown()?;
     let share = on_link as f64 / size as f64;
     let full_s = size as f64 * 8.0 / line;
+    let mut t2 = Table::new(
+        "the same two images, rsync --inplace --no-whole-file --ignore-times through the same link (daemon mode)",
+        &[
+            "",
+            "time s",
+            "bytes on the link MiB",
+            "link bytes / volume",
+        ],
+    );
+    t2.row(vec![
+        "dtu checksum sync".into(),
+        f(took, 1),
+        f(on_link as f64 / MIB as f64, 1),
+        f(share, 4),
+    ]);
+    t2.row(vec![
+        "rsync".into(),
+        f(rsync.seconds, 1),
+        f(rsync.link_bytes as f64 / MIB as f64, 1),
+        f(rsync.link_bytes as f64 / size as f64, 4),
+    ]);
     let mut t = Table::new(
         &format!(
             "{PRESET} ({} Mbit/s), {} MiB, {differ} of {blocks} 4 KiB blocks differ",
@@ -204,6 +234,13 @@ pub fn checksum(o: &Opts) -> Result<Report> {
         f(s.mirror.sync.skipped_bytes as f64 / MIB as f64, 1),
     ]);
     r.tables.push(t);
+    r.tables.push(t2);
+    r.target(Target::new(
+        "checksum resync: time at most rsync's",
+        "≤ 1.0 × rsync",
+        format!("{:.2} × rsync", took / rsync.seconds),
+        took <= rsync.seconds,
+    ));
     r.target(Target::new(
         "checksum resync: bytes on the link ≤ 3 % of the volume",
         "≤ 0.03",
@@ -212,13 +249,119 @@ pub fn checksum(o: &Opts) -> Result<Report> {
     ));
     r.note(
         "Digests are BLAKE3 per 4 KiB block, asked per 1 MiB piece; a differing block is sent \
-         alone. The link bytes include QUIC's headers, acks and the digests coming back. The \
-         comparison with rsync --inplace --no-whole-file through the same link is not run yet.",
+         alone. The link bytes include QUIC's headers, acks and the digests coming back; \
+         rsync's are what the emulated link carried for its TCP connection, both ways. dtu's \
+         time runs from the primary's start, rsync's from its start.",
     );
     r.data = json!({
         "preset": PRESET, "volume_bytes": size, "differing_blocks": differ, "sync_s": took,
         "link_bytes": on_link, "link_share": share, "copied_bytes": s.mirror.sync.copied_bytes,
         "skipped_bytes": s.mirror.sync.skipped_bytes,
+        "rsync_s": rsync.seconds, "rsync_link_bytes": rsync.link_bytes,
     });
     Ok(r)
+}
+
+/// Whether two files hold the same bytes.
+fn same_files(a: &std::path::Path, b: &std::path::Path) -> Result<bool> {
+    let (fa, fb) = (
+        std::fs::File::open(a).map_err(|e| BenchError::io("comparing", e))?,
+        std::fs::File::open(b).map_err(|e| BenchError::io("comparing", e))?,
+    );
+    let len = fa
+        .metadata()
+        .map_err(|e| BenchError::io("comparing", e))?
+        .len();
+    if fb
+        .metadata()
+        .map_err(|e| BenchError::io("comparing", e))?
+        .len()
+        != len
+    {
+        return Ok(false);
+    }
+    let (mut x, mut y) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(MIB) as usize;
+        fa.read_exact_at(&mut x[..n], at)
+            .map_err(|e| BenchError::io("comparing", e))?;
+        fb.read_exact_at(&mut y[..n], at)
+            .map_err(|e| BenchError::io("comparing", e))?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
+/// What an rsync run cost.
+struct Rsync {
+    seconds: f64,
+    link_bytes: u64,
+}
+
+/// rsync `src` onto `dst` the way users resync images: a daemon on the
+/// remote's side (on the remote's port number, TCP), the client through
+/// the pair's emulated link, `--inplace --no-whole-file`.
+fn rsync_through(pair: &InprocPair, src: &std::path::Path, dst: &std::path::Path) -> Result<Rsync> {
+    let dir = dst.parent().expect("a directory");
+    let conf = pair.dir.path().join("rsyncd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            // As this user: a daemon started by root would be nobody.
+            "use chroot = no\nuid = {}\ngid = {}\npid file = {}\n[m]\npath = {}\nread only = no\n",
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+            pair.dir.path().join("rsyncd.pid").display(),
+            dir.display()
+        ),
+    )
+    .map_err(|e| BenchError::io("rsyncd.conf", e))?;
+    let mut daemon = std::process::Command::new("rsync")
+        .args(["--daemon", "--no-detach", "--address=127.0.0.1"])
+        .arg(format!("--port={}", pair.remote_port))
+        .arg(format!("--config={}", conf.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| BenchError::io("starting rsync --daemon", e))?;
+    let result = (|| {
+        wait_for("rsync's daemon", Duration::from_secs(10), || {
+            Ok(std::net::TcpStream::connect(("127.0.0.1", pair.remote_port)).is_ok())
+        })?;
+        let before = link_bytes(pair);
+        let t0 = Instant::now();
+        let mut cmd = std::process::Command::new("rsync");
+        cmd.args(["--inplace", "--no-whole-file", "--ignore-times", "--stats"])
+            .arg(src)
+            .arg(format!(
+                "rsync://127.0.0.1:{}/m/{}",
+                pair.link_addr().port(),
+                dst.file_name().expect("a file name").to_string_lossy()
+            ));
+        let out = run(cmd, Duration::from_secs(900))?;
+        let seconds = t0.elapsed().as_secs_f64();
+        if !same_files(src, dst)? {
+            return Err(BenchError::Tool {
+                tool: "rsync".into(),
+                detail: format!(
+                    "{} does not equal {} afterwards: {}",
+                    dst.display(),
+                    src.display(),
+                    String::from_utf8_lossy(&out.stdout)
+                ),
+            });
+        }
+        Ok(Rsync {
+            seconds,
+            link_bytes: link_bytes(pair).saturating_sub(before),
+        })
+    })();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    result
 }
