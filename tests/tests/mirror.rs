@@ -281,6 +281,9 @@ fn dtu_verify_reports_flipped_bytes_and_repair_fixes_them_on_a_busy_pair() {
     std::fs::write(pair.path("local.img"), random_image(64 << 20, 12)).unwrap();
     with_local(&pair, "");
     pair.start(&[]);
+    // `dtu progress` follows the initial sync until it ends.
+    let out = pair.dtu(&["progress"]);
+    assert!(out.contains("nothing to sync or verify"), "{out}");
     wait_until("the initial sync", Duration::from_secs(120), || {
         settled(&pair)
     });

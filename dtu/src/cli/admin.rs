@@ -197,6 +197,75 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     }
 }
 
+/// `dtu progress`: bars for a sync and a verify of the running primary,
+/// with rate and time left, until neither runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProgressArgs {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+pub fn progress(a: ProgressArgs) -> Result<()> {
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:7} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+    )
+    .expect("a valid template");
+    let bars = indicatif::MultiProgress::new();
+    let sync = bars.add(indicatif::ProgressBar::new(0).with_style(style.clone()));
+    sync.set_prefix("sync");
+    let verify = bars.add(indicatif::ProgressBar::new(0).with_style(style));
+    verify.set_prefix("verify");
+    loop {
+        let status = match ask(&a.target, Request::Status)? {
+            Response::Status(s) => s,
+            Response::Error { message } => bail!("{message}"),
+            Response::Ok { message } => bail!("unexpected answer: {message}"),
+        };
+        let crate::status::Status::Primary(p) = *status else {
+            bail!("syncs and verifies run on the primary; this is a remote's control socket");
+        };
+        let m = &p.mirror;
+        for (bar, prog, msg) in [
+            (
+                &sync,
+                &m.sync.sync,
+                format!(
+                    "{} out of sync, mode {}",
+                    crate::units::format_bytes(m.out_of_sync_bytes),
+                    m.mode
+                ),
+            ),
+            (
+                &verify,
+                &m.sync.verify,
+                format!("{} ranges differ", m.sync.mismatches.len()),
+            ),
+        ] {
+            bar.set_length(prog.total_bytes);
+            bar.set_position(prog.done_bytes);
+            bar.set_message(msg);
+        }
+        if !m.sync.sync.active && !m.sync.verify.active && m.out_of_sync_bytes == 0 {
+            sync.finish_and_clear();
+            verify.finish_and_clear();
+            println!(
+                "nothing to sync or verify: mode {}, generation {}{}",
+                if m.mode.is_empty() { "journal" } else { &m.mode },
+                m.generation,
+                m.decision
+                    .as_ref()
+                    .map(|d| format!("; {d}"))
+                    .unwrap_or_default()
+            );
+            return Ok(());
+        }
+        if let Some(why) = &p.failed {
+            bail!("the primary failed: {why}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 pub fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" | "true" | "yes" | "1" => Ok(true),

@@ -46,6 +46,9 @@ pub enum Command {
     /// Compare the local copy and the replica by block digests while the
     /// host keeps writing; report (and with --repair resync) what differs.
     Verify(admin::VerifyArgs),
+    /// Follow a running sync and verify with progress bars (rate, time
+    /// left) until neither runs.
+    Progress(admin::ProgressArgs),
     /// Run a primary and a remote over an emulated link with a bursty host
     /// workload, show live status, and verify the replica.
     Demo(demo::DemoArgs),
@@ -121,6 +124,7 @@ pub fn main() -> Result<()> {
         Command::Dirty(a) => admin::dirty(a),
         Command::Checkpoint(a) => admin::checkpoint(a),
         Command::Verify(a) => admin::verify(a),
+        Command::Progress(a) => admin::progress(a),
         Command::Demo(a) => {
             init_tracing(if cli.log == "info" { "warn" } else { &cli.log });
             demo::run(a)

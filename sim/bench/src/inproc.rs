@@ -45,6 +45,8 @@ pub struct PairConfig {
     /// A local copy (`source.img` in the pair's directory) and the initial
     /// sync for a replica never synced; `None`: no local copy.
     pub local: Option<dtu_proto::generation::InitialSync>,
+    /// `nvbuf.overflow` (the primary's default without it).
+    pub overflow: Option<dtu::primary::Overflow>,
 }
 
 impl Default for PairConfig {
@@ -60,6 +62,7 @@ impl Default for PairConfig {
             policy: spoof_always(),
             congestion: None,
             local: None,
+            overflow: None,
         }
     }
 }
@@ -186,6 +189,7 @@ impl InprocPair {
             self.dir.path(),
             self.cfg.policy,
         );
+        o.mirror.overflow = self.cfg.overflow;
         match self.cfg.local {
             Some(initial) => o.mirror.initial_sync = initial,
             None => o.local = None,

@@ -144,6 +144,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: sync::checksum,
     },
     Scenario {
+        name: "overflow",
+        about: "host write throughput during a 60 s outage with a 16 MiB nvbuf: overflow bitmap vs stall",
+        run: sync::overflow,
+    },
+    Scenario {
         name: "delay",
         about: "primary->replica delay p50/p99 at 80 % of capacity on t1 and wan-100m-40ms",
         run: delay::run,

@@ -365,3 +365,153 @@ fn rsync_through(pair: &InprocPair, src: &std::path::Path, dst: &std::path::Path
     let _ = daemon.wait();
     result
 }
+
+/// overflow: the host's write throughput during an outage of the link (60 s;
+/// 8 s quick) with a 16 MiB nvbuf, `nvbuf.overflow = bitmap` against
+/// `stall`: with `bitmap` the primary goes ahead and the host keeps its own
+/// disk's pace; with `stall` it stops once the nvbuf is full. Then how long
+/// the resync takes once the link is back.
+pub fn overflow(o: &Opts) -> Result<Report> {
+    let mut r = Report::new("overflow", o.quick);
+    let outage = Duration::from_secs(o.pick(60, 8));
+    let size = o.pick(1 << 30, 256 * MIB);
+    let mut rows = Vec::new();
+    let mut data = serde_json::Map::new();
+    for mode in ["bitmap", "stall"] {
+        let m = overflow_case(o, mode, outage, size)?;
+        rows.push(m);
+        data.insert(mode.into(), json!(m));
+    }
+    let mut t = Table::new(
+        &format!(
+            "{PRESET}, a 16 MiB nvbuf, the link down for {} s while the host writes 64 KiB blocks (QD 8)",
+            outage.as_secs()
+        ),
+        &[
+            "nvbuf.overflow",
+            "host MiB answered during the outage",
+            "host MiB/s",
+            "slowest answer s",
+            "marked MiB",
+            "resync s after the link is back",
+        ],
+    );
+    for (mode, m) in ["bitmap", "stall"].iter().zip(&rows) {
+        t.row(vec![
+            mode.to_string(),
+            f(m.answered_bytes as f64 / MIB as f64, 0),
+            f(m.answered_bytes as f64 / MIB as f64 / outage.as_secs_f64(), 1),
+            f(m.slowest_s, 2),
+            f(m.marked_bytes as f64 / MIB as f64, 0),
+            f(m.resync_s, 1),
+        ]);
+    }
+    r.tables.push(t);
+    let (bitmap, stall) = (rows[0], rows[1]);
+    r.target(Target::new(
+        "bitmap: no host write waits longer than overflow_after (5 s) + 1 s",
+        "≤ 6 s",
+        format!("{:.2} s", bitmap.slowest_s),
+        bitmap.slowest_s <= 6.0,
+    ));
+    r.note(format!(
+        "With stall the host is held as soon as the nvbuf is full: {} MiB in {} s, against {} MiB \
+         with bitmap.",
+        stall.answered_bytes >> 20,
+        outage.as_secs(),
+        bitmap.answered_bytes >> 20
+    ));
+    r.data = serde_json::Value::Object(data);
+    Ok(r)
+}
+
+/// One outage with one overflow policy.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Outage {
+    answered_bytes: u64,
+    slowest_s: f64,
+    marked_bytes: u64,
+    resync_s: f64,
+}
+
+fn overflow_case(o: &Opts, mode: &str, outage: Duration, size: u64) -> Result<Outage> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let mut pair = InprocPair::new(PairConfig {
+        preset: Some(PRESET.into()),
+        seed: o.seed,
+        volume_size: size,
+        nvbuf_size: 16 * MIB,
+        local: Some(InitialSync::AssumeInSync),
+        overflow: Some(mode.parse().map_err(BenchError::Dtu)?),
+        ..PairConfig::default()
+    })?;
+    std::fs::File::create(pair.dir.path().join("source.img"))
+        .and_then(|f| f.set_len(size))
+        .map_err(|e| BenchError::io("the local copy", e))?;
+    pair.start_remote()?;
+    pair.start_relay()?;
+    pair.start_primary()?;
+    synced(&pair, Duration::from_secs(60))?;
+    // The link goes down.
+    if let Some(mut l) = pair.relay.take() {
+        l.stop();
+    }
+    let answered = Arc::new(AtomicU64::new(0));
+    let slowest_us = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (p, answered, slowest_us, stop) = (
+            pair.primary().clone(),
+            answered.clone(),
+            slowest_us.clone(),
+            stop.clone(),
+        );
+        let mut blocks = super::inproc::Blocks::new(64 << 10, 1.0, 64, o.seed);
+        std::thread::spawn(move || -> Result<()> {
+            let slots = size / (64 << 10);
+            let mut pending = std::collections::VecDeque::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if pending.len() >= 8 {
+                    let (t, x): (Instant, dtu::primary::Pending) =
+                        pending.pop_front().expect("non-empty");
+                    x.wait().map_err(BenchError::dtu)?;
+                    answered.fetch_add(64 << 10, Ordering::Relaxed);
+                    slowest_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
+                let w = p
+                    .write((i % slots) * (64 << 10), blocks.next_block())
+                    .map_err(BenchError::dtu)?;
+                pending.push_back((Instant::now(), w));
+                i += 1;
+            }
+            for (t, x) in pending {
+                x.wait().map_err(BenchError::dtu)?;
+                slowest_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+    };
+    std::thread::sleep(outage);
+    let answered_bytes = answered.load(Ordering::Relaxed);
+    let marked_bytes = pair.status().mirror.out_of_sync_bytes;
+    stop.store(true, Ordering::Relaxed);
+    // The link comes back: stalled writes drain, a map resyncs.
+    let back = Instant::now();
+    pair.start_relay()?;
+    writer
+        .join()
+        .map_err(|_| BenchError::Dtu("the host thread panicked".into()))??;
+    // Every write is answered by now: the stalled ones once the link was back.
+    let slowest_s = slowest_us.load(Ordering::Relaxed) as f64 / 1e6;
+    let done = synced(&pair, Duration::from_secs(900))?;
+    let resync_s = (done - back).as_secs_f64();
+    pair.shutdown()?;
+    Ok(Outage {
+        answered_bytes,
+        slowest_s,
+        marked_bytes,
+        resync_s,
+    })
+}
