@@ -49,6 +49,8 @@ pub enum Request {
     Checkpoint {
         label: String,
     },
+    /// The checkpoints the remote holds (its catalog), oldest first.
+    Checkpoints,
     /// Compares the local copy and the replica by block digests over
     /// `start..end` (the whole volume without them) while the host keeps
     /// writing; with `repair`, differing extents are resynced.
@@ -90,7 +92,7 @@ impl Request {
     /// The checks of [`Request::parse`] on a request built in code.
     pub fn check(&self) -> Result<(), RequestError> {
         match self {
-            Request::Status => Ok(()),
+            Request::Status | Request::Checkpoints => Ok(()),
             Request::SetPolicy {
                 trigger,
                 delay,
@@ -161,8 +163,15 @@ pub fn changed_policy(
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum Response {
     Status(Box<Status>),
-    Ok { message: String },
-    Error { message: String },
+    Checkpoints {
+        checkpoints: Vec<crate::remote::CheckpointInfo>,
+    },
+    Ok {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// A DTU that can be controlled.

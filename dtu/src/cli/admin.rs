@@ -91,6 +91,16 @@ pub struct CheckpointArgs {
     pub label: String,
 }
 
+/// `dtu checkpoints [--json]`: the checkpoints the remote holds.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckpointsArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `dtu verify [--range START..END] [--repair] [--wait]`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
@@ -154,6 +164,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             Response::Status(s) => s,
             Response::Error { message } => bail!("{message}"),
             Response::Ok { message } => bail!("unexpected answer: {message}"),
+            Response::Checkpoints { .. } => bail!("unexpected checkpoints answer"),
         };
         let crate::status::Status::Primary(p) = *status else {
             bail!("a verify runs on the primary; this is a remote's control socket");
@@ -243,6 +254,7 @@ fn print_ok(resp: Response) -> Result<()> {
         }
         Response::Error { message } => bail!("{message}"),
         Response::Status(_) => bail!("unexpected status answer"),
+        Response::Checkpoints { .. } => bail!("unexpected checkpoints answer"),
     }
 }
 
@@ -252,6 +264,7 @@ pub fn status(a: StatusArgs) -> Result<()> {
             Response::Status(s) => s,
             Response::Error { message } => bail!("{message}"),
             Response::Ok { message } => bail!("unexpected answer: {message}"),
+            Response::Checkpoints { .. } => bail!("unexpected checkpoints answer"),
         };
         if a.watch.is_some() && !a.json {
             // Clear the screen for a steady display.
@@ -313,6 +326,54 @@ pub fn checkpoint(a: CheckpointArgs) -> Result<()> {
     let req = Request::Checkpoint { label: a.label };
     req.check()?;
     print_ok(ask(&a.target, req)?)
+}
+
+pub fn checkpoints(a: CheckpointsArgs) -> Result<()> {
+    let list = match ask(&a.target, Request::Checkpoints)? {
+        Response::Checkpoints { checkpoints } => checkpoints,
+        Response::Error { message } => bail!("{message}"),
+        Response::Ok { message } => bail!("unexpected answer: {message}"),
+        Response::Status(_) => bail!("unexpected status answer"),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&list)?);
+    } else {
+        print!("{}", checkpoints_table(&list));
+    }
+    Ok(())
+}
+
+/// The table `dtu checkpoints` prints: time, kind, label, seq, undo bytes.
+pub fn checkpoints_table(list: &[crate::remote::CheckpointInfo]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if list.is_empty() {
+        out.push_str("no checkpoints held\n");
+        return out;
+    }
+    let lw = list
+        .iter()
+        .map(|c| c.label.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let _ = writeln!(
+        out,
+        "{:<30} {:<8} {:<lw$} {:>12} {:>12}",
+        "time", "kind", "label", "seq", "undo bytes"
+    );
+    for c in list {
+        let _ = writeln!(
+            out,
+            "{:<30} {:<8} {:<lw$} {:>12} {:>12}",
+            crate::undo::fmt_time_us(c.time_us),
+            c.kind,
+            c.label,
+            c.seq,
+            dtu_proto::units::format_bytes(c.undo_bytes),
+        );
+    }
+    out
 }
 
 #[cfg(test)]

@@ -699,6 +699,20 @@ impl Primary {
 
     /// Names the current point of the write stream; the remote records it.
     pub fn checkpoint(&self, label: &str) -> Result<Pending, PrimaryError> {
+        self.checkpoint_as(dtu_proto::frame::CheckpointKind::Manual, label)
+    }
+
+    /// A checkpoint of `kind` (boot, shutdown, install, …) labelled
+    /// `label`, stamped with this machine's wall time: the remote keeps it
+    /// in its catalog and the replica can be read as it was at it.
+    pub fn checkpoint_as(
+        &self,
+        kind: dtu_proto::frame::CheckpointKind,
+        label: &str,
+    ) -> Result<Pending, PrimaryError> {
+        let time_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let _gate = match self.route()? {
             Route::Journal(g) => g,
             Route::Ahead(..) => return Err(PrimaryError::Ahead("a checkpoint")),
@@ -707,8 +721,8 @@ impl Primary {
         let frame = Frame::Checkpoint(Checkpoint {
             seq,
             epoch: self.epoch,
-            kind: 0,
-            time_us: 0,
+            kind: kind as u8,
+            time_us,
             label: label.to_string(),
         });
         self.ingest
@@ -992,6 +1006,9 @@ impl crate::control::Controlled for Primary {
                     },
                 }
             }
+            Request::Checkpoints => Response::Error {
+                message: "the remote keeps the checkpoints: ask its control socket".into(),
+            },
         }
     }
 

@@ -19,6 +19,8 @@ use crate::digest::{replica_digests, Digest};
 
 use crate::replica::{Replica, VolumeState};
 
+use super::undo::UndoState;
+
 /// Why the replica cannot take an operation: the remote must stop applying.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,6 +45,14 @@ pub enum ApplyError {
     },
     #[error("seq {got} was released after seq {after}: the receiver broke the order")]
     OutOfOrder { got: Seq, after: Seq },
+    /// The undo journal could not save what a write would overwrite (or
+    /// take a checkpoint): the write is not applied unprotected.
+    #[error("undo journal at seq {seq}: {source}")]
+    Undo {
+        seq: Seq,
+        #[source]
+        source: crate::undo::UndoError,
+    },
 }
 
 /// What applying an operation means beyond the replica's bytes.
@@ -80,6 +90,14 @@ pub struct Applier {
     /// the replica is synced through it, not before (a crash in between
     /// must not leave a half-synced replica marked consistent).
     sync_done: Option<(Seq, Gen)>,
+    /// The undo journal, when on: every write and trim is saved in it, and
+    /// the save made durable, before the replica is changed.
+    undo: Option<Arc<Mutex<UndoState>>>,
+    /// Writes and trims through this seq are saved and synced in the
+    /// journal already ([`Applier::protect`]).
+    protected: Seq,
+    /// The journal could not follow a restart of the stream: applying stops.
+    undo_broken: Option<String>,
 }
 
 impl Applier {
@@ -93,7 +111,70 @@ impl Applier {
             synced: stored,
             unsynced_bytes: 0,
             sync_done: None,
+            undo: None,
+            protected: stored,
+            undo_broken: None,
         }
+    }
+
+    /// Saves the old contents of every block a write or trim overwrites in
+    /// `undo` (durably) before it is applied; checkpoints begin its eras.
+    pub fn with_undo(mut self, undo: Arc<Mutex<UndoState>>) -> Applier {
+        self.undo = Some(undo);
+        self
+    }
+
+    fn undo_lock(undo: &Mutex<UndoState>) -> MutexGuard<'_, UndoState> {
+        undo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `op` must be protected ([`Applier::protect`]) before it is applied.
+    pub fn needs_protect(&self, op: &Apply) -> bool {
+        self.undo.is_some()
+            && matches!(op, Apply::Write { .. } | Apply::Trim { .. })
+            && op.seq() > self.protected
+    }
+
+    /// Saves, with one journal sync for all of them, the old contents of
+    /// every write and trim of `ops` (the next operations to apply, in seq
+    /// order) up to the first checkpoint among them: the saves of one era
+    /// are all made before any of its writes, which is right because only
+    /// a block's first overwrite in an era is saved. Without a journal, or
+    /// for operations already protected, it does nothing; [`Applier::apply`]
+    /// protects what was not.
+    pub fn protect(&mut self, ops: &[Apply]) -> Result<(), ApplyError> {
+        let Some(undo) = &self.undo else {
+            return Ok(());
+        };
+        let mut u = Self::undo_lock(undo);
+        let mut last = None;
+        for op in ops {
+            let seq = op.seq();
+            if seq <= self.protected {
+                continue;
+            }
+            match op {
+                Apply::Write { chunks, .. } => {
+                    for (offset, data) in chunks {
+                        u.save(seq, *offset, data.len() as u64, self.replica.as_ref())
+                            .map_err(|source| ApplyError::Undo { seq, source })?;
+                    }
+                }
+                Apply::Trim { offset, length, .. } => {
+                    u.save(seq, *offset, *length, self.replica.as_ref())
+                        .map_err(|source| ApplyError::Undo { seq, source })?;
+                }
+                Apply::Checkpoint { .. } => break,
+                _ => {}
+            }
+            last = Some(seq);
+        }
+        if let Some(seq) = last {
+            u.sync()
+                .map_err(|source| ApplyError::Undo { seq, source })?;
+            self.protected = seq;
+        }
+        Ok(())
     }
 
     fn state(&self) -> MutexGuard<'_, VolumeState> {
@@ -108,6 +189,18 @@ impl Applier {
                 got: seq,
                 after: self.applied,
             });
+        }
+        if let Some(why) = &self.undo_broken {
+            return Err(ApplyError::Undo {
+                seq,
+                source: crate::undo::UndoError::Replica {
+                    what: "the journal could not follow the stream's restart",
+                    source: std::io::Error::other(why.clone()),
+                },
+            });
+        }
+        if self.needs_protect(op) {
+            self.protect(std::slice::from_ref(op))?;
         }
         let write_err = |source| ApplyError::Write { seq, source };
         let out = match op {
@@ -128,12 +221,20 @@ impl Applier {
                 kind,
                 time_us,
                 label,
-            } => Applied::Checkpoint {
-                seq: *seq,
-                kind: *kind,
-                time_us: *time_us,
-                label: label.clone(),
-            },
+            } => {
+                if let Some(undo) = &self.undo {
+                    Self::undo_lock(undo)
+                        .checkpoint(*seq, *kind, *time_us, label)
+                        .map_err(|source| ApplyError::Undo { seq: *seq, source })?;
+                }
+                self.protected = self.protected.max(*seq);
+                Applied::Checkpoint {
+                    seq: *seq,
+                    kind: *kind,
+                    time_us: *time_us,
+                    label: label.clone(),
+                }
+            }
             Apply::Marker { seq, kind, gen } => {
                 match kind {
                     // A replica without a generation yet gets one derived
@@ -211,6 +312,15 @@ impl Applier {
     /// The stream restarts after `seq` (a sync or an adoption decided at
     /// connect; the state file was moved with it).
     pub fn rebase(&mut self, seq: Seq) {
+        if let Some(undo) = &self.undo {
+            if let Err(e) = Self::undo_lock(undo).rebase(seq) {
+                tracing::error!(
+                    "the undo journal cannot follow the stream's restart at seq {seq}: {e}"
+                );
+                self.undo_broken = Some(format!("at the restart at seq {seq}: {e}"));
+            }
+        }
+        self.protected = seq;
         self.applied = seq;
         self.synced = seq;
         self.unsynced_bytes = 0;

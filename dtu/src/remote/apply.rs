@@ -80,7 +80,12 @@ fn take_batch(core: &RCore) -> Vec<Apply> {
 /// Applies a batch through the [`Applier`], one sync for all of it, and
 /// acknowledges it as Stored.
 fn apply_batch(core: &RCore, applier: &mut Applier, batch: Vec<Apply>) -> Result<(), ApplyError> {
-    for op in &batch {
+    for (i, op) in batch.iter().enumerate() {
+        // The undo journal saves what this era's writes overwrite, with
+        // one sync, before the first of them reaches the replica.
+        if applier.needs_protect(op) {
+            applier.protect(&batch[i..])?;
+        }
         match applier.apply(op)? {
             Applied::Data => {}
             Applied::Checkpoint { seq, label, .. } => {
