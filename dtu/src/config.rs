@@ -339,7 +339,7 @@ pub struct UndoSection {
     /// The oldest checkpoints go while the journal holds more, e.g. `"64GiB"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<String>,
-    /// The oldest checkpoints go once older than this, e.g. `"30d"`.
+    /// The oldest checkpoints go once older than this, e.g. `"720h"` (30 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<String>,
 }
@@ -983,6 +983,58 @@ mod tests {
                 metrics: None,
             },
         }
+    }
+
+    const REMOTE_TOML: &str = r#"
+[volume]
+id = "00112233445566778899aabbccddeeff"
+size = "64MiB"
+[identity]
+cert = "remote.crt"
+key = "remote.key"
+peer_fingerprint = "sha256:00"
+[link]
+listen = "127.0.0.1:7000"
+[replica]
+path = "replica.img"
+[admin]
+control = "remote.ctl"
+"#;
+
+    fn remote_with(undo: &str) -> Result<RemoteConfig, ConfigError> {
+        let f: RemoteFile =
+            toml::from_str(&format!("{REMOTE_TOML}{undo}")).map_err(|e| ConfigError::Parse {
+                path: "remote.toml".into(),
+                message: e.to_string(),
+            })?;
+        RemoteConfig::from_file(Path::new("/etc/dtu/remote.toml"), &f)
+    }
+
+    #[test]
+    fn undo_is_on_by_default_beside_the_replica_and_bounded() {
+        let u = remote_with("").unwrap().undo.unwrap();
+        assert_eq!(u.dir, PathBuf::from("/etc/dtu/replica.img.undo"));
+        assert_eq!(u.max_bytes, 64 << 30);
+        assert_eq!(u.max_age, None);
+        let u = remote_with("[undo]\ndir = \"hist\"\nmax_bytes = \"1GiB\"\nmax_age = \"720h\"\n")
+            .unwrap()
+            .undo
+            .unwrap();
+        assert_eq!(u.dir, PathBuf::from("/etc/dtu/hist"));
+        assert_eq!(u.max_bytes, 1 << 30);
+        assert_eq!(u.max_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(remote_with("[undo]\nenabled = false\n").unwrap().undo, None);
+        for (bad, field) in [
+            ("max_bytes = \"1KiB\"", "undo.max_bytes"),
+            ("max_bytes = \"2PiB\"", "undo.max_bytes"),
+            ("max_bytes = \"lots\"", "undo.max_bytes"),
+            ("max_age = \"1s\"", "undo.max_age"),
+            ("max_age = \"1000000h\"", "undo.max_age"),
+        ] {
+            let e = remote_with(&format!("[undo]\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
+        assert!(remote_with("[undo]\nmax_eras = 3\n").is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use dtu::config::CongestionChoice;
 use dtu::control::{Controlled, Request, Response};
 use dtu::inproc::{primary_status, PairSetup};
+use dtu::nbd::Export;
 use dtu::primary::Primary;
 use dtu::remote::{AsOf, CheckpointInfo, Remote};
 use dtu::transport::LinkTuning;
@@ -201,6 +202,17 @@ fn as_of_views_show_each_checkpoint_while_the_replica_moves_on_and_survive_a_res
         &std::fs::read(rig.path("replica.img")).unwrap(),
         &c,
     );
+
+    // The read-only NBD export of the view at c1, while the replica is at C.
+    let ex = remote.as_of_export(&AsOf::Label("c1".into())).unwrap();
+    assert!(ex.read_only());
+    let got = remote.runtime().block_on(ex.read(0, 4 << 20)).unwrap();
+    assert_same("as-of export at c1", &got, &a[..4 << 20]);
+    let w = remote
+        .runtime()
+        .block_on(ex.write(0, Bytes::from_static(&[1; 512]), true));
+    assert!(w.is_err(), "the as-of export takes no writes");
+    drop(ex);
 
     // The nearest checkpoint at or before a time; before the first is refused.
     let at = |t| remote.resolve_as_of(&AsOf::Time(t)).map(|c| c.label);

@@ -434,6 +434,24 @@ impl Remote {
             .map_err(|e| e.to_string())
     }
 
+    /// A read-only NBD export of the replica as it was at the checkpoint
+    /// `at` resolves to, while replication continues.
+    pub fn as_of_export(&self, at: &AsOf) -> Result<undo::AsOfExport, String> {
+        let Some(u) = &self.core.undo else {
+            return Err("this remote keeps no undo journal (undo.enabled = false)".into());
+        };
+        let entry = u
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .resolve(at)
+            .map_err(|e| e.to_string())?;
+        Ok(undo::AsOfExport::new(
+            u.clone(),
+            self.core.replica.clone(),
+            entry,
+        ))
+    }
+
     /// Everything the status display shows.
     pub fn status(&self) -> Status {
         Status::Remote(Box::new(status::build(self)))

@@ -308,3 +308,249 @@ impl UndoState {
         self.journal.stats().disk_bytes
     }
 }
+
+/// Parses a wall time for an as-of view, UTC: `@SECS` (seconds since the
+/// Unix epoch, as `date +%s` prints) or `YYYY-MM-DD[ T]HH:MM[:SS[.ffffff]]`
+/// with an optional ` UTC` or `Z` (the form `dtu checkpoints` prints).
+/// Answers microseconds since the Unix epoch.
+pub fn parse_time(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Some(secs) = s.strip_prefix('@') {
+        return secs.parse::<u64>().ok()?.checked_mul(1_000_000);
+    }
+    let s = s
+        .strip_suffix(" UTC")
+        .or_else(|| s.strip_suffix('Z'))
+        .unwrap_or(s);
+    let (date, time) = s.split_once([' ', 'T'])?;
+    let mut d = date.split('-');
+    let (y, m, dd): (u64, u64, u64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    if d.next().is_some() || !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
+        return None;
+    }
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if dd == 0 || dd > month_days[(m - 1) as usize] {
+        return None;
+    }
+    let (hms, frac) = match time.split_once('.') {
+        Some((a, f)) => (a, Some(f)),
+        None => (time, None),
+    };
+    let mut t = hms.split(':');
+    let h: u64 = t.next()?.parse().ok()?;
+    let mi: u64 = t.next()?.parse().ok()?;
+    let sec: u64 = match t.next() {
+        Some(x) => x.parse().ok()?,
+        None => 0,
+    };
+    if t.next().is_some() || h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let us: u64 = match frac {
+        Some(f) if !f.is_empty() && f.len() <= 6 && f.bytes().all(|b| b.is_ascii_digit()) => {
+            f.parse::<u64>().ok()? * 10u64.pow(6 - f.len() as u32)
+        }
+        Some(_) => return None,
+        None => 0,
+    };
+    let days = days_from_civil(y, m, dd);
+    Some(((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000) + us)
+}
+
+/// Days from 1970-01-01 to `y-m-d` (H. Hinnant's algorithm, from 1970).
+fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A read-only NBD export of the replica as it was at one checkpoint,
+/// while replication goes on: the live replica overlaid with the undo
+/// journal's copies. If retention drops the checkpoint, reads fail.
+pub struct AsOfExport {
+    undo: std::sync::Arc<std::sync::Mutex<UndoState>>,
+    replica: std::sync::Arc<dyn Replica>,
+    entry: Entry,
+    size: u64,
+}
+
+impl AsOfExport {
+    pub(crate) fn new(
+        undo: std::sync::Arc<std::sync::Mutex<UndoState>>,
+        replica: std::sync::Arc<dyn Replica>,
+        entry: Entry,
+    ) -> AsOfExport {
+        let size = replica.size();
+        AsOfExport {
+            undo,
+            replica,
+            entry,
+            size,
+        }
+    }
+
+    /// The checkpoint shown.
+    pub fn checkpoint(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+fn read_only_err() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::EPERM)
+}
+
+impl crate::nbd::Export for AsOfExport {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        true
+    }
+
+    fn read(&self, offset: u64, len: u32) -> crate::nbd::IoFuture<bytes::Bytes> {
+        let undo = self.undo.clone();
+        let replica = self.replica.clone();
+        let entry = self.entry.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let u = undo.lock().unwrap_or_else(|p| p.into_inner());
+                if u.resolve_era(entry.era).is_none() {
+                    return Err(std::io::Error::other(format!(
+                        "checkpoint {entry} is no longer held (retention dropped it)"
+                    )));
+                }
+                let mut buf = vec![0u8; len as usize];
+                u.read_as_of(&entry, offset, &mut buf, replica.as_ref())
+                    .map_err(std::io::Error::other)?;
+                Ok(bytes::Bytes::from(buf))
+            })
+            .await
+            .map_err(|e| std::io::Error::other(format!("as-of read task failed: {e}")))?
+        })
+    }
+
+    fn write(&self, _offset: u64, _data: bytes::Bytes, _fua: bool) -> crate::nbd::IoFuture<()> {
+        Box::pin(async { Err(read_only_err()) })
+    }
+
+    fn flush(&self) -> crate::nbd::IoFuture<()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn trim(&self, _offset: u64, _len: u32) -> crate::nbd::IoFuture<()> {
+        Box::pin(async { Err(read_only_err()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::FileReplica;
+
+    #[test]
+    fn times_parse_as_dtu_checkpoints_prints_them() {
+        assert_eq!(parse_time("@0"), Some(0));
+        assert_eq!(parse_time("@1700000000"), Some(1_700_000_000_000_000));
+        for us in [0, 951_825_600_500_000, 1_796_215_584_000_001] {
+            assert_eq!(parse_time(&crate::undo::fmt_time_us(us)), Some(us));
+        }
+        assert_eq!(
+            parse_time("2026-12-02T12:46:24Z"),
+            Some(1_796_215_584_000_000)
+        );
+        assert_eq!(parse_time("2026-12-02 12:46"), Some(1_796_215_560_000_000));
+        for bad in [
+            "",
+            "c1",
+            "@-1",
+            "@x",
+            "2026-13-01 00:00",
+            "2026-02-30 00:00",
+            "2026-01-01",
+            "2026-01-01 24:00",
+            "2026-01-01 00:00:00.1234567",
+            "1969-12-31 23:59",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+
+    /// The seed's rule through the remote's own state: checkpoints at t3,
+    /// t5, t9 and t14 (seconds), with writes and trims in between; t8 shows
+    /// t5, t4 shows t3, t15 shows t14, t2 is refused naming t3; each view
+    /// holds the bytes as they were at its checkpoint.
+    #[test]
+    fn nearest_checkpoint_at_or_before_with_writes_and_trims_between() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1 << 20;
+        let replica = FileReplica::open(&dir.path().join("r.img"), size).unwrap();
+        let mut u =
+            UndoState::open(&UndoOptions::beside(&dir.path().join("r.img")), 4096, size).unwrap();
+        let s = 1_000_000u64;
+        let mut seq = 0;
+        let mut views = Vec::new();
+        for (i, t) in [3u64, 5, 9, 14].into_iter().enumerate() {
+            // Write block 0 with the checkpoint's number, trim block 1 on odd ones.
+            seq += 1;
+            u.save(seq, 0, 4096, &replica).unwrap();
+            u.sync().unwrap();
+            replica.write_at(0, &[i as u8 + 1; 4096]).unwrap();
+            seq += 1;
+            if i % 2 == 1 {
+                u.save(seq, 4096, 4096, &replica).unwrap();
+                u.sync().unwrap();
+                replica.trim(4096, 4096).unwrap();
+            } else {
+                u.save(seq, 4096, 4096, &replica).unwrap();
+                u.sync().unwrap();
+                replica.write_at(4096, &[0xa0 + i as u8; 4096]).unwrap();
+            }
+            seq += 1;
+            u.checkpoint(seq, 0, t * s, &format!("t{t}")).unwrap();
+            let mut view = vec![0u8; 8192];
+            replica.read_at(0, &mut view).unwrap();
+            views.push(view);
+        }
+        // After the last checkpoint the replica moves on.
+        seq += 1;
+        u.save(seq, 0, 8192, &replica).unwrap();
+        u.sync().unwrap();
+        replica.write_at(0, &[0xff; 8192]).unwrap();
+        for (ask, want, view) in [(8, "t5", 1), (4, "t3", 0), (15, "t14", 3), (9, "t9", 2)] {
+            let e = u.resolve(&AsOf::Time(ask * s)).unwrap();
+            assert_eq!(e.label, want, "t{ask}");
+            let mut buf = vec![0u8; 8192];
+            u.read_as_of(&e, 0, &mut buf, &replica).unwrap();
+            assert_eq!(buf, views[view], "view at t{ask}");
+        }
+        let e = u.resolve(&AsOf::Time(2 * s)).unwrap_err().to_string();
+        assert!(e.contains("oldest") && e.contains("t3"), "{e}");
+        // A replayed checkpoint (same seq) changes nothing.
+        let before = u.list();
+        u.checkpoint(before[3].seq, 0, 14 * s, "t14").unwrap();
+        assert_eq!(u.list(), before);
+    }
+}
