@@ -83,10 +83,7 @@ fn apply_batch(core: &RCore, applier: &mut Applier, batch: Vec<Apply>) -> Result
     for (i, op) in batch.iter().enumerate() {
         // The undo journal saves what this era's writes overwrite, with
         // one sync, before the first of them reaches the replica.
-        if applier.needs_protect(op) {
-            applier.protect(&batch[i..])?;
-        }
-        match applier.apply(op)? {
+        match applier.apply_in_batch(&batch, i)? {
             Applied::Data => {}
             Applied::Checkpoint { seq, label, .. } => {
                 tracing::info!("checkpoint {label:?} at seq {seq}");
