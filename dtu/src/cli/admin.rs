@@ -381,6 +381,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_checkpoints_table_has_a_row_per_checkpoint() {
+        assert_eq!(checkpoints_table(&[]), "no checkpoints held\n");
+        let row = |seq, label: &str| crate::remote::CheckpointInfo {
+            seq,
+            time_us: 1_796_215_584_000_001,
+            kind: "boot".into(),
+            label: label.into(),
+            era: seq,
+            undo_bytes: 3 << 20,
+        };
+        let t = checkpoints_table(&[row(7, "before-rm"), row(42, "a-much-longer-label")]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        for h in ["time", "kind", "label", "seq", "undo bytes"] {
+            assert!(lines[0].contains(h), "{t}");
+        }
+        assert!(
+            lines[1].starts_with("2026-12-02 12:46:24.000001 UTC"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("boot") && lines[1].contains("before-rm"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("a-much-longer-label") && lines[2].contains("42"),
+            "{t}"
+        );
+        assert!(lines[1].contains("3"), "{t}");
+        // Columns line up whatever the labels' lengths.
+        assert_eq!(lines[1].find(" 7 "), lines[2].find("42 "));
+    }
+
+    #[test]
     fn watch_periods_are_bounded() {
         assert_eq!(parse_watch("1"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_watch("0.1"), Ok(WATCH_MIN));
