@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dtu::config::CongestionChoice;
 use dtu::control::{Controlled, Request, Response};
-use dtu::inproc::{primary_status, PairSetup};
+use dtu::inproc::{primary_status, remote_status, PairSetup};
 use dtu::nbd::Export;
 use dtu::primary::Primary;
 use dtu::remote::{AsOf, CheckpointInfo, Remote};
@@ -189,6 +189,17 @@ fn as_of_views_show_each_checkpoint_while_the_replica_moves_on_and_survive_a_res
     assert!(list.iter().all(|c| c.kind == "manual"), "{list:?}");
     // c2's era saved what the writes after it overwrote.
     assert!(list[1].undo_bytes > 0, "{list:?}");
+
+    let rs = remote_status(&remote);
+    assert_eq!(rs.checkpoints, Some(2));
+    assert!(rs.undo_bytes > 0, "{rs:?}");
+    assert!(
+        rs.oldest_checkpoint
+            .as_deref()
+            .is_some_and(|o| o.contains("c1")),
+        "{rs:?}"
+    );
+    assert_eq!(rs.failed, None);
 
     assert_same("as of c1", &as_of(&remote, AsOf::Label("c1".into())), &a);
     assert_same("as of c2", &as_of(&remote, AsOf::Label("c2".into())), &b);

@@ -303,6 +303,20 @@ impl UndoState {
         self.journal.read_as_of(entry.era, off, buf, replica)
     }
 
+    /// Checkpoints held.
+    pub fn len(&self) -> usize {
+        self.catalog.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.catalog.is_empty()
+    }
+
+    /// The oldest checkpoint held.
+    pub fn oldest(&self) -> Option<&Entry> {
+        self.catalog.oldest()
+    }
+
     /// Bytes the journal holds on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.journal.stats().disk_bytes
