@@ -133,8 +133,11 @@ fn stored_all(p: &Primary) -> bool {
     s.remote_stored_seq == s.highest_seq
 }
 
+/// `dtu checkpoints --json`'s request, through the control socket's JSON.
 fn listed(r: &Remote) -> Vec<CheckpointInfo> {
-    match r.handle(Request::Checkpoints) {
+    let req: Request = Request::parse(r#"{"op":"checkpoints"}"#).unwrap();
+    let line = serde_json::to_string(&r.handle(req)).unwrap();
+    match serde_json::from_str::<Response>(&line).unwrap() {
         Response::Checkpoints { checkpoints } => checkpoints,
         other => panic!("unexpected answer {other:?}"),
     }

@@ -434,3 +434,60 @@ mod tests {
         assert_eq!([live[0], live[4096], live[8192]], [0xc, 0xb, 0xb]);
     }
 }
+
+#[cfg(test)]
+mod loud {
+    use super::*;
+    use crate::remote::undo::UndoOptions;
+    use crate::replica::FileReplica;
+    use bytes::Bytes;
+
+    /// A write the undo journal cannot save for is not applied, not even
+    /// its first chunk: the applier answers the journal's error (the remote
+    /// stops applying) and the replica keeps its bytes.
+    #[test]
+    fn a_write_the_journal_cannot_save_is_refused_and_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1 << 20;
+        let path = dir.path().join("r.img");
+        let replica: Arc<dyn Replica> = Arc::new(FileReplica::open(&path, size).unwrap());
+        replica.write_at(0, &[7; 4096]).unwrap();
+        let (vs, resume) = VolumeState::open(
+            &dir.path().join("r.state"),
+            [1; 16],
+            replica.as_ref(),
+            false,
+        )
+        .unwrap();
+        let opts = UndoOptions::beside(&path);
+        let undo = Arc::new(Mutex::new(UndoState::open(&opts, 4096, size).unwrap()));
+        let mut a =
+            Applier::new(replica.clone(), Arc::new(Mutex::new(vs)), resume.stored).with_undo(undo);
+        let s = resume.stored;
+        let cp = Apply::Checkpoint {
+            seq: s + 1,
+            kind: 0,
+            time_us: 1,
+            label: "c".into(),
+        };
+        a.apply_in_batch(std::slice::from_ref(&cp), 0).unwrap();
+        // A write running past the volume's end: the journal refuses to
+        // save it, before the replica sees any of it.
+        let w = Apply::Write {
+            seq: s + 2,
+            chunks: vec![
+                (0, Bytes::from(vec![9u8; 4096])),
+                (size - 4096, Bytes::from(vec![9u8; 8192])),
+            ],
+        };
+        let batch = [w];
+        match a.apply_in_batch(&batch, 0) {
+            Err(ApplyError::Undo { seq, .. }) => assert_eq!(seq, s + 2),
+            other => panic!("expected an undo error, got {other:?}"),
+        }
+        let mut buf = vec![0u8; 4096];
+        replica.read_at(0, &mut buf).unwrap();
+        assert_eq!(buf, vec![7u8; 4096], "the write was applied unprotected");
+        assert_eq!(a.applied(), s + 1);
+    }
+}
