@@ -48,6 +48,9 @@ pub enum Request {
     },
     Checkpoint {
         label: String,
+        /// `manual` (absent), `timer`, `shutdown`, `boot`, `install`, `change`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
     },
     /// The checkpoints the remote holds (its catalog), oldest first.
     Checkpoints,
@@ -75,6 +78,8 @@ pub enum RequestError {
     Dirty(f64),
     #[error("checkpoint label is {0} bytes long; at most {MAX_LABEL} are kept")]
     LabelTooLong(usize),
+    #[error("checkpoint kind {0}")]
+    Kind(String),
     #[error("range {0}..{1} is empty")]
     Range(u64, u64),
 }
@@ -115,7 +120,11 @@ impl Request {
                     Err(RequestError::Dirty(*pct))
                 }
             }
-            Request::Checkpoint { label } => {
+            Request::Checkpoint { label, kind } => {
+                if let Some(k) = kind {
+                    k.parse::<dtu_proto::frame::CheckpointKind>()
+                        .map_err(RequestError::Kind)?;
+                }
                 if label.len() > MAX_LABEL {
                     Err(RequestError::LabelTooLong(label.len()))
                 } else {

@@ -173,7 +173,10 @@ fn as_of_views_show_each_checkpoint_while_the_replica_moves_on_and_survive_a_res
     let a = host_writes(&primary, 1, 40, vec![0; SIZE as usize]);
     primary.checkpoint("c1").unwrap().wait().unwrap();
     let b = host_writes(&primary, 2, 40, a.clone());
-    primary.checkpoint("c2").unwrap().wait().unwrap();
+    // As `dtu checkpoint --kind boot c2` asks it, through the primary's control socket.
+    let req = Request::parse(r#"{"op":"checkpoint","label":"c2","kind":"boot"}"#).unwrap();
+    assert!(matches!(primary.handle(req), Response::Ok { .. }));
+    assert!(Request::parse(r#"{"op":"checkpoint","label":"x","kind":"reboot"}"#).is_err());
     let c = host_writes(&primary, 3, 40, b.clone());
     wait_for("everything stored", Duration::from_secs(60), || {
         stored_all(&primary)
@@ -189,7 +192,10 @@ fn as_of_views_show_each_checkpoint_while_the_replica_moves_on_and_survive_a_res
     );
     assert!(list[0].seq < list[1].seq, "{list:?}");
     assert!(list[0].time_us <= list[1].time_us, "{list:?}");
-    assert!(list.iter().all(|c| c.kind == "manual"), "{list:?}");
+    assert_eq!(
+        (list[0].kind.as_str(), list[1].kind.as_str()),
+        ("manual", "boot")
+    );
     // c2's era saved what the writes after it overwrote.
     assert!(list[1].undo_bytes > 0, "{list:?}");
 

@@ -88,7 +88,15 @@ pub struct DirtyArgs {
 pub struct CheckpointArgs {
     #[command(flatten)]
     pub target: Target,
+    /// What the point marks: manual, timer, shutdown, boot, install or change.
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: Option<String>,
     pub label: String,
+}
+
+fn parse_kind(s: &str) -> Result<String, String> {
+    s.parse::<dtu_proto::frame::CheckpointKind>()?;
+    Ok(s.to_string())
 }
 
 /// `dtu checkpoints [--json]`: the checkpoints the remote holds.
@@ -323,7 +331,10 @@ pub fn dirty(a: DirtyArgs) -> Result<()> {
 }
 
 pub fn checkpoint(a: CheckpointArgs) -> Result<()> {
-    let req = Request::Checkpoint { label: a.label };
+    let req = Request::Checkpoint {
+        label: a.label,
+        kind: a.kind,
+    };
     req.check()?;
     print_ok(ask(&a.target, req)?)
 }

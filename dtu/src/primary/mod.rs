@@ -983,13 +983,17 @@ impl crate::control::Controlled for Primary {
                     ),
                 }
             }
-            Request::Checkpoint { label } => match self.checkpoint(&label) {
+            Request::Checkpoint { label, kind } => match kind
+                .as_deref()
+                .unwrap_or("manual")
+                .parse::<dtu_proto::frame::CheckpointKind>()
+                .map_err(|e| format!("checkpoint kind {e}"))
+                .and_then(|k| self.checkpoint_as(k, &label).map_err(|e| e.to_string()))
+            {
                 Ok(_) => Response::Ok {
                     message: format!("checkpoint {label:?} queued"),
                 },
-                Err(e) => Response::Error {
-                    message: e.to_string(),
-                },
+                Err(e) => Response::Error { message: e },
             },
             Request::Verify { start, end, repair } => {
                 let start = start.unwrap_or(0);
