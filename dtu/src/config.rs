@@ -324,6 +324,75 @@ pub struct ReplicaSection {
     pub state: Option<PathBuf>,
 }
 
+/// The remote's point-in-time history: the checkpoint catalog and the
+/// undo journal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UndoSection {
+    /// Keep the history (on by default).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Directory of the catalog and the journal; defaults to the replica
+    /// path plus `.undo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// The oldest checkpoints go while the journal holds more, e.g. `"64GiB"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<String>,
+    /// The oldest checkpoints go once older than this, e.g. `"720h"` (30 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+impl Default for UndoSection {
+    fn default() -> Self {
+        UndoSection {
+            enabled: true,
+            dir: None,
+            max_bytes: None,
+            max_age: None,
+        }
+    }
+}
+
+fn undo_is_default(u: &UndoSection) -> bool {
+    *u == UndoSection::default()
+}
+
+/// Smallest `undo.max_bytes`.
+pub const MIN_UNDO_BYTES: u64 = 1 << 20;
+/// Largest `undo.max_bytes` (1 PiB).
+pub const MAX_UNDO_BYTES: u64 = 1 << 50;
+/// Shortest `undo.max_age`.
+pub const MIN_UNDO_AGE: Duration = Duration::from_secs(60);
+/// Longest `undo.max_age` (ten years).
+pub const MAX_UNDO_AGE: Duration = Duration::from_secs(3660 * 24 * 3600);
+
+fn undo(
+    c: &Ctx<'_>,
+    u: &UndoSection,
+    replica: &Path,
+) -> Result<Option<crate::remote::UndoOptions>, ConfigError> {
+    if !u.enabled {
+        return Ok(None);
+    }
+    let mut o = crate::remote::UndoOptions::beside(replica);
+    if let Some(d) = &u.dir {
+        o.dir = c.resolve(d);
+    }
+    if let Some(b) = &u.max_bytes {
+        o.max_bytes = units::parse_bytes_within(b, MIN_UNDO_BYTES, MAX_UNDO_BYTES)
+            .map_err(|e| c.err("undo.max_bytes", e))?;
+    }
+    if let Some(a) = &u.max_age {
+        o.max_age = Some(
+            units::parse_duration_within(a, MIN_UNDO_AGE, MAX_UNDO_AGE)
+                .map_err(|e| c.err("undo.max_age", e))?,
+        );
+    }
+    Ok(Some(o))
+}
+
 /// `primary.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -360,6 +429,9 @@ pub struct RemoteFile {
     /// Read-only export of the replica.
     #[serde(default)]
     pub nbd: NbdSection,
+    /// Checkpoints and the undo journal.
+    #[serde(default, skip_serializing_if = "undo_is_default")]
+    pub undo: UndoSection,
     pub admin: AdminSection,
 }
 
@@ -769,6 +841,8 @@ pub struct RemoteConfig {
     pub nbd_tls: NbdTlsConfig,
     pub control: PathBuf,
     pub metrics: Option<SocketAddr>,
+    /// `None` when `undo.enabled = false`.
+    pub undo: Option<crate::remote::UndoOptions>,
 }
 
 impl PrimaryConfig {
@@ -840,7 +914,9 @@ impl RemoteConfig {
                 PathBuf::from(s)
             }
         };
+        let undo = undo(&c, &f.undo, &replica)?;
         Ok(RemoteConfig {
+            undo,
             volume: volume(&c, &f.volume)?,
             cert: c.resolve(&f.identity.cert),
             key: c.resolve(&f.identity.key),
@@ -907,6 +983,58 @@ mod tests {
                 metrics: None,
             },
         }
+    }
+
+    const REMOTE_TOML: &str = r#"
+[volume]
+id = "00112233445566778899aabbccddeeff"
+size = "64MiB"
+[identity]
+cert = "remote.crt"
+key = "remote.key"
+peer_fingerprint = "sha256:00"
+[link]
+listen = "127.0.0.1:7000"
+[replica]
+path = "replica.img"
+[admin]
+control = "remote.ctl"
+"#;
+
+    fn remote_with(undo: &str) -> Result<RemoteConfig, ConfigError> {
+        let f: RemoteFile =
+            toml::from_str(&format!("{REMOTE_TOML}{undo}")).map_err(|e| ConfigError::Parse {
+                path: "remote.toml".into(),
+                message: e.to_string(),
+            })?;
+        RemoteConfig::from_file(Path::new("/etc/dtu/remote.toml"), &f)
+    }
+
+    #[test]
+    fn undo_is_on_by_default_beside_the_replica_and_bounded() {
+        let u = remote_with("").unwrap().undo.unwrap();
+        assert_eq!(u.dir, PathBuf::from("/etc/dtu/replica.img.undo"));
+        assert_eq!(u.max_bytes, 64 << 30);
+        assert_eq!(u.max_age, None);
+        let u = remote_with("[undo]\ndir = \"hist\"\nmax_bytes = \"1GiB\"\nmax_age = \"720h\"\n")
+            .unwrap()
+            .undo
+            .unwrap();
+        assert_eq!(u.dir, PathBuf::from("/etc/dtu/hist"));
+        assert_eq!(u.max_bytes, 1 << 30);
+        assert_eq!(u.max_age, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(remote_with("[undo]\nenabled = false\n").unwrap().undo, None);
+        for (bad, field) in [
+            ("max_bytes = \"1KiB\"", "undo.max_bytes"),
+            ("max_bytes = \"2PiB\"", "undo.max_bytes"),
+            ("max_bytes = \"lots\"", "undo.max_bytes"),
+            ("max_age = \"1s\"", "undo.max_age"),
+            ("max_age = \"1000000h\"", "undo.max_age"),
+        ] {
+            let e = remote_with(&format!("[undo]\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(field), "{bad}: {e}");
+        }
+        assert!(remote_with("[undo]\nmax_eras = 3\n").is_err());
     }
 
     #[test]

@@ -48,7 +48,12 @@ pub enum Request {
     },
     Checkpoint {
         label: String,
+        /// `manual` (absent), `timer`, `shutdown`, `boot`, `install`, `change`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
     },
+    /// The checkpoints the remote holds (its catalog), oldest first.
+    Checkpoints,
     /// Compares the local copy and the replica by block digests over
     /// `start..end` (the whole volume without them) while the host keeps
     /// writing; with `repair`, differing extents are resynced.
@@ -73,6 +78,8 @@ pub enum RequestError {
     Dirty(f64),
     #[error("checkpoint label is {0} bytes long; at most {MAX_LABEL} are kept")]
     LabelTooLong(usize),
+    #[error("checkpoint kind {0}")]
+    Kind(String),
     #[error("range {0}..{1} is empty")]
     Range(u64, u64),
 }
@@ -90,7 +97,7 @@ impl Request {
     /// The checks of [`Request::parse`] on a request built in code.
     pub fn check(&self) -> Result<(), RequestError> {
         match self {
-            Request::Status => Ok(()),
+            Request::Status | Request::Checkpoints => Ok(()),
             Request::SetPolicy {
                 trigger,
                 delay,
@@ -113,7 +120,11 @@ impl Request {
                     Err(RequestError::Dirty(*pct))
                 }
             }
-            Request::Checkpoint { label } => {
+            Request::Checkpoint { label, kind } => {
+                if let Some(k) = kind {
+                    k.parse::<dtu_proto::frame::CheckpointKind>()
+                        .map_err(RequestError::Kind)?;
+                }
                 if label.len() > MAX_LABEL {
                     Err(RequestError::LabelTooLong(label.len()))
                 } else {
@@ -161,8 +172,15 @@ pub fn changed_policy(
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum Response {
     Status(Box<Status>),
-    Ok { message: String },
-    Error { message: String },
+    Checkpoints {
+        checkpoints: Vec<crate::remote::CheckpointInfo>,
+    },
+    Ok {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// A DTU that can be controlled.

@@ -58,6 +58,7 @@ impl PairSetup {
             state: dir.join("replica.img.state"),
             workers: 2,
             adopt_replica: false,
+            undo: Some(crate::remote::UndoOptions::beside(&dir.join("replica.img"))),
         }
     }
 

@@ -60,6 +60,7 @@ impl Pair {
             state: self.dir.path().join("replica.state"),
             workers: 2,
             adopt_replica: false,
+            undo: None,
         })
         .unwrap()
     }

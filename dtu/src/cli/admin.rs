@@ -88,7 +88,25 @@ pub struct DirtyArgs {
 pub struct CheckpointArgs {
     #[command(flatten)]
     pub target: Target,
+    /// What the point marks: manual, timer, shutdown, boot, install or change.
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: Option<String>,
     pub label: String,
+}
+
+fn parse_kind(s: &str) -> Result<String, String> {
+    s.parse::<dtu_proto::frame::CheckpointKind>()?;
+    Ok(s.to_string())
+}
+
+/// `dtu checkpoints [--json]`: the checkpoints the remote holds.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckpointsArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `dtu verify [--range START..END] [--repair] [--wait]`.
@@ -154,6 +172,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             Response::Status(s) => s,
             Response::Error { message } => bail!("{message}"),
             Response::Ok { message } => bail!("unexpected answer: {message}"),
+            Response::Checkpoints { .. } => bail!("unexpected checkpoints answer"),
         };
         let crate::status::Status::Primary(p) = *status else {
             bail!("a verify runs on the primary; this is a remote's control socket");
@@ -312,6 +331,7 @@ fn print_ok(resp: Response) -> Result<()> {
         }
         Response::Error { message } => bail!("{message}"),
         Response::Status(_) => bail!("unexpected status answer"),
+        Response::Checkpoints { .. } => bail!("unexpected checkpoints answer"),
     }
 }
 
@@ -321,6 +341,7 @@ pub fn status(a: StatusArgs) -> Result<()> {
             Response::Status(s) => s,
             Response::Error { message } => bail!("{message}"),
             Response::Ok { message } => bail!("unexpected answer: {message}"),
+            Response::Checkpoints { .. } => bail!("unexpected checkpoints answer"),
         };
         if a.watch.is_some() && !a.json {
             // Clear the screen for a steady display.
@@ -379,14 +400,99 @@ pub fn dirty(a: DirtyArgs) -> Result<()> {
 }
 
 pub fn checkpoint(a: CheckpointArgs) -> Result<()> {
-    let req = Request::Checkpoint { label: a.label };
+    let req = Request::Checkpoint {
+        label: a.label,
+        kind: a.kind,
+    };
     req.check()?;
     print_ok(ask(&a.target, req)?)
+}
+
+pub fn checkpoints(a: CheckpointsArgs) -> Result<()> {
+    let list = match ask(&a.target, Request::Checkpoints)? {
+        Response::Checkpoints { checkpoints } => checkpoints,
+        Response::Error { message } => bail!("{message}"),
+        Response::Ok { message } => bail!("unexpected answer: {message}"),
+        Response::Status(_) => bail!("unexpected status answer"),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&list)?);
+    } else {
+        print!("{}", checkpoints_table(&list));
+    }
+    Ok(())
+}
+
+/// The table `dtu checkpoints` prints: time, kind, label, seq, undo bytes.
+pub fn checkpoints_table(list: &[crate::remote::CheckpointInfo]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if list.is_empty() {
+        out.push_str("no checkpoints held\n");
+        return out;
+    }
+    let lw = list
+        .iter()
+        .map(|c| c.label.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let _ = writeln!(
+        out,
+        "{:<30} {:<8} {:<lw$} {:>12} {:>12}",
+        "time", "kind", "label", "seq", "undo bytes"
+    );
+    for c in list {
+        let _ = writeln!(
+            out,
+            "{:<30} {:<8} {:<lw$} {:>12} {:>12}",
+            crate::undo::fmt_time_us(c.time_us),
+            c.kind,
+            c.label,
+            c.seq,
+            dtu_proto::units::format_bytes(c.undo_bytes),
+        );
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_checkpoints_table_has_a_row_per_checkpoint() {
+        assert_eq!(checkpoints_table(&[]), "no checkpoints held\n");
+        let row = |seq, label: &str| crate::remote::CheckpointInfo {
+            seq,
+            time_us: 1_796_215_584_000_001,
+            kind: "boot".into(),
+            label: label.into(),
+            era: seq,
+            undo_bytes: 3 << 20,
+        };
+        let t = checkpoints_table(&[row(7, "before-rm"), row(42, "a-much-longer-label")]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        for h in ["time", "kind", "label", "seq", "undo bytes"] {
+            assert!(lines[0].contains(h), "{t}");
+        }
+        assert!(
+            lines[1].starts_with("2026-12-02 12:46:24.000001 UTC"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("boot") && lines[1].contains("before-rm"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("a-much-longer-label") && lines[2].contains("42"),
+            "{t}"
+        );
+        assert!(lines[1].contains("3"), "{t}");
+        // Columns line up whatever the labels' lengths.
+        assert_eq!(lines[1].find(" 7 "), lines[2].find("42 "));
+    }
 
     #[test]
     fn watch_periods_are_bounded() {

@@ -182,6 +182,7 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
         },
         pipeline: PipelineSection::default(),
         nbd: NbdSection::default(),
+        undo: Default::default(),
         admin: AdminSection {
             control: "remote.ctl".into(),
             metrics: None,

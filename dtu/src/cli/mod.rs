@@ -43,6 +43,8 @@ pub enum Command {
     Dirty(admin::DirtyArgs),
     /// Mark a named checkpoint in the write stream.
     Checkpoint(admin::CheckpointArgs),
+    /// List the checkpoints the remote holds (time, kind, label, seq, undo bytes).
+    Checkpoints(admin::CheckpointsArgs),
     /// Compare the local copy and the replica by block digests while the
     /// host keeps writing; report (and with --repair resync) what differs.
     Verify(admin::VerifyArgs),
@@ -123,6 +125,7 @@ pub fn main() -> Result<()> {
         Command::Policy { action } => admin::policy(action),
         Command::Dirty(a) => admin::dirty(a),
         Command::Checkpoint(a) => admin::checkpoint(a),
+        Command::Checkpoints(a) => admin::checkpoints(a),
         Command::Verify(a) => admin::verify(a),
         Command::Progress(a) => admin::progress(a),
         Command::Demo(a) => {

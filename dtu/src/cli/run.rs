@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 
 use super::admin::parse_on_off;
 use crate::config::{NbdTlsConfig, PrimaryConfig, RemoteConfig};
@@ -13,6 +13,7 @@ use crate::control::{self, Controlled};
 use crate::nbd::tls::{NbdTls, TlsMode};
 use crate::nbd::{Export, FileExport, NbdServer};
 use crate::primary::{Primary, PrimaryExport, PrimaryOptions};
+use crate::remote::AsOf;
 use crate::remote::{Remote, RemoteOptions};
 
 /// `dtu primary`.
@@ -65,6 +66,12 @@ pub struct RemoteArgs {
     /// Export the replica read-only over NBD on this unix socket.
     #[arg(long)]
     pub export_ro_unix: Option<PathBuf>,
+    /// The read-only export shows the replica as it was at this checkpoint
+    /// (its label), or at the nearest one at or before this time
+    /// (`@UNIXSECS` or `YYYY-MM-DD HH:MM[:SS]` UTC), while replication
+    /// goes on. Needs --export-ro or --export-ro-unix (or nbd.* in the config).
+    #[arg(long, value_name = "TIME|LABEL")]
+    pub export_as_of: Option<String>,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     pub metrics: Option<String>,
@@ -279,7 +286,28 @@ pub fn remote(a: RemoteArgs) -> Result<()> {
     let metrics = a.metrics.or(cfg.metrics.map(|m| m.to_string()));
     let tcp = a.export_ro.or(cfg.nbd_tcp.map(|x| x.to_string()));
     let unix = a.export_ro_unix.or(cfg.nbd_unix.clone());
-    let export: Option<(String, Arc<dyn Export>)> = if tcp.is_some() || unix.is_some() {
+    if a.export_as_of.is_some() && tcp.is_none() && unix.is_none() {
+        anyhow::bail!("--export-as-of needs --export-ro or --export-ro-unix (or nbd.tcp / nbd.unix in the config)");
+    }
+    let export: Option<(String, Arc<dyn Export>)> = if let Some(v) = &a.export_as_of {
+        let labelled = remote
+            .checkpoints()
+            .map_err(|e| anyhow!("--export-as-of: {e}"))?
+            .iter()
+            .any(|c| &c.label == v);
+        let at = match crate::remote::undo::parse_time(v) {
+            Some(t) if !labelled => AsOf::Time(t),
+            _ => AsOf::Label(v.clone()),
+        };
+        let ex = remote
+            .as_of_export(&at)
+            .map_err(|e| anyhow!("--export-as-of {v}: {e}"))?;
+        eprintln!(
+            "the read-only export shows the replica as of checkpoint {}",
+            ex.checkpoint()
+        );
+        Some((cfg.export.clone(), Arc::new(ex)))
+    } else if tcp.is_some() || unix.is_some() {
         let fe = FileExport::open(&cfg.replica, cfg.volume.size, true)
             .with_context(|| format!("read-only export of {}", cfg.replica.display()))?;
         Some((cfg.export.clone(), Arc::new(fe)))

@@ -699,6 +699,20 @@ impl Primary {
 
     /// Names the current point of the write stream; the remote records it.
     pub fn checkpoint(&self, label: &str) -> Result<Pending, PrimaryError> {
+        self.checkpoint_as(dtu_proto::frame::CheckpointKind::Manual, label)
+    }
+
+    /// A checkpoint of `kind` (boot, shutdown, install, …) labelled
+    /// `label`, stamped with this machine's wall time: the remote keeps it
+    /// in its catalog and the replica can be read as it was at it.
+    pub fn checkpoint_as(
+        &self,
+        kind: dtu_proto::frame::CheckpointKind,
+        label: &str,
+    ) -> Result<Pending, PrimaryError> {
+        let time_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let _gate = match self.route()? {
             Route::Journal(g) => g,
             Route::Ahead(..) => return Err(PrimaryError::Ahead("a checkpoint")),
@@ -707,8 +721,8 @@ impl Primary {
         let frame = Frame::Checkpoint(Checkpoint {
             seq,
             epoch: self.epoch,
-            kind: 0,
-            time_us: 0,
+            kind: kind as u8,
+            time_us,
             label: label.to_string(),
         });
         self.ingest
@@ -969,13 +983,17 @@ impl crate::control::Controlled for Primary {
                     ),
                 }
             }
-            Request::Checkpoint { label } => match self.checkpoint(&label) {
+            Request::Checkpoint { label, kind } => match kind
+                .as_deref()
+                .unwrap_or("manual")
+                .parse::<dtu_proto::frame::CheckpointKind>()
+                .map_err(|e| format!("checkpoint kind {e}"))
+                .and_then(|k| self.checkpoint_as(k, &label).map_err(|e| e.to_string()))
+            {
                 Ok(_) => Response::Ok {
                     message: format!("checkpoint {label:?} queued"),
                 },
-                Err(e) => Response::Error {
-                    message: e.to_string(),
-                },
+                Err(e) => Response::Error { message: e },
             },
             Request::Verify { start, end, repair } => {
                 let start = start.unwrap_or(0);
@@ -992,6 +1010,9 @@ impl crate::control::Controlled for Primary {
                     },
                 }
             }
+            Request::Checkpoints => Response::Error {
+                message: "the remote keeps the checkpoints: ask its control socket".into(),
+            },
         }
     }
 

@@ -80,8 +80,10 @@ fn take_batch(core: &RCore) -> Vec<Apply> {
 /// Applies a batch through the [`Applier`], one sync for all of it, and
 /// acknowledges it as Stored.
 fn apply_batch(core: &RCore, applier: &mut Applier, batch: Vec<Apply>) -> Result<(), ApplyError> {
-    for op in &batch {
-        match applier.apply(op)? {
+    for (i, op) in batch.iter().enumerate() {
+        // The undo journal saves what this era's writes overwrite, with
+        // one sync, before the first of them reaches the replica.
+        match applier.apply_in_batch(&batch, i)? {
             Applied::Data => {}
             Applied::Checkpoint { seq, label, .. } => {
                 tracing::info!("checkpoint {label:?} at seq {seq}");

@@ -12,6 +12,7 @@ pub mod applier;
 mod apply;
 mod session;
 mod status;
+pub mod undo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ use dtu_proto::{Epoch, Receiver, Seq};
 use tokio::sync::{watch, Notify};
 
 use self::applier::Applier;
+use self::undo::UndoState;
+pub use self::undo::{AsOf, CheckpointInfo, UndoOptions};
 use crate::config::{RemoteConfig, Volume};
 use crate::identity::{Fingerprint, Identity};
 use crate::metrics::{QuicMeter, RateMeter};
@@ -84,6 +87,9 @@ pub struct RemoteOptions {
     /// inode or size, or changed since a clean stop), marking it
     /// inconsistent instead of refusing to start.
     pub adopt_replica: bool,
+    /// The undo journal and checkpoint catalog (point in time); `None`
+    /// keeps no history: checkpoints are only logged.
+    pub undo: Option<UndoOptions>,
 }
 
 impl RemoteOptions {
@@ -106,6 +112,7 @@ impl RemoteOptions {
             state: c.state.clone(),
             workers: c.pipeline.workers,
             adopt_replica: false,
+            undo: c.undo.clone(),
         })
     }
 }
@@ -132,6 +139,8 @@ pub(crate) struct RCore {
     state: Mutex<RState>,
     pub volume_state: Arc<Mutex<VolumeState>>,
     pub replica: Arc<dyn Replica>,
+    /// The checkpoint catalog and undo journal, when on.
+    pub undo: Option<Arc<Mutex<UndoState>>>,
     /// Writes released operations to the replica. Taken first when several
     /// locks are needed (applier, then state, then volume state), so a
     /// connect that restarts the stream waits for the batch being applied.
@@ -237,7 +246,19 @@ impl Remote {
             tracing::warn!("the replica is inconsistent: {why}");
         }
         let hello = hello(&opts.volume, resume.epoch_seen, resume.stored);
+        let undo = match &opts.undo {
+            Some(u) => Some(Arc::new(Mutex::new(
+                UndoState::open(u, u64::from(opts.volume.block_size), opts.volume.size).map_err(
+                    |e| RemoteError::Start(format!("undo journal {}: {e}", u.dir.display())),
+                )?,
+            ))),
+            None => None,
+        };
         let vstate = Arc::new(Mutex::new(vstate));
+        let mut applier = Applier::new(replica.clone(), vstate.clone(), resume.stored);
+        if let Some(u) = &undo {
+            applier = applier.with_undo(u.clone());
+        }
         let (apply_tx, apply_rx) = crossbeam_channel::bounded(1);
         let (applied, _) = watch::channel(resume.stored);
         let core = Arc::new(RCore {
@@ -259,9 +280,10 @@ impl Remote {
                 stored_bytes: 0,
                 decision: None,
             }),
-            applier: Mutex::new(Applier::new(replica.clone(), vstate.clone(), resume.stored)),
+            applier: Mutex::new(applier),
             volume_state: vstate,
             replica,
+            undo,
             key: opts.volume.key.as_ref().map(Key::from_bytes),
             hello,
             control_wake: Notify::new(),
@@ -356,6 +378,80 @@ impl Remote {
         self.core.replica.clone()
     }
 
+    fn undo(&self) -> Result<std::sync::MutexGuard<'_, UndoState>, String> {
+        match &self.core.undo {
+            Some(u) => Ok(u.lock().unwrap_or_else(|p| p.into_inner())),
+            None => Err("this remote keeps no undo journal (undo.enabled = false)".into()),
+        }
+    }
+
+    /// The checkpoints held, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointInfo>, String> {
+        Ok(self.undo()?.list())
+    }
+
+    /// The checkpoint an as-of view at `at` shows: the nearest at or before
+    /// the time, or the newest with the label; a time before the oldest is
+    /// refused naming the oldest.
+    pub fn resolve_as_of(&self, at: &AsOf) -> Result<CheckpointInfo, String> {
+        let u = self.undo()?;
+        let e = u.resolve(at).map_err(|e| e.to_string())?;
+        Ok(u.list()
+            .into_iter()
+            .find(|c| c.era == e.era)
+            .unwrap_or(CheckpointInfo {
+                seq: e.seq,
+                time_us: e.time_us,
+                kind: e.kind_name().to_string(),
+                label: e.label.clone(),
+                era: e.era,
+                undo_bytes: 0,
+            }))
+    }
+
+    /// Fills `buf` with the volume's bytes at `off` as they were at the
+    /// checkpoint `at` resolves to ([`Remote::resolve_as_of`]), while
+    /// replication continues; answers that checkpoint.
+    pub fn read_as_of(
+        &self,
+        at: &AsOf,
+        off: u64,
+        buf: &mut [u8],
+    ) -> Result<CheckpointInfo, String> {
+        let info = self.resolve_as_of(at)?;
+        self.read_era(info.era, off, buf)?;
+        Ok(info)
+    }
+
+    /// As [`Remote::read_as_of`], at the checkpoint of undo era `era`
+    /// (one resolved before: an export keeps showing the same point).
+    pub fn read_era(&self, era: u64, off: u64, buf: &mut [u8]) -> Result<(), String> {
+        let u = self.undo()?;
+        let entry = u.resolve_era(era).ok_or_else(|| {
+            format!("the checkpoint of undo era {era} is no longer held (retention dropped it)")
+        })?;
+        u.read_as_of(&entry, off, buf, self.core.replica.as_ref())
+            .map_err(|e| e.to_string())
+    }
+
+    /// A read-only NBD export of the replica as it was at the checkpoint
+    /// `at` resolves to, while replication continues.
+    pub fn as_of_export(&self, at: &AsOf) -> Result<undo::AsOfExport, String> {
+        let Some(u) = &self.core.undo else {
+            return Err("this remote keeps no undo journal (undo.enabled = false)".into());
+        };
+        let entry = u
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .resolve(at)
+            .map_err(|e| e.to_string())?;
+        Ok(undo::AsOfExport::new(
+            u.clone(),
+            self.core.replica.clone(),
+            entry,
+        ))
+    }
+
     /// Everything the status display shows.
     pub fn status(&self) -> Status {
         Status::Remote(Box::new(status::build(self)))
@@ -421,6 +517,10 @@ impl crate::control::Controlled for Remote {
         use crate::control::{Request, Response};
         match req {
             Request::Status => Response::Status(Box::new(self.status())),
+            Request::Checkpoints => match self.checkpoints() {
+                Ok(checkpoints) => Response::Checkpoints { checkpoints },
+                Err(message) => Response::Error { message },
+            },
             other => Response::Error {
                 message: format!("{other:?} is for the primary; this is the remote"),
             },

@@ -15,6 +15,17 @@ pub(super) fn build(remote: &Remote) -> RemoteStatus {
         .per_second()
         * 8.0;
     let quic = core.quic.status();
+    let (checkpoints, oldest_checkpoint, undo_bytes) = match &core.undo {
+        Some(u) => {
+            let u = u.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                Some(u.len()),
+                u.oldest().map(|e| e.to_string()),
+                u.disk_bytes(),
+            )
+        }
+        None => (None, None, 0),
+    };
     let (reasons, gens, sync_target) = {
         let vs = core.volume_state.lock().unwrap_or_else(|p| p.into_inner());
         (vs.inconsistencies(), vs.gens(), vs.sync_target())
@@ -63,6 +74,10 @@ pub(super) fn build(remote: &Remote) -> RemoteStatus {
             stats.applied_ops as f64 / st.syncs as f64
         },
         last_checkpoint: st.last_checkpoint.clone(),
+        checkpoints,
+        oldest_checkpoint,
+        undo_bytes,
+        failed: st.failed.clone(),
         refused: st.refused,
         last_refusal: st.last_refusal.clone(),
         generation: crate::status::gen_hex(gens.current),

@@ -321,6 +321,18 @@ pub struct RemoteStatus {
     pub syncs: u64,
     pub ops_per_sync: f64,
     pub last_checkpoint: Option<String>,
+    /// Checkpoints the remote holds (its catalog), the oldest of them, and
+    /// the bytes its undo journal holds; `None` without an undo journal.
+    #[serde(default)]
+    pub checkpoints: Option<usize>,
+    #[serde(default)]
+    pub oldest_checkpoint: Option<String>,
+    #[serde(default)]
+    pub undo_bytes: u64,
+    /// Why the remote stopped applying (an I/O error on the replica or the
+    /// undo journal); `None` while it applies.
+    #[serde(default)]
+    pub failed: Option<String>,
     pub refused: u64,
     pub last_refusal: Option<String>,
     /// The replica's generation, hex, and the ones before it.
@@ -499,6 +511,12 @@ pub(crate) mod samples {
             syncs: 4,
             ops_per_sync: 2.0,
             last_checkpoint: None,
+            checkpoints: Some(2),
+            oldest_checkpoint: Some(
+                "\"c1\" (manual, 2026-12-02 12:46:24.000001 UTC, seq 7)".into(),
+            ),
+            undo_bytes: 8192,
+            failed: None,
             refused: 0,
             last_refusal: None,
             generation: gen_hex(0x1234),

@@ -548,6 +548,25 @@ fn remote(m: &mut Families<'_>, r: &RemoteStatus) -> fmt::Result {
         None,
         r.decode_failures,
     )?;
+    m.flag(
+        "applying",
+        "0 once the remote stopped applying after an error (see the status)",
+        r.failed.is_none(),
+    )?;
+    if let Some(n) = r.checkpoints {
+        m.gauge(
+            "checkpoints",
+            "checkpoints held (as-of views)",
+            None,
+            n as f64,
+        )?;
+        m.gauge(
+            "undo",
+            "bytes the undo journal holds",
+            b(),
+            r.undo_bytes as f64,
+        )?;
+    }
     m.counter(
         "refused_connections",
         "connection attempts refused (certificate or handshake)",

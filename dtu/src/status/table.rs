@@ -392,6 +392,22 @@ impl std::fmt::Display for Status {
                 if let Some(c) = &r.last_checkpoint {
                     row("checkpoint", c.clone());
                 }
+                if let Some(n) = r.checkpoints {
+                    row(
+                        "history",
+                        format!(
+                            "{n} checkpoints held{}, undo journal {}",
+                            r.oldest_checkpoint
+                                .as_ref()
+                                .map(|o| format!(", oldest {o}"))
+                                .unwrap_or_default(),
+                            dtu_proto::units::format_bytes(r.undo_bytes)
+                        ),
+                    );
+                }
+                if let Some(why) = &r.failed {
+                    row("STOPPED", format!("the remote stopped applying: {why}"));
+                }
                 if let Some(why) = &r.last_refusal {
                     row("last refusal", format!("{why} ({} in all)", r.refused));
                 }
