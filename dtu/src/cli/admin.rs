@@ -168,12 +168,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     // since it was asked for.
     let mut seen = false;
     loop {
-        let status = match ask(&a.target, Request::Status)? {
-            Response::Status(s) => s,
-            Response::Error { message } => bail!("{message}"),
-            Response::Ok { message } => bail!("unexpected answer: {message}"),
-            Response::Checkpoints { .. } => bail!("unexpected checkpoints answer"),
-        };
+        let status = ask_status(&a.target)?;
         let crate::status::Status::Primary(p) = *status else {
             bail!("a verify runs on the primary; this is a remote's control socket");
         };
@@ -235,11 +230,7 @@ pub fn progress(a: ProgressArgs) -> Result<()> {
     let verify = bars.add(indicatif::ProgressBar::new(0).with_style(style));
     verify.set_prefix("verify");
     loop {
-        let status = match ask(&a.target, Request::Status)? {
-            Response::Status(s) => s,
-            Response::Error { message } => bail!("{message}"),
-            Response::Ok { message } => bail!("unexpected answer: {message}"),
-        };
+        let status = ask_status(&a.target)?;
         let crate::status::Status::Primary(p) = *status else {
             bail!("syncs and verifies run on the primary; this is a remote's control socket");
         };
@@ -269,7 +260,11 @@ pub fn progress(a: ProgressArgs) -> Result<()> {
             verify.finish_and_clear();
             println!(
                 "nothing to sync or verify: mode {}, generation {}{}",
-                if m.mode.is_empty() { "journal" } else { &m.mode },
+                if m.mode.is_empty() {
+                    "journal"
+                } else {
+                    &m.mode
+                },
                 m.generation,
                 m.decision
                     .as_ref()
@@ -323,6 +318,16 @@ fn ask(t: &Target, req: Request) -> Result<Response> {
     Ok(request(&control_path(t)?, &req)?)
 }
 
+/// The DTU's status, or why it could not be had.
+fn ask_status(t: &Target) -> Result<Box<crate::status::Status>> {
+    match ask(t, Request::Status)? {
+        Response::Status(s) => Ok(s),
+        Response::Error { message } => bail!("{message}"),
+        Response::Ok { message } => bail!("unexpected answer: {message}"),
+        Response::Checkpoints { .. } => bail!("unexpected checkpoints answer"),
+    }
+}
+
 fn print_ok(resp: Response) -> Result<()> {
     match resp {
         Response::Ok { message } => {
@@ -337,12 +342,7 @@ fn print_ok(resp: Response) -> Result<()> {
 
 pub fn status(a: StatusArgs) -> Result<()> {
     loop {
-        let status = match ask(&a.target, Request::Status)? {
-            Response::Status(s) => s,
-            Response::Error { message } => bail!("{message}"),
-            Response::Ok { message } => bail!("unexpected answer: {message}"),
-            Response::Checkpoints { .. } => bail!("unexpected checkpoints answer"),
-        };
+        let status = ask_status(&a.target)?;
         if a.watch.is_some() && !a.json {
             // Clear the screen for a steady display.
             print!("\x1b[2J\x1b[H");

@@ -400,7 +400,10 @@ pub fn overflow(o: &Opts) -> Result<Report> {
         t.row(vec![
             mode.to_string(),
             f(m.answered_bytes as f64 / MIB as f64, 0),
-            f(m.answered_bytes as f64 / MIB as f64 / outage.as_secs_f64(), 1),
+            f(
+                m.answered_bytes as f64 / MIB as f64 / outage.as_secs_f64(),
+                1,
+            ),
             f(m.slowest_s, 2),
             f(m.marked_bytes as f64 / MIB as f64, 0),
             f(m.resync_s, 1),
