@@ -30,7 +30,7 @@ const MODE_FIX_SB_CRC: u8 = 2;
 /// sizes, an optional fill that puts the log across the ring's end, a
 /// reopen, releases, what survives the crash) and then damage to its image
 /// (xor bytes in the superblocks, in the log or anywhere, zero a range,
-/// truncate); see [`build_and_damage`].
+/// truncate); see `build_and_damage`.
 ///
 /// Checks, panicking on a violation: opening returns a typed error or a
 /// recovery whose records are complete seqs with dense seq numbers, one

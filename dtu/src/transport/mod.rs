@@ -4,11 +4,11 @@
 //!
 //! The remote DTU runs the server endpoint, the primary the client. Each
 //! side accepts exactly the peer certificate whose SHA-256 matches its
-//! configured fingerprint ([`pin`]), and the errors say which side refused
+//! configured fingerprint (`pin`), and the errors say which side refused
 //! which certificate, because a mismatched pair after `dtu init` on two
 //! machines is the most likely first-run mistake. Flow-control windows and
 //! the congestion controller come from the link's rate and RTT
-//! ([`tuning`]), since quinn's defaults starve long fat links.
+//! (`tuning`), since quinn's defaults starve long fat links.
 
 mod backoff;
 mod frames;
