@@ -18,15 +18,19 @@ pub enum Bug {
     /// Replaying the nvbuf into the primary's local copy after a restart
     /// skips trims.
     ForgetTrimOnReplay,
+    /// The remote's undo journal saves nothing before a trim, so an as-of
+    /// view shows zeros where the trimmed blocks held data.
+    UndoSkipsTrim,
 }
 
 impl Bug {
     /// Every plantable bug.
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::BufferedBeforeFlush,
         Bug::ReleaseOutOfOrder,
         Bug::ApplyTwice,
         Bug::ForgetTrimOnReplay,
+        Bug::UndoSkipsTrim,
     ];
 }
 

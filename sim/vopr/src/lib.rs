@@ -31,7 +31,14 @@
 //! (e) with the faults healed, everything drains within a bounded time;
 //! (f) the primary's local copy equals the replica once drained, and
 //!     recovery never reports the loss of durable records (no damage is
-//!     injected: only crashes).
+//!     injected: only crashes);
+//! (i) every checkpoint the remote's catalog holds that was applied while
+//!     the replica was consistent shows, as of it, exactly the host's
+//!     volume after that checkpoint's seq: across crashes of the remote
+//!     between the undo journal's save and the replica's sync, retention
+//!     drops under a small size limit, and at the end of some runs a
+//!     rollback (some cut short by a crash and finished by the restart)
+//!     leaves the replica equal to that volume, in a generation of its own.
 //!
 //! A violation names the seed, the step, the invariant and the last events;
 //! the same seed replays the same run, which a hash of the event trace
@@ -59,6 +66,8 @@ use dtu::primary::sync::{self, Event as SyncEvent, Prepared, SyncEngine, Work};
 use dtu::remote::accept::accept_primary;
 use dtu::remote::applier::Applied;
 use dtu::remote::applier::Applier;
+use dtu::remote::rollback;
+use dtu::remote::undo::{AsOf, UndoOptions, UndoState};
 use dtu::replica::{MemReplica, MemStateStore, OpenState, Replica, VolumeState};
 use dtu_proto::codec::{decode_chunk, Key};
 use dtu_proto::frame::{
@@ -105,6 +114,13 @@ pub struct Outcome {
     pub ahead_writes: u64,
     pub syncs: u64,
     pub verifies: u64,
+    /// As-of views compared with the host's volume at their checkpoint,
+    /// checkpoints dropped (retention, a restart of the stream), rollbacks
+    /// committed (some cut short
+    /// by a crash and finished at the restart).
+    pub views_checked: u64,
+    pub checkpoints_dropped: u64,
+    pub rollbacks: u64,
 }
 
 /// An invariant that failed.
@@ -260,6 +276,8 @@ struct PrimaryNode {
 struct RemoteNode {
     receiver: Receiver,
     applier: Applier,
+    /// The checkpoint catalog and undo journal (files in the run's directory).
+    undo: Arc<Mutex<UndoState>>,
     state: Arc<Mutex<VolumeState>>,
     replica: MemReplica,
     state_store: MemStateStore,
@@ -323,6 +341,13 @@ struct World {
     remote_disks: Option<RemoteDisks>,
     /// Changes on every machine crash of the remote.
     remote_boot: u64,
+    /// The remote's undo journal and catalog: real files, in this directory.
+    undo_dir: tempfile::TempDir,
+    /// The journal's size limit: small, so that retention drops checkpoints.
+    undo_max: u64,
+    /// Checkpoints the replica applied, and whether it was consistent then
+    /// (only those views must equal the host's volume at their seq).
+    views: BTreeMap<Seq, bool>,
     connected: bool,
     reconnect_at: u64,
     link_down_until: u64,
@@ -441,6 +466,7 @@ impl World {
             .gen_bool(0.5)
             .then(|| Duration::from_millis(rng.gen_range(200..3000)));
         let key_bytes = [seed as u8; 32];
+        let undo_max = rng.gen_range(64u64..1024) << 10;
         let t0 = Instant::now();
         let mut w = World {
             seed,
@@ -475,6 +501,15 @@ impl World {
                 replica_at: 0,
             }),
             remote_boot: 0,
+            undo_dir: tempfile::tempdir().map_err(|e| Violation {
+                seed,
+                step: 0,
+                invariant: "setup",
+                detail: format!("no directory for the undo journal: {e}"),
+                trace: Vec::new(),
+            })?,
+            undo_max,
+            views: BTreeMap::new(),
             connected: false,
             reconnect_at: 0,
             link_down_until: 0,
@@ -502,6 +537,9 @@ impl World {
                 ahead_writes: 0,
                 syncs: 0,
                 verifies: 0,
+                views_checked: 0,
+                checkpoints_dropped: 0,
+                rollbacks: 0,
             },
             rng,
         };
@@ -697,6 +735,9 @@ impl World {
             self.deliver()?;
             self.remote_step()?;
             self.connect_step()?;
+            if self.step.is_multiple_of(500) {
+                self.check_views()?;
+            }
             if !self.faults_allowed() && self.drained() {
                 return self.finish();
             }
@@ -797,6 +838,10 @@ impl World {
                 "b (prefix)",
                 format!("after healing, the replica is still marked inconsistent: {consistent:?}"),
             ));
+        }
+        self.check_views()?;
+        if self.rng.gen_bool(0.5) {
+            self.rollback_finale()?;
         }
         self.out.steps = self.step;
         self.out.trace_hash = format!("{:08x}-{}", self.hasher.clone().finalize(), self.trace_len);
@@ -1101,22 +1146,234 @@ impl World {
                 ));
             }
         }
+        let undo = self.open_undo()?;
         let state = Arc::new(Mutex::new(state));
         let replica_dyn: Arc<dyn Replica> = Arc::new(replica.clone());
         self.remote = Some(RemoteNode {
+            undo: undo.clone(),
             receiver: Receiver::new(
                 resume.stored,
                 resume.epoch_seen,
                 Duration::from_millis(100),
                 self.now(),
             ),
-            applier: Applier::new(replica_dyn, state.clone(), resume.stored),
+            applier: Applier::new(replica_dyn, state.clone(), resume.stored).with_undo(undo),
             state,
             hello: dtu::remote::hello(&self.volume, resume.epoch_seen, resume.stored),
             replica,
             state_store,
             decoding: Vec::new(),
         });
+        // (i) across the crash: the journal and the catalog reopened.
+        self.check_views()
+    }
+
+    /// Opens the remote's catalog and undo journal as `Remote::start`
+    /// does (reconciling them after a crash).
+    fn open_undo(&mut self) -> Result<Arc<Mutex<UndoState>>, Violation> {
+        let opts = UndoOptions {
+            dir: self.undo_dir.path().to_path_buf(),
+            max_bytes: self.undo_max,
+            max_age: None,
+        };
+        match UndoState::open(&opts, 4096, VOLUME as u64) {
+            Ok(u) => Ok(Arc::new(Mutex::new(u))),
+            Err(e) => Err(self.fail(
+                "i (as-of views)",
+                format!("the undo journal does not reopen: {e}"),
+            )),
+        }
+    }
+
+    /// (i): every checkpoint the remote holds that was applied while the
+    /// replica was consistent shows, as of it, exactly the host's volume
+    /// after that checkpoint's seq.
+    fn check_views(&mut self) -> Result<(), Violation> {
+        let Some(r) = &self.remote else {
+            return Ok(());
+        };
+        let u = r.undo.lock().expect("undo");
+        let held = u.list();
+        let mut bad = None;
+        let mut checked = 0;
+        for c in &held {
+            if self.views.get(&c.seq) != Some(&true) {
+                continue;
+            }
+            let mut view = vec![0u8; VOLUME];
+            if let Err(e) = u.read_as_of(
+                &u.resolve(&AsOf::Label(c.label.clone())).expect("held"),
+                0,
+                &mut view,
+                &r.replica,
+            ) {
+                bad = Some(format!("as of {} (seq {}): {e}", c.label, c.seq));
+                break;
+            }
+            let want = volume_after(&self.base, &self.history, c.seq);
+            if let Some(i) = view.iter().zip(&want).position(|(a, b)| a != b) {
+                bad = Some(format!(
+                    "the view as of checkpoint {} (seq {}) differs from the host's volume at that seq at byte {i} (view {:#04x}, volume {:#04x}, replica now {:#04x})",
+                    c.label, c.seq, view[i], want[i], r.replica.working_image()[i]
+                ));
+                break;
+            }
+            checked += 1;
+        }
+        drop(u);
+        // Checkpoints that left the catalog (retention, a restart of the
+        // stream) do not come back.
+        let before = self.views.len();
+        let held_seqs: std::collections::BTreeSet<Seq> = held.iter().map(|c| c.seq).collect();
+        self.views.retain(|seq, _| held_seqs.contains(seq));
+        self.out.checkpoints_dropped += (before - self.views.len()) as u64;
+        self.out.views_checked += checked;
+        match bad {
+            Some(d) => Err(self.fail("i (as-of views)", d)),
+            None => Ok(()),
+        }
+    }
+
+    /// The end of a run, now and then: the remote rolls its replica back
+    /// to a checkpoint it holds (one applied while consistent) through
+    /// dtu's rollback, crashing part way through the rewrite on some seeds
+    /// and finishing it at the restart; the replica must then equal the
+    /// host's volume at that checkpoint, in a generation of its own, with
+    /// the later checkpoints gone.
+    fn rollback_finale(&mut self) -> Result<(), Violation> {
+        let Some(r) = self.remote.take() else {
+            return Ok(());
+        };
+        let pick = {
+            let u = r.undo.lock().expect("undo");
+            let good: Vec<_> = u
+                .list()
+                .into_iter()
+                .filter(|c| self.views.get(&c.seq) == Some(&true))
+                .collect();
+            (!good.is_empty()).then(|| good[self.rng.gen_range(0..good.len())].clone())
+        };
+        let Some(c) = pick else {
+            self.remote = Some(r);
+            return Ok(());
+        };
+        let gen: u64 = self.rng.gen::<u64>() | 1;
+        let entry = r
+            .undo
+            .lock()
+            .expect("undo")
+            .resolve(&AsOf::Label(c.label.clone()))
+            .expect("held");
+        let m = rollback::marker_for(&entry, gen);
+        let crash = self.rng.gen_bool(0.5);
+        self.event(format!(
+            "rollback to checkpoint {} (seq {}){}",
+            c.label,
+            c.seq,
+            if crash { ", cut short by a crash" } else { "" }
+        ));
+        let fail = |w: &Self, d: String| w.fail("i (as-of views)", d);
+        let (replica, state_store) = if crash {
+            let plan = {
+                let u = r.undo.lock().expect("undo");
+                rollback::begin(&u, m).map_err(|e| fail(self, e.to_string()))?;
+                u.rollback_plan(entry.era)
+                    .map_err(|e| fail(self, e.to_string()))?
+            };
+            let n = self.rng.gen_range(0..=plan.len());
+            for step in &plan[..n] {
+                let _ = match step {
+                    dtu::undo::RollbackStep::Write { off, data } => r.replica.write_at(*off, data),
+                    dtu::undo::RollbackStep::Zero { off, len } => r.replica.trim(*off, *len),
+                };
+            }
+            let img = if self.rng.gen_bool(0.5) {
+                r.replica.durable_image()
+            } else {
+                r.replica.working_image()
+            };
+            let state = r.state_store.durable_image();
+            drop(r);
+            (
+                MemReplica::from_image(img, 7),
+                MemStateStore::from_image(state),
+            )
+        } else {
+            let mut u = r.undo.lock().expect("undo");
+            let mut vs = r.state.lock().expect("state");
+            rollback::commit(&mut u, m, &r.replica, &mut vs)
+                .map_err(|e| fail(self, e.to_string()))?;
+            drop((u, vs));
+            let img = r.replica.durable_image();
+            let state = r.state_store.durable_image();
+            drop(r);
+            (
+                MemReplica::from_image(img, 7),
+                MemStateStore::from_image(state),
+            )
+        };
+        // The restart: a marker left behind finishes the rollback.
+        let undo = self.open_undo()?;
+        let (mut vs, _) = VolumeState::open_in(
+            Box::new(state_store.clone()),
+            &replica,
+            OpenState {
+                volume_id: VOLUME_ID,
+                boot_id: boot_id(self.remote_boot + 1),
+                adopt: false,
+                path: std::path::Path::new("sim-replica.state"),
+            },
+        )
+        .map_err(|e| {
+            fail(
+                self,
+                format!("the state does not reopen after the rollback: {e}"),
+            )
+        })?;
+        let mut u = undo.lock().expect("undo");
+        let finished = rollback::finish_pending(&mut u, &replica, &mut vs)
+            .map_err(|e| fail(self, format!("finishing the rollback: {e}")))?;
+        if crash != finished.is_some() {
+            return Err(fail(
+                self,
+                format!(
+                    "a rollback {} was left to finish",
+                    if crash { "cut short" } else { "committed" }
+                ),
+            ));
+        }
+        let want = volume_after(&self.base, &self.history, c.seq);
+        let got = replica.working_image();
+        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            return Err(fail(
+                self,
+                format!("after the rollback to seq {} the replica differs from the host's volume then at byte {i}", c.seq),
+            ));
+        }
+        if replica.durable_image() != got {
+            return Err(fail(self, "the rollback's rewrite was not synced".into()));
+        }
+        if vs.gens().current != gen || vs.synced() != c.seq {
+            return Err(fail(
+                self,
+                format!(
+                    "after the rollback the replica is at generation {:x} seq {}, not {gen:x} seq {}",
+                    vs.gens().current,
+                    vs.synced(),
+                    c.seq
+                ),
+            ));
+        }
+        if let Some(after) = u.list().iter().find(|x| x.seq > c.seq) {
+            return Err(fail(
+                self,
+                format!(
+                    "checkpoint {} (seq {}) outlived the rollback to seq {}",
+                    after.label, after.seq, c.seq
+                ),
+            ));
+        }
+        self.out.rollbacks += 1;
         Ok(())
     }
 
@@ -1350,7 +1607,7 @@ impl World {
                 seq,
                 epoch,
                 kind: CheckpointKind::Manual as u8,
-                time_us: self.step * 1000,
+                time_us: (self.step + 1) * 1000,
                 label: format!("cp-{seq}"),
             });
             p.appender
@@ -1659,6 +1916,8 @@ impl World {
     }
 
     fn remote_step(&mut self) -> Result<(), Violation> {
+        let faults = self.faults_allowed();
+        let mut crash_mid_batch = false;
         let now = self.now();
         let vnow = self.vnow();
         let link_up = self.link_down_until <= self.step && self.connected;
@@ -1704,6 +1963,12 @@ impl World {
             }
             r.receiver.on_applied(&op);
             applied_any = true;
+            // A machine crash after the undo journal saved (and synced)
+            // what the batch overwrites, before the replica's sync.
+            if faults && self.rng.gen_bool(0.0005) {
+                crash_mid_batch = true;
+                break;
+            }
             // (b): the model applies the host's op for this seq.
             if seq <= self.expected_upto {
                 // A replay after a machine crash re-applies what the
@@ -1732,6 +1997,11 @@ impl World {
                 self.expected_upto = seq;
             }
             let consistent = r.state.lock().expect("state").inconsistencies().is_empty();
+            if matches!(op, dtu_proto::receiver::Apply::Checkpoint { .. }) {
+                self.views
+                    .entry(seq)
+                    .or_insert(consistent && seq == self.expected_upto);
+            }
             if consistent && seq >= self.expected_upto {
                 let replica = r.replica.working_image();
                 if replica != self.expected {
@@ -1748,6 +2018,10 @@ impl World {
                     ));
                 }
             }
+        }
+        if crash_mid_batch {
+            self.crash_remote(true);
+            return Ok(());
         }
         // One sync per batch, as the apply thread does.
         if applied_any || self.step.is_multiple_of(4) {
@@ -1805,7 +2079,7 @@ pub fn summary(o: &Outcome) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "seed {}: {} steps, {} writes, {} trims, {} checkpoints, {} answers, {} primary crashes, {} remote crashes, {} outages, {} nacks, local copy {}, initial {}, {} folds, {} writes ahead, {} syncs, {} verifies, trace {}",
+        "seed {}: {} steps, {} writes, {} trims, {} checkpoints, {} answers, {} primary crashes, {} remote crashes, {} outages, {} nacks, local copy {}, initial {}, {} folds, {} writes ahead, {} syncs, {} verifies, {} views checked, {} checkpoints dropped, {} rollbacks, trace {}",
         o.seed,
         o.steps,
         o.writes,
@@ -1822,6 +2096,9 @@ pub fn summary(o: &Outcome) -> String {
         o.ahead_writes,
         o.syncs,
         o.verifies,
+        o.views_checked,
+        o.checkpoints_dropped,
+        o.rollbacks,
         o.trace_hash
     );
     s
