@@ -181,6 +181,25 @@ pub struct SyncSection {
     pub verify_every: Option<String>,
 }
 
+/// Checkpoints the primary takes by itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Take a `timer` checkpoint this often, e.g. `"15min"`; none without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+}
+
+fn checkpoint_is_default(s: &CheckpointSection) -> bool {
+    *s == CheckpointSection::default()
+}
+
+/// Shortest `checkpoint.every`: each checkpoint begins an undo era, and
+/// the catalog holds at most [`crate::undo::MAX_CHECKPOINTS`].
+pub const MIN_CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+/// Longest `checkpoint.every` (a year).
+pub const MAX_CHECKPOINT_EVERY: Duration = Duration::from_secs(366 * 24 * 3600);
+
 fn default_nvbuf_size() -> String {
     "1GiB".into()
 }
@@ -409,6 +428,8 @@ pub struct PrimaryFile {
     pub nbd: NbdSection,
     #[serde(default, skip_serializing_if = "sync_is_default")]
     pub sync: SyncSection,
+    #[serde(default, skip_serializing_if = "checkpoint_is_default")]
+    pub checkpoint: CheckpointSection,
     pub admin: AdminSection,
 }
 
@@ -822,6 +843,8 @@ pub struct PrimaryConfig {
     pub metrics: Option<SocketAddr>,
     /// The changed-block map, sync, overflow and verify.
     pub mirror: MirrorOptions,
+    /// `checkpoint.every`: a `timer` checkpoint this often.
+    pub checkpoint_every: Option<Duration>,
 }
 
 /// Everything `dtu remote` needs, parsed and with absolute paths.
@@ -860,8 +883,18 @@ impl PrimaryConfig {
             .ok_or_else(|| c.err("link.remote", "the primary needs the remote's address"))?;
         let nvbuf_size = nvbuf_size(&f.nvbuf.size).map_err(|e| c.err("nvbuf.size", e))?;
         let mirror = mirror(&c, &f.nvbuf, &f.sync)?;
+        let checkpoint_every = f
+            .checkpoint
+            .every
+            .as_deref()
+            .map(|e| {
+                units::parse_duration_within(e, MIN_CHECKPOINT_EVERY, MAX_CHECKPOINT_EVERY)
+                    .map_err(|e| c.err("checkpoint.every", e))
+            })
+            .transpose()?;
         Ok(PrimaryConfig {
             mirror,
+            checkpoint_every,
             volume: volume(&c, &f.volume)?,
             cert: c.resolve(&f.identity.cert),
             key: c.resolve(&f.identity.key),
@@ -978,6 +1011,7 @@ mod tests {
             policy: PolicySection::default(),
             nbd: NbdSection::default(),
             sync: SyncSection::default(),
+            checkpoint: Default::default(),
             admin: AdminSection {
                 control: "primary.ctl".into(),
                 metrics: None,

@@ -54,6 +54,29 @@ pub enum Request {
     },
     /// The checkpoints the remote holds (its catalog), oldest first.
     Checkpoints,
+    /// Serves the replica as of a checkpoint (a label, or a time: the
+    /// nearest checkpoint at or before it) as a read-only NBD export on a
+    /// TCP address or a unix socket, while replication goes on.
+    Export {
+        as_of: String,
+        #[serde(default)]
+        tcp: Option<String>,
+        #[serde(default)]
+        unix: Option<PathBuf>,
+    },
+    /// Stops the as-of view.
+    Unexport,
+    /// Rolls the replica back to a checkpoint: a trial first (applying
+    /// pauses, the view is served), then commit or abandon.
+    Rollback {
+        action: RollbackAction,
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        tcp: Option<String>,
+        #[serde(default)]
+        unix: Option<PathBuf>,
+    },
     /// Compares the local copy and the replica by block digests over
     /// `start..end` (the whole volume without them) while the host keeps
     /// writing; with `repair`, differing extents are resynced.
@@ -65,6 +88,15 @@ pub enum Request {
         #[serde(default)]
         repair: bool,
     },
+}
+
+/// The step of a rollback a [`Request::Rollback`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RollbackAction {
+    Trial,
+    Commit,
+    Abandon,
 }
 
 /// Why a control request is refused before it reaches the DTU.
@@ -82,6 +114,10 @@ pub enum RequestError {
     Kind(String),
     #[error("range {0}..{1} is empty")]
     Range(u64, u64),
+    #[error("{0}")]
+    Rollback(&'static str),
+    #[error("checkpoint name or time of {0} bytes is too long")]
+    AsOfTooLong(usize),
 }
 
 impl Request {
@@ -97,7 +133,51 @@ impl Request {
     /// The checks of [`Request::parse`] on a request built in code.
     pub fn check(&self) -> Result<(), RequestError> {
         match self {
-            Request::Status | Request::Checkpoints => Ok(()),
+            Request::Status | Request::Checkpoints | Request::Unexport => Ok(()),
+            Request::Export { as_of, tcp, unix } => {
+                if as_of.len() > MAX_LABEL + 64 {
+                    return Err(RequestError::AsOfTooLong(as_of.len()));
+                }
+                match (tcp, unix) {
+                    (Some(_), None) | (None, Some(_)) => Ok(()),
+                    _ => Err(RequestError::Rollback(
+                        "an as-of view needs exactly one of a TCP address and a unix socket",
+                    )),
+                }
+            }
+            Request::Rollback {
+                action,
+                to,
+                tcp,
+                unix,
+            } => {
+                if to.as_ref().is_some_and(|t| t.len() > MAX_LABEL + 64) {
+                    return Err(RequestError::AsOfTooLong(
+                        to.as_ref().map_or(0, |t| t.len()),
+                    ));
+                }
+                match action {
+                    RollbackAction::Trial if to.is_none() => Err(RequestError::Rollback(
+                        "a rollback trial needs the checkpoint to try (--to)",
+                    )),
+                    RollbackAction::Trial if tcp.is_some() && unix.is_some() => {
+                        Err(RequestError::Rollback(
+                            "the trial's view listens on a TCP address or a unix socket, not both",
+                        ))
+                    }
+                    RollbackAction::Commit | RollbackAction::Abandon
+                        if tcp.is_some() || unix.is_some() =>
+                    {
+                        Err(RequestError::Rollback(
+                            "only a rollback trial serves a view (--tcp, --unix)",
+                        ))
+                    }
+                    RollbackAction::Abandon if to.is_some() => Err(RequestError::Rollback(
+                        "abandon ends the trial under way; it takes no checkpoint",
+                    )),
+                    _ => Ok(()),
+                }
+            }
             Request::SetPolicy {
                 trigger,
                 delay,

@@ -269,3 +269,177 @@ fn as_of_views_show_each_checkpoint_while_the_replica_moves_on_and_survive_a_res
     );
     remote.shutdown();
 }
+
+/// One control request, as `dtu export` / `dtu rollback` send it.
+fn ask(r: &Remote, json: &str) -> Result<String, String> {
+    let req = Request::parse(json).map_err(|e| e.to_string())?;
+    match r.handle(req) {
+        Response::Ok { message } => Ok(message),
+        Response::Error { message } => Err(message),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+/// The whole volume read through a real NBD client from `uri`.
+fn nbd_read_all(uri: &str, dir: &std::path::Path) -> Vec<u8> {
+    let out = dir.join("view.img");
+    let _ = std::fs::remove_file(&out);
+    let st = std::process::Command::new("nbdcopy")
+        .args([uri, out.to_str().unwrap()])
+        .output()
+        .expect("nbdcopy (libnbd-bin) runs");
+    assert!(
+        st.status.success(),
+        "nbdcopy {uri}: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    std::fs::read(&out).unwrap()
+}
+
+/// A rollback tried, abandoned, tried again and committed, through the
+/// control requests `dtu rollback` sends: the trial pauses applying (the
+/// replica stays still while the host goes on writing; its view is served
+/// over NBD), abandon resumes it with nothing lost, commit rewrites the
+/// replica to the checkpoint, drops the later ones and gives the replica a
+/// generation of its own, so that the primary it left is refused; all of
+/// it survives a restart of the remote.
+#[test]
+fn a_rollback_is_tried_abandoned_then_committed_and_the_old_primary_is_refused() {
+    let rig = Rig::new();
+    let remote = rig.remote();
+    let primary = rig.primary();
+
+    let a = host_writes(&primary, 11, 30, vec![0; SIZE as usize]);
+    primary.checkpoint("c1").unwrap().wait().unwrap();
+    let b = host_writes(&primary, 12, 30, a.clone());
+    primary.checkpoint("c2").unwrap().wait().unwrap();
+    let c = host_writes(&primary, 13, 30, b.clone());
+    wait_for("everything stored", Duration::from_secs(60), || {
+        stored_all(&primary)
+    });
+
+    // Refused before they reach the remote.
+    assert!(ask(&remote, r#"{"op":"rollback","action":"trial"}"#).is_err());
+    assert!(ask(&remote, r#"{"op":"rollback","action":"abandon","to":"c1"}"#).is_err());
+    let e = ask(&remote, r#"{"op":"rollback","action":"abandon"}"#).unwrap_err();
+    assert!(e.contains("no rollback trial"), "{e}");
+    let e = ask(&remote, r#"{"op":"rollback","action":"trial","to":"nope"}"#).unwrap_err();
+    assert!(e.contains("nope"), "{e}");
+
+    // The trial: applying pauses, the view at c1 is served over NBD.
+    let sock = rig.path("view.sock");
+    let m = ask(
+        &remote,
+        &format!(
+            r#"{{"op":"rollback","action":"trial","to":"c1","unix":"{}"}}"#,
+            sock.display()
+        ),
+    )
+    .unwrap();
+    assert!(m.contains("paused") && m.contains("c1"), "{m}");
+    let rs = remote_status(&remote);
+    assert!(
+        rs.hold.as_deref().is_some_and(|h| h.contains("trial")),
+        "{rs:?}"
+    );
+    assert!(rs.view.is_some(), "{rs:?}");
+    let uri = format!("nbd+unix:///asof?socket={}", sock.display());
+    assert_same("trial view of c1", &nbd_read_all(&uri, rig.dir.path()), &a);
+    // A second trial or view is refused while this one runs.
+    assert!(ask(&remote, r#"{"op":"rollback","action":"trial","to":"c2"}"#).is_err());
+    assert!(ask(&remote, r#"{"op":"unexport"}"#).is_err());
+    // The host goes on writing; the replica stays still.
+    let stored_before = remote.stored_seq();
+    let d = host_writes(&primary, 14, 20, c.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(remote.stored_seq(), stored_before, "applying did not pause");
+    assert_same(
+        "replica during the trial",
+        &std::fs::read(rig.path("replica.img")).unwrap(),
+        &c,
+    );
+
+    // Abandon: applying resumes where it paused, nothing lost.
+    let m = ask(&remote, r#"{"op":"rollback","action":"abandon"}"#).unwrap();
+    assert!(m.contains("abandoned"), "{m}");
+    wait_for(
+        "the writes of the trial stored",
+        Duration::from_secs(60),
+        || stored_all(&primary),
+    );
+    assert_same(
+        "replica after abandon",
+        &std::fs::read(rig.path("replica.img")).unwrap(),
+        &d,
+    );
+    assert_eq!(remote_status(&remote).hold, None);
+
+    // Try c2 and commit it.
+    primary.checkpoint("c3").unwrap().wait().unwrap();
+    let _e = host_writes(&primary, 15, 10, d.clone());
+    wait_for("stored", Duration::from_secs(60), || stored_all(&primary));
+    ask(&remote, r#"{"op":"rollback","action":"trial","to":"c2"}"#).unwrap();
+    let e = ask(&remote, r#"{"op":"rollback","action":"commit","to":"c1"}"#).unwrap_err();
+    assert!(
+        e.contains("c2"),
+        "a commit of another point is refused: {e}"
+    );
+    let gen_before = remote_status(&remote).generation;
+    let m = ask(&remote, r#"{"op":"rollback","action":"commit"}"#).unwrap();
+    assert!(m.contains("rolled back") && m.contains("c2"), "{m}");
+    assert_same(
+        "replica after the commit",
+        &std::fs::read(rig.path("replica.img")).unwrap(),
+        &b,
+    );
+    assert_eq!(
+        listed(&remote)
+            .iter()
+            .map(|c| c.label.as_str())
+            .collect::<Vec<_>>(),
+        ["c1", "c2"],
+        "the later checkpoints went"
+    );
+    let rs = remote_status(&remote);
+    assert_ne!(rs.generation, gen_before, "a new generation");
+    assert!(rs.generation_history.contains(&gen_before), "{rs:?}");
+    assert!(
+        rs.hold
+            .as_deref()
+            .is_some_and(|h| h.contains("rolled back")),
+        "{rs:?}"
+    );
+    assert_same(
+        "as of c1 after the commit",
+        &as_of(&remote, AsOf::Label("c1".into())),
+        &a,
+    );
+
+    // The primary it left is refused at its next connect, and its writes
+    // do not reach the replica.
+    let _ = host_writes(&primary, 16, 5, vec![0; SIZE as usize]);
+    wait_for("the primary refused", Duration::from_secs(30), || {
+        remote_status(&remote)
+            .decision
+            .is_some_and(|d| d.contains("moved on"))
+    });
+    assert_same(
+        "replica after the old primary tried",
+        &std::fs::read(rig.path("replica.img")).unwrap(),
+        &b,
+    );
+    primary.shutdown();
+
+    // A restart keeps the rollback.
+    remote.shutdown();
+    let remote = rig.remote();
+    let rs = remote_status(&remote);
+    assert_ne!(rs.generation, gen_before);
+    assert_same(
+        "replica after a restart",
+        &std::fs::read(rig.path("replica.img")).unwrap(),
+        &b,
+    );
+    assert_eq!(listed(&remote).len(), 2);
+    remote.shutdown();
+}

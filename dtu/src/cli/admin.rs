@@ -99,6 +99,53 @@ fn parse_kind(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// `dtu export --as-of TIME|LABEL (--tcp ADDR | --unix PATH)`, `dtu export --stop`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The checkpoint to show: its label, or a time (`@SECS` or
+    /// `YYYY-MM-DD HH:MM[:SS]` UTC) for the nearest checkpoint at or before it.
+    #[arg(long, value_name = "TIME|LABEL", required_unless_present = "stop")]
+    pub as_of: Option<String>,
+    /// Serve the view on this TCP address (port 0 picks one); the default is 127.0.0.1:0.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["unix", "stop"])]
+    pub tcp: Option<String>,
+    /// Serve the view on this unix socket.
+    #[arg(long, value_name = "PATH", conflicts_with = "stop")]
+    pub unix: Option<PathBuf>,
+    /// Stop the view being served.
+    #[arg(long, conflicts_with = "as_of")]
+    pub stop: bool,
+}
+
+/// `dtu rollback --to TIME|LABEL --trial | --commit [--to ...] | --abandon`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("step").required(true).args(["trial", "commit", "abandon"])))]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The checkpoint: its label, or a time for the nearest at or before it.
+    #[arg(long, value_name = "TIME|LABEL")]
+    pub to: Option<String>,
+    /// Pause applying and serve the checkpoint's view read-only for inspection.
+    #[arg(long, requires = "to")]
+    pub trial: bool,
+    /// Rewrite the replica to the checkpoint (the trial's, or --to's) and
+    /// start a new generation.
+    #[arg(long)]
+    pub commit: bool,
+    /// End the trial; applying resumes.
+    #[arg(long, conflicts_with = "to")]
+    pub abandon: bool,
+    /// The trial's view listens on this TCP address.
+    #[arg(long, value_name = "ADDR", requires = "trial", conflicts_with = "unix")]
+    pub tcp: Option<String>,
+    /// The trial's view listens on this unix socket.
+    #[arg(long, value_name = "PATH", requires = "trial")]
+    pub unix: Option<PathBuf>,
+}
+
 /// `dtu checkpoints [--json]`: the checkpoints the remote holds.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckpointsArgs {
@@ -406,6 +453,42 @@ pub fn checkpoint(a: CheckpointArgs) -> Result<()> {
     };
     req.check()?;
     print_ok(ask(&a.target, req)?)
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let req = match a.as_of {
+        Some(as_of) if !a.stop => Request::Export {
+            tcp: a.tcp.or(if a.unix.is_none() {
+                Some("127.0.0.1:0".into())
+            } else {
+                None
+            }),
+            unix: a.unix,
+            as_of,
+        },
+        _ => Request::Unexport,
+    };
+    print_ok(ask(&a.target, req)?)
+}
+
+pub fn rollback(a: RollbackArgs) -> Result<()> {
+    use crate::control::RollbackAction;
+    let action = if a.trial {
+        RollbackAction::Trial
+    } else if a.commit {
+        RollbackAction::Commit
+    } else {
+        RollbackAction::Abandon
+    };
+    print_ok(ask(
+        &a.target,
+        Request::Rollback {
+            action,
+            to: a.to,
+            tcp: a.tcp,
+            unix: a.unix,
+        },
+    )?)
 }
 
 pub fn checkpoints(a: CheckpointsArgs) -> Result<()> {

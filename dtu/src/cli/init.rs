@@ -160,6 +160,7 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
             tls_dir: Some(NBD_TLS_DIR.into()),
             ..NbdSection::default()
         },
+        checkpoint: Default::default(),
         admin: AdminSection {
             control: "primary.ctl".into(),
             metrics: None,

@@ -45,6 +45,12 @@ pub enum Command {
     Checkpoint(admin::CheckpointArgs),
     /// List the checkpoints the remote holds (time, kind, label, seq, undo bytes).
     Checkpoints(admin::CheckpointsArgs),
+    /// Serve the replica as of a checkpoint, read-only over NBD, while
+    /// replication goes on (on the remote); --stop ends it.
+    Export(admin::ExportArgs),
+    /// Roll the replica back to a checkpoint: --trial (pause applying,
+    /// serve its view), then --commit or --abandon (on the remote).
+    Rollback(admin::RollbackArgs),
     /// Compare the local copy and the replica by block digests while the
     /// host keeps writing; report (and with --repair resync) what differs.
     Verify(admin::VerifyArgs),
@@ -126,6 +132,8 @@ pub fn main() -> Result<()> {
         Command::Dirty(a) => admin::dirty(a),
         Command::Checkpoint(a) => admin::checkpoint(a),
         Command::Checkpoints(a) => admin::checkpoints(a),
+        Command::Export(a) => admin::export(a),
+        Command::Rollback(a) => admin::rollback(a),
         Command::Verify(a) => admin::verify(a),
         Command::Progress(a) => admin::progress(a),
         Command::Demo(a) => {

@@ -13,7 +13,6 @@ use crate::control::{self, Controlled};
 use crate::nbd::tls::{NbdTls, TlsMode};
 use crate::nbd::{Export, FileExport, NbdServer};
 use crate::primary::{Primary, PrimaryExport, PrimaryOptions};
-use crate::remote::AsOf;
 use crate::remote::{Remote, RemoteOptions};
 
 /// `dtu primary`.
@@ -245,7 +244,7 @@ pub fn primary(a: PrimaryArgs) -> Result<()> {
     let primary = Arc::new(Primary::start_on(opts, rt.handle().clone())?);
     let export: Arc<dyn Export> = Arc::new(PrimaryExport::new(primary.clone()));
     let result = rt.block_on(async {
-        let (tasks, stop) = serve_admin_and_nbd(
+        let (mut tasks, stop) = serve_admin_and_nbd(
             primary.clone(),
             cfg.control.clone(),
             metrics,
@@ -255,6 +254,11 @@ pub fn primary(a: PrimaryArgs) -> Result<()> {
             &cfg.nbd_tls,
         )
         .await?;
+        if let Some(every) = cfg.checkpoint_every {
+            tasks.push(tokio::spawn(
+                primary.clone().checkpoint_every(every, stop.subscribe()),
+            ));
+        }
         eprintln!("primary running; control socket {}", cfg.control.display());
         until_signal().await;
         eprintln!("stopping the primary");
@@ -290,15 +294,10 @@ pub fn remote(a: RemoteArgs) -> Result<()> {
         anyhow::bail!("--export-as-of needs --export-ro or --export-ro-unix (or nbd.tcp / nbd.unix in the config)");
     }
     let export: Option<(String, Arc<dyn Export>)> = if let Some(v) = &a.export_as_of {
-        let labelled = remote
+        remote
             .checkpoints()
-            .map_err(|e| anyhow!("--export-as-of: {e}"))?
-            .iter()
-            .any(|c| &c.label == v);
-        let at = match crate::remote::undo::parse_time(v) {
-            Some(t) if !labelled => AsOf::Time(t),
-            _ => AsOf::Label(v.clone()),
-        };
+            .map_err(|e| anyhow!("--export-as-of: {e}"))?;
+        let at = remote.parse_as_of(v);
         let ex = remote
             .as_of_export(&at)
             .map_err(|e| anyhow!("--export-as-of {v}: {e}"))?;

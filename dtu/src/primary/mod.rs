@@ -702,6 +702,36 @@ impl Primary {
         self.checkpoint_as(dtu_proto::frame::CheckpointKind::Manual, label)
     }
 
+    /// Takes a `timer` checkpoint every `every` (`checkpoint.every`) until
+    /// `stop` turns true. A checkpoint that cannot be taken now (the
+    /// primary tracks changes in its map while the remote is behind) is
+    /// logged and the next one is tried on time.
+    pub async fn checkpoint_every(
+        self: Arc<Self>,
+        every: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let label = format!(
+                "timer {}",
+                crate::undo::fmt_time_us(crate::remote::undo::now_us())
+            );
+            match self.checkpoint_as(dtu_proto::frame::CheckpointKind::Timer, &label) {
+                Ok(_) => tracing::debug!("checkpoint {label:?} taken (checkpoint.every)"),
+                Err(e) => tracing::warn!("the timer checkpoint {label:?} was not taken: {e}"),
+            }
+        }
+    }
+
     /// A checkpoint of `kind` (boot, shutdown, install, …) labelled
     /// `label`, stamped with this machine's wall time: the remote keeps it
     /// in its catalog and the replica can be read as it was at it.
@@ -1013,6 +1043,12 @@ impl crate::control::Controlled for Primary {
             Request::Checkpoints => Response::Error {
                 message: "the remote keeps the checkpoints: ask its control socket".into(),
             },
+            Request::Export { .. } | Request::Unexport | Request::Rollback { .. } => {
+                Response::Error {
+                    message: "as-of views and rollbacks are the remote's: ask its control socket"
+                        .into(),
+                }
+            }
         }
     }
 

@@ -62,7 +62,8 @@ pub(super) fn run(core: Arc<RCore>, wake: Receiver<()>) {
 
 fn take_batch(core: &RCore) -> Vec<Apply> {
     let mut st = core.lock();
-    if st.failed.is_some() {
+    // A failure stops applying; a rollback trial or commit holds it.
+    if st.failed.is_some() || !st.hold.applying() {
         return Vec::new();
     }
     let mut out = Vec::new();

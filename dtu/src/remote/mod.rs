@@ -10,9 +10,11 @@
 pub mod accept;
 pub mod applier;
 mod apply;
+pub mod rollback;
 mod session;
 mod status;
 pub mod undo;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,8 +28,10 @@ use dtu_proto::{Epoch, Receiver, Seq};
 use tokio::sync::{watch, Notify};
 
 use self::applier::Applier;
+use self::rollback::Hold;
 use self::undo::UndoState;
 pub use self::undo::{AsOf, CheckpointInfo, UndoOptions};
+pub use self::view::Listen;
 use crate::config::{RemoteConfig, Volume};
 use crate::identity::{Fingerprint, Identity};
 use crate::metrics::{QuicMeter, RateMeter};
@@ -132,6 +136,8 @@ pub(crate) struct RState {
     pub decision: Option<String>,
     /// Payload bytes applied and synced on the replica.
     pub stored_bytes: u64,
+    /// Whether the applier may apply (a rollback trial or commit holds it).
+    pub hold: Hold,
 }
 
 /// Shared by the network tasks, the decode workers and the applier.
@@ -214,6 +220,7 @@ pub struct Remote {
     volume: Volume,
     started: Instant,
     workers: usize,
+    views: view::Views,
 }
 
 impl Remote {
@@ -245,7 +252,6 @@ impl Remote {
         for why in &resume.inconsistent {
             tracing::warn!("the replica is inconsistent: {why}");
         }
-        let hello = hello(&opts.volume, resume.epoch_seen, resume.stored);
         let undo = match &opts.undo {
             Some(u) => Some(Arc::new(Mutex::new(
                 UndoState::open(u, u64::from(opts.volume.block_size), opts.volume.size).map_err(
@@ -254,17 +260,36 @@ impl Remote {
             ))),
             None => None,
         };
+        let mut vstate = vstate;
+        let mut stored = resume.stored;
+        if let Some(u) = &undo {
+            // A rollback commit cut short by a crash is finished before
+            // anything is applied: the journal still holds what it needs.
+            let mut u = u.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = rollback::finish_pending(&mut u, replica.as_ref(), &mut vstate)
+                .map_err(|e| RemoteError::Start(format!("finishing a rollback: {e}")))?
+            {
+                tracing::warn!(
+                    "a rollback to checkpoint {} was under way at the last stop; it is \
+                     finished: the replica holds that checkpoint's state, generation {:016x}",
+                    c.checkpoint,
+                    c.gen
+                );
+                stored = c.checkpoint.seq;
+            }
+        }
+        let hello = hello(&opts.volume, resume.epoch_seen, stored);
         let vstate = Arc::new(Mutex::new(vstate));
-        let mut applier = Applier::new(replica.clone(), vstate.clone(), resume.stored);
+        let mut applier = Applier::new(replica.clone(), vstate.clone(), stored);
         if let Some(u) = &undo {
             applier = applier.with_undo(u.clone());
         }
         let (apply_tx, apply_rx) = crossbeam_channel::bounded(1);
-        let (applied, _) = watch::channel(resume.stored);
+        let (applied, _) = watch::channel(stored);
         let core = Arc::new(RCore {
             state: Mutex::new(RState {
                 receiver: Receiver::new(
-                    resume.stored,
+                    stored,
                     resume.epoch_seen,
                     Duration::from_secs(1),
                     Instant::now(),
@@ -279,6 +304,7 @@ impl Remote {
                 syncs: 0,
                 stored_bytes: 0,
                 decision: None,
+                hold: Hold::Applying,
             }),
             applier: Mutex::new(applier),
             volume_state: vstate,
@@ -343,7 +369,7 @@ impl Remote {
             "remote started: volume {}, replica {} holds through seq {}, listening on {}",
             dtu_proto::handshake::volume_hex(&opts.volume.id),
             opts.replica.display(),
-            resume.stored,
+            stored,
             endpoint
                 .local_addr()
                 .map(|a| a.to_string())
@@ -361,6 +387,7 @@ impl Remote {
             volume: opts.volume,
             started: Instant::now(),
             workers: opts.workers,
+            views: view::Views::default(),
         })
     }
 
@@ -452,6 +479,249 @@ impl Remote {
         ))
     }
 
+    /// What `--as-of` / `--to` names: a checkpoint's label, else a time
+    /// (`@SECS` or `YYYY-MM-DD HH:MM[:SS]` UTC), else a label (refused
+    /// when resolved, naming what is held).
+    pub fn parse_as_of(&self, s: &str) -> AsOf {
+        let labelled = self
+            .checkpoints()
+            .is_ok_and(|l| l.iter().any(|c| c.label == s));
+        match undo::parse_time(s) {
+            Some(t) if !labelled => AsOf::Time(t),
+            _ => AsOf::Label(s.to_string()),
+        }
+    }
+
+    fn info_of(&self, e: &crate::undo::Entry) -> CheckpointInfo {
+        self.checkpoints()
+            .ok()
+            .and_then(|l| l.into_iter().find(|c| c.era == e.era))
+            .unwrap_or(CheckpointInfo {
+                seq: e.seq,
+                time_us: e.time_us,
+                kind: e.kind_name().to_string(),
+                label: e.label.clone(),
+                era: e.era,
+                undo_bytes: 0,
+            })
+    }
+
+    /// Serves the replica as it was at the checkpoint `at` resolves to, as
+    /// a read-only NBD export at `listen`, while replication continues;
+    /// answers the checkpoint and the export's URL. One view at a time.
+    pub fn serve_as_of(
+        &self,
+        at: &AsOf,
+        listen: &Listen,
+    ) -> Result<(CheckpointInfo, String), String> {
+        let ex = self.as_of_export(at)?;
+        let entry = ex.checkpoint().clone();
+        let url = self
+            .views
+            .serve(&self.handle, Arc::new(ex), entry.clone(), listen)
+            .map_err(|e| e.to_string())?;
+        Ok((self.info_of(&entry), url))
+    }
+
+    /// Stops the as-of view; answers what it showed and where.
+    pub fn stop_as_of(&self) -> Result<String, String> {
+        if let Hold::Trial(e) = &self.core.lock().hold {
+            return Err(format!(
+                "the view belongs to the rollback trial to checkpoint {e}: commit or abandon it"
+            ));
+        }
+        match self.views.stop() {
+            Some((e, url)) => Ok(format!(
+                "the as-of view of checkpoint {e} at {url} is stopped"
+            )),
+            None => Err("no as-of view is served".into()),
+        }
+    }
+
+    /// Whether the applier is held, and why, in one line.
+    pub fn hold(&self) -> Option<String> {
+        self.core.lock().hold.describe()
+    }
+
+    /// Begins a rollback trial to the checkpoint `at` resolves to: applying
+    /// pauses (the replica stays as it is; writes wait in the remote's
+    /// queue, then in the primary's nvbuf; a primary reconnecting meanwhile
+    /// is asked to wait) and, with `listen`, the checkpoint's view is served
+    /// there read-only for inspection. Answers the checkpoint and the URL.
+    pub fn rollback_trial(
+        &self,
+        at: &AsOf,
+        listen: Option<&Listen>,
+    ) -> Result<(CheckpointInfo, Option<String>), String> {
+        let entry = self.undo()?.resolve(at).map_err(|e| e.to_string())?;
+        {
+            let mut st = self.core.lock();
+            if let Some(busy) = self.held_by(&st.hold) {
+                return Err(busy);
+            }
+            if let Some(why) = &st.failed {
+                return Err(format!("the remote stopped applying: {why}"));
+            }
+            st.hold = Hold::Trial(entry.clone());
+        }
+        // The batch being applied ends; from here the replica is still.
+        drop(self.core.applier.lock().unwrap_or_else(|p| p.into_inner()));
+        let url = match listen {
+            None => None,
+            Some(l) => {
+                let ex = self.as_of_export(at)?;
+                match self
+                    .views
+                    .serve(&self.handle, Arc::new(ex), entry.clone(), l)
+                {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        self.resume_applying();
+                        return Err(e.to_string());
+                    }
+                }
+            }
+        };
+        tracing::warn!(
+            "rollback trial to checkpoint {entry}: applying is paused{}",
+            url.as_ref()
+                .map_or(String::new(), |u| format!("; its view is at {u}"))
+        );
+        Ok((self.info_of(&entry), url))
+    }
+
+    fn held_by(&self, hold: &Hold) -> Option<String> {
+        match hold {
+            Hold::Applying => None,
+            Hold::Trial(e) => Some(format!(
+                "a rollback trial to checkpoint {e} is under way: commit or abandon it first"
+            )),
+            Hold::RolledBack(e) => Some(format!(
+                "the replica was rolled back to checkpoint {e}; it waits for the pair to be \
+                 brought back into line"
+            )),
+        }
+    }
+
+    fn resume_applying(&self) {
+        self.core.lock().hold = Hold::Applying;
+        let _ = self.core.apply_wake.try_send(());
+    }
+
+    /// Abandons the rollback trial: the view stops, applying resumes where
+    /// it paused. Answers the checkpoint the trial was of.
+    pub fn rollback_abandon(&self) -> Result<CheckpointInfo, String> {
+        let entry = match &self.core.lock().hold {
+            Hold::Trial(e) => e.clone(),
+            _ => return Err("no rollback trial is under way".into()),
+        };
+        self.views.stop();
+        self.resume_applying();
+        tracing::info!("rollback trial to checkpoint {entry} abandoned: applying resumes");
+        Ok(self.info_of(&entry))
+    }
+
+    /// Rolls the replica back to a checkpoint, for good: the one the trial
+    /// under way shows (`at` absent, or naming the same checkpoint), or
+    /// `at` without a trial. The replica is rewritten from the undo
+    /// journal, synced, and given a generation of its own; the later
+    /// checkpoints go; the primary's session ends and a primary of the old
+    /// generation is refused at connect until the pair is brought back
+    /// into line. Crash-safe: a remote restarted half-way finishes it.
+    pub fn rollback_commit(&self, at: Option<&AsOf>) -> Result<rollback::Committed, String> {
+        let Some(undo) = self.core.undo.clone() else {
+            return Err("this remote keeps no undo journal (undo.enabled = false)".into());
+        };
+        let asked = match at {
+            Some(a) => Some(self.undo()?.resolve(a).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let entry = {
+            let mut st = self.core.lock();
+            let entry = match (&st.hold, asked) {
+                (Hold::Trial(e), None) => e.clone(),
+                (Hold::Trial(e), Some(a)) if a.era == e.era => a,
+                (Hold::Trial(e), Some(a)) => {
+                    return Err(format!(
+                        "the trial under way is of checkpoint {e}, not {a}: commit it without \
+                         --to, or abandon it and try {a}"
+                    ))
+                }
+                (Hold::Applying, Some(a)) => a,
+                (Hold::Applying, None) => {
+                    return Err("no rollback trial is under way: name the checkpoint (--to)".into())
+                }
+                (h @ Hold::RolledBack(_), _) => return Err(self.held_by(h).unwrap_or_default()),
+            };
+            if let Some(why) = &st.failed {
+                return Err(format!("the remote stopped applying: {why}"));
+            }
+            st.hold = Hold::Trial(entry.clone());
+            entry
+        };
+        let mut applier = self.core.applier.lock().unwrap_or_else(|p| p.into_inner());
+        // What was applied is made durable first: the journal's copies
+        // protect it, and the rewrite must start from a synced replica.
+        let fail = |why: String| {
+            tracing::error!("{why}");
+            self.core.lock().failed = Some(why.clone());
+            why
+        };
+        applier
+            .sync()
+            .map_err(|e| fail(format!("the rollback cannot start: {e}")))?;
+        self.views.stop();
+        // The primary's session ends: what it sends follows a history the
+        // replica is about to leave.
+        {
+            let mut st = self.core.lock();
+            st.session += 1;
+            st.peer = None;
+            st.lanes = 0;
+        }
+        self.core.control_wake.notify_waiters();
+        let marker = rollback::marker_for(&entry, rand::random());
+        let committed = {
+            let mut u = undo.lock().unwrap_or_else(|p| p.into_inner());
+            let mut vs = self
+                .core
+                .volume_state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            rollback::commit(&mut u, marker, self.core.replica.as_ref(), &mut vs)
+        }
+        .map_err(|e| {
+            fail(format!(
+                "the rollback to checkpoint {entry} failed part way: {e}; the replica is \
+                 inconsistent and the remote stops applying (a restart finishes the rollback \
+                 if its marker was written)"
+            ))
+        })?;
+        applier.rebase(entry.seq);
+        {
+            let mut st = self.core.lock();
+            let epoch = st.receiver.epoch_seen();
+            // Nothing queued for the old history survives.
+            st.receiver = Receiver::new(entry.seq, epoch, Duration::from_secs(1), Instant::now());
+            st.hold = Hold::RolledBack(entry.clone());
+            st.decision = Some(format!(
+                "rolled back to checkpoint {entry}: generation {:016x}",
+                committed.gen
+            ));
+        }
+        self.core.applied.send_replace(entry.seq);
+        tracing::warn!(
+            "the replica is rolled back to checkpoint {entry} ({} bytes rewritten, {} zeroed, {} \
+             later checkpoints dropped) and takes generation {:016x}: the primary it left is \
+             refused until the pair is brought back into line",
+            committed.written,
+            committed.zeroed,
+            committed.dropped.len(),
+            committed.gen
+        );
+        Ok(committed)
+    }
+
     /// Everything the status display shows.
     pub fn status(&self) -> Status {
         Status::Remote(Box::new(status::build(self)))
@@ -521,6 +791,81 @@ impl crate::control::Controlled for Remote {
                 Ok(checkpoints) => Response::Checkpoints { checkpoints },
                 Err(message) => Response::Error { message },
             },
+            Request::Export { as_of, tcp, unix } => {
+                let listen = match (tcp, unix) {
+                    (Some(t), _) => Listen::Tcp(t),
+                    (None, Some(u)) => Listen::Unix(u),
+                    (None, None) => Listen::Tcp("127.0.0.1:0".into()),
+                };
+                match self.serve_as_of(&self.parse_as_of(&as_of), &listen) {
+                    Ok((c, url)) => Response::Ok {
+                        message: format!(
+                            "serving the replica as of checkpoint {:?} ({}, seq {}) read-only at {url}",
+                            c.label,
+                            crate::undo::fmt_time_us(c.time_us),
+                            c.seq
+                        ),
+                    },
+                    Err(message) => Response::Error { message },
+                }
+            }
+            Request::Unexport => match self.stop_as_of() {
+                Ok(message) => Response::Ok { message },
+                Err(message) => Response::Error { message },
+            },
+            Request::Rollback {
+                action,
+                to,
+                tcp,
+                unix,
+            } => {
+                use crate::control::RollbackAction;
+                let at = to.map(|t| self.parse_as_of(&t));
+                let listen = match (tcp, unix) {
+                    (Some(t), _) => Some(Listen::Tcp(t)),
+                    (None, Some(u)) => Some(Listen::Unix(u)),
+                    (None, None) => None,
+                };
+                let r = match (action, at) {
+                    (RollbackAction::Trial, Some(at)) => {
+                        self.rollback_trial(&at, listen.as_ref()).map(|(c, url)| {
+                            format!(
+                                "rollback trial to checkpoint {:?} (seq {}): applying is paused{}; \
+                                 `dtu rollback --commit` rewrites the replica to it, \
+                                 `dtu rollback --abandon` resumes",
+                                c.label,
+                                c.seq,
+                                url.map(|u| format!(", its view is served read-only at {u}"))
+                                    .unwrap_or_default()
+                            )
+                        })
+                    }
+                    (RollbackAction::Trial, None) => Err("a trial needs --to".into()),
+                    (RollbackAction::Commit, at) => self.rollback_commit(at.as_ref()).map(|c| {
+                        format!(
+                            "the replica is rolled back to checkpoint {} ({} rewritten, {} \
+                                 zeroed, {} later checkpoints dropped) and starts generation \
+                                 {:016x}; the primary it left will be refused until the pair \
+                                 is brought back into line",
+                            c.checkpoint,
+                            dtu_proto::units::format_bytes(c.written),
+                            dtu_proto::units::format_bytes(c.zeroed),
+                            c.dropped.len(),
+                            c.gen
+                        )
+                    }),
+                    (RollbackAction::Abandon, _) => self.rollback_abandon().map(|c| {
+                        format!(
+                            "the rollback trial to checkpoint {:?} is abandoned; applying resumes",
+                            c.label
+                        )
+                    }),
+                };
+                match r {
+                    Ok(message) => Response::Ok { message },
+                    Err(message) => Response::Error { message },
+                }
+            }
             other => Response::Error {
                 message: format!("{other:?} is for the primary; this is the remote"),
             },

@@ -19,6 +19,7 @@ use crate::transport::{self, FrameStream};
 use crate::workers::WorkerPool;
 
 use super::accept::{accept_primary, AcceptError};
+use super::rollback::Hold;
 use super::RCore;
 
 type DecodePool = Arc<WorkerPool<dtu_proto::frame::Write>>;
@@ -88,10 +89,41 @@ async fn session_inner(
         let _ = transport::write_frame(&mut send, &Frame::Goodbye(g)).await;
         return Err(why);
     }
+    let trial = match &core.lock().hold {
+        Hold::Trial(e) => Some(e.to_string()),
+        _ => None,
+    };
+    if let Some(e) = trial {
+        // The replica must stay still: the writes wait in the primary's nvbuf.
+        let why = format!(
+            "a rollback trial to checkpoint {e} is under way on the remote; applying resumes \
+             when it is committed or abandoned"
+        );
+        // Not a refusal: the primary keeps its writes and tries again.
+        let g = Goodbye {
+            reason: GoodbyeReason::Shutdown,
+            message: why.clone(),
+        };
+        let _ = transport::write_frame(&mut send, &Frame::Goodbye(g)).await;
+        let _ = send.finish();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        return Err(why);
+    }
     let accepted = {
         let mut applier = core.applier.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = core.lock();
         let mut vs = core.volume_state.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(st.hold, Hold::RolledBack(_)) {
+            // Whatever the old session left queued followed the history the
+            // replica left: the receiver starts afresh at the replica's seq.
+            let epoch = st.receiver.epoch_seen();
+            st.receiver = dtu_proto::Receiver::new(
+                vs.synced(),
+                epoch,
+                Duration::from_secs(1),
+                Instant::now(),
+            );
+        }
         match accept_primary(
             &mut st.receiver,
             &mut vs,
@@ -106,6 +138,7 @@ async fn session_inner(
                     core.applied.send_replace(pos);
                 }
                 st.session += 1;
+                st.hold = Hold::Applying;
                 st.peer = Some(conn.remote_address().to_string());
                 st.decision = Some(a.explained.clone());
                 core.quic.attach(&conn);

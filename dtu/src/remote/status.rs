@@ -77,6 +77,11 @@ pub(super) fn build(remote: &Remote) -> RemoteStatus {
         checkpoints,
         oldest_checkpoint,
         undo_bytes,
+        hold: st.hold.describe(),
+        view: remote
+            .views
+            .current()
+            .map(|(e, url)| format!("checkpoint {e} at {url}")),
         failed: st.failed.clone(),
         refused: st.refused,
         last_refusal: st.last_refusal.clone(),

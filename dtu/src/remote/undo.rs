@@ -78,7 +78,8 @@ pub struct UndoState {
     journal: Journal,
 }
 
-pub(crate) fn now_us() -> u64 {
+/// The wall time, µs since the Unix epoch.
+pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
@@ -301,6 +302,33 @@ impl UndoState {
         replica: &dyn Replica,
     ) -> Result<(), UndoError> {
         self.journal.read_as_of(entry.era, off, buf, replica)
+    }
+
+    /// The directory holding the catalog and the journal.
+    pub fn dir(&self) -> &Path {
+        self.catalog.path().parent().unwrap_or(Path::new("."))
+    }
+
+    /// The writes that turn the replica back into its state at the
+    /// checkpoint of era `era` ([`Journal::rollback_plan`]).
+    pub fn rollback_plan(&self, era: u64) -> Result<Vec<crate::undo::RollbackStep>, UndoError> {
+        self.journal.rollback_plan(era)
+    }
+
+    /// After the replica was rolled back to the checkpoint of era `era`
+    /// and synced: the later eras and their checkpoints go, durably.
+    /// Answers the checkpoints that went.
+    pub fn drop_after(&mut self, era: u64) -> Result<Vec<Entry>, UndoError> {
+        let seq = self
+            .catalog
+            .by_era(era)
+            .map(|e| e.seq)
+            .ok_or_else(|| UndoError::NoSuchEra {
+                era,
+                held: String::new(),
+            })?;
+        self.journal.drop_eras_after(era)?;
+        Ok(self.catalog.drop_after(seq)?)
     }
 
     /// Checkpoints held.

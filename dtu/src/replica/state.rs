@@ -737,6 +737,27 @@ impl VolumeState {
         self.store.sync()
     }
 
+    /// The replica was rewritten to the volume as it was at `seq` (a
+    /// checkpoint) and leaves the primary's history for a generation of
+    /// its own, `gen`: a primary of the old generation is refused at
+    /// connect (the remote moved on) rather than streaming writes that
+    /// follow a state the replica no longer holds. Idempotent (a rollback
+    /// redone after a crash). Durable.
+    pub fn rolled_back(&mut self, seq: Seq, gen: Gen) -> io::Result<()> {
+        if self.rec.gens.current != gen {
+            self.rec.gens.advance(gen);
+        }
+        self.rec.sync_target = 0;
+        self.rec.applied = seq;
+        self.rec.synced = seq;
+        // A replay after a crash is moot: the replica is now exactly the
+        // checkpoint's state.
+        self.rec.inconsistent_until = 0;
+        self.rec.flags &= !flag::REPLAY_BOUND_PENDING;
+        self.write()?;
+        self.store.sync()
+    }
+
     /// Whether the replica was taken as in sync on the operator's word.
     pub fn assumed_in_sync(&self) -> bool {
         self.rec.flags & flag::ASSUMED_IN_SYNC != 0

@@ -329,6 +329,12 @@ pub struct RemoteStatus {
     pub oldest_checkpoint: Option<String>,
     #[serde(default)]
     pub undo_bytes: u64,
+    /// A rollback trial or commit that holds the applier, in one line.
+    #[serde(default)]
+    pub hold: Option<String>,
+    /// The as-of view served (`dtu export --as-of`), checkpoint and URL.
+    #[serde(default)]
+    pub view: Option<String>,
     /// Why the remote stopped applying (an I/O error on the replica or the
     /// undo journal); `None` while it applies.
     #[serde(default)]
@@ -516,6 +522,8 @@ pub(crate) mod samples {
                 "\"c1\" (manual, 2026-12-02 12:46:24.000001 UTC, seq 7)".into(),
             ),
             undo_bytes: 8192,
+            hold: None,
+            view: None,
             failed: None,
             refused: 0,
             last_refusal: None,

@@ -405,6 +405,12 @@ impl std::fmt::Display for Status {
                         ),
                     );
                 }
+                if let Some(h) = &r.hold {
+                    row("HELD", h.clone());
+                }
+                if let Some(v) = &r.view {
+                    row("as-of view", v.clone());
+                }
                 if let Some(why) = &r.failed {
                     row("STOPPED", format!("the remote stopped applying: {why}"));
                 }
