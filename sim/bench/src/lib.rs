@@ -21,6 +21,7 @@ pub mod report;
 pub mod sync;
 pub mod throughput;
 pub mod tools;
+pub mod undo;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -147,6 +148,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "overflow",
         about: "host write throughput during a 60 s outage with a 16 MiB nvbuf: overflow bitmap vs stall",
         run: sync::overflow,
+    },
+    Scenario {
+        name: "undo",
+        about: "remote apply throughput with the undo journal on / off (random overwrites, fresh sequential), as-of reads / live",
+        run: undo::run,
     },
     Scenario {
         name: "delay",
