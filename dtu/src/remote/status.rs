@@ -15,16 +15,18 @@ pub(super) fn build(remote: &Remote) -> RemoteStatus {
         .per_second()
         * 8.0;
     let quic = core.quic.status();
-    let (checkpoints, oldest_checkpoint, undo_bytes) = match &core.undo {
+    let (checkpoints, oldest_checkpoint, undo_bytes, undo_window_s) = match &core.undo {
         Some(u) => {
             let u = u.lock().unwrap_or_else(|p| p.into_inner());
             (
                 Some(u.len()),
                 u.oldest().map(|e| e.to_string()),
                 u.disk_bytes(),
+                u.oldest()
+                    .map(|e| super::undo::now_us().saturating_sub(e.time_us) as f64 / 1e6),
             )
         }
-        None => (None, None, 0),
+        None => (None, None, 0, None),
     };
     let (reasons, gens, sync_target) = {
         let vs = core.volume_state.lock().unwrap_or_else(|p| p.into_inner());
@@ -77,6 +79,7 @@ pub(super) fn build(remote: &Remote) -> RemoteStatus {
         checkpoints,
         oldest_checkpoint,
         undo_bytes,
+        undo_window_s,
         hold: st.hold.describe(),
         view: remote
             .views

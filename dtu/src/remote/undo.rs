@@ -76,6 +76,8 @@ impl std::fmt::Display for AsOf {
 pub struct UndoState {
     catalog: Catalog,
     journal: Journal,
+    /// The journal is above its warning level (logged once per crossing).
+    warned: bool,
 }
 
 /// The wall time, µs since the Unix epoch.
@@ -134,7 +136,11 @@ impl UndoState {
             journal.eras().len(),
             journal.stats().disk_bytes
         );
-        Ok(UndoState { catalog, journal })
+        Ok(UndoState {
+            catalog,
+            journal,
+            warned: false,
+        })
     }
 
     /// Saves the old contents of `off..off+len` before the write or trim at `seq`.
@@ -150,8 +156,37 @@ impl UndoState {
     }
 
     /// Makes the saves durable: before the replica writes they protect.
+    /// Then applies retention, so that a host writing without checkpoints
+    /// does not grow the journal past its limits: the oldest checkpoints
+    /// go first, never the newest (whose era alone may hold up to the
+    /// volume's size).
     pub fn sync(&mut self) -> Result<(), UndoError> {
-        self.journal.sync()
+        self.journal.sync()?;
+        self.apply_retention()?;
+        let over = self.journal.over_warning();
+        if over && !self.warned {
+            tracing::warn!(
+                "the undo journal holds {} bytes, above its warning level ({} bytes, 90 % of \
+                 undo.max_bytes): at the limit the oldest checkpoints are dropped",
+                self.journal.stats().disk_bytes,
+                self.journal.limits().warn_bytes.unwrap_or(0)
+            );
+        }
+        self.warned = over;
+        Ok(())
+    }
+
+    /// Drops the oldest checkpoints over the limits (size, age, count).
+    fn apply_retention(&mut self) -> Result<(), UndoError> {
+        for d in self.journal.retain(now_us())? {
+            if let Some(c) = self.catalog.drop_era(d.era)? {
+                tracing::info!(
+                    "retention: checkpoint {c} and its undo era {} dropped",
+                    d.era
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A checkpoint was applied: a new era begins at it and it enters the
@@ -192,15 +227,7 @@ impl UndoState {
         }
         let era = self.journal.begin_era(seq, time)?;
         self.append(seq, kind, time, label, era)?;
-        for d in self.journal.retain(now_us())? {
-            if let Some(c) = self.catalog.drop_era(d.era)? {
-                tracing::info!(
-                    "retention: checkpoint {c} and its undo era {} dropped",
-                    d.era
-                );
-            }
-        }
-        Ok(())
+        self.apply_retention()
     }
 
     fn append(
@@ -538,6 +565,62 @@ mod tests {
         ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
+    }
+
+    /// A host writing continuously (random overwrites, a checkpoint every
+    /// 256 KiB of writes, sometimes none for a long stretch): the journal
+    /// stays under its hard limit plus the newest era (which is never
+    /// dropped), the oldest checkpoints go first, and the newest views
+    /// stay right.
+    #[test]
+    fn retention_keeps_the_journal_under_its_limit_while_the_host_writes() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let size = 8 << 20;
+        let path = dir.path().join("r.img");
+        let replica = FileReplica::open(&path, size).unwrap();
+        let mut opts = UndoOptions::beside(&path);
+        opts.max_bytes = 1 << 20;
+        let mut u = UndoState::open(&opts, 4096, size).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let (mut seq, mut since_cp) = (0u64, 0u64);
+        let mut labels = Vec::new();
+        for i in 0..3000u64 {
+            seq += 1;
+            let off = rng.gen_range(0..size / 4096) * 4096;
+            u.save(seq, off, 4096, &replica).unwrap();
+            u.sync().unwrap();
+            replica.write_at(off, &[rng.gen(); 4096]).unwrap();
+            since_cp += 4096;
+            // A long stretch without checkpoints in the middle.
+            let gap = if (1000..1600).contains(&i) {
+                4 << 20
+            } else {
+                256 << 10
+            };
+            if since_cp >= gap {
+                seq += 1;
+                u.checkpoint(seq, 1, 1_000_000 + seq, &format!("c{i}"))
+                    .unwrap();
+                labels.push(format!("c{i}"));
+                since_cp = 0;
+            }
+            let held = u.disk_bytes();
+            assert!(
+                held <= opts.max_bytes + since_cp + (64 << 10),
+                "write {i}: the journal holds {held} bytes, over its limit and the newest era"
+            );
+        }
+        let list = u.list();
+        assert!(list.len() >= 2, "{list:?}");
+        assert!(list.len() < labels.len(), "nothing was dropped");
+        // The newest checkpoints are the ones held, in order.
+        let held: Vec<&str> = list.iter().map(|c| c.label.as_str()).collect();
+        let newest: Vec<&str> = labels[labels.len() - held.len()..]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(held, newest);
     }
 
     /// The seed's rule through the remote's own state: checkpoints at t3,

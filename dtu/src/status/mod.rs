@@ -329,6 +329,9 @@ pub struct RemoteStatus {
     pub oldest_checkpoint: Option<String>,
     #[serde(default)]
     pub undo_bytes: u64,
+    /// How far back the oldest checkpoint held reaches, seconds.
+    #[serde(default)]
+    pub undo_window_s: Option<f64>,
     /// A rollback trial or commit that holds the applier, in one line.
     #[serde(default)]
     pub hold: Option<String>,
@@ -522,6 +525,7 @@ pub(crate) mod samples {
                 "\"c1\" (manual, 2026-12-02 12:46:24.000001 UTC, seq 7)".into(),
             ),
             undo_bytes: 8192,
+            undo_window_s: Some(3600.0),
             hold: None,
             view: None,
             failed: None,

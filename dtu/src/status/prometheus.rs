@@ -566,7 +566,20 @@ fn remote(m: &mut Families<'_>, r: &RemoteStatus) -> fmt::Result {
             b(),
             r.undo_bytes as f64,
         )?;
+        if let Some(w) = r.undo_window_s {
+            m.gauge(
+                "undo_window",
+                "how far back the oldest checkpoint held reaches",
+                Some(Unit::Seconds),
+                w,
+            )?;
+        }
     }
+    m.flag(
+        "held",
+        "1 while a rollback trial or a committed rollback holds applying",
+        r.hold.is_some(),
+    )?;
     m.counter(
         "refused_connections",
         "connection attempts refused (certificate or handshake)",

@@ -396,10 +396,18 @@ impl std::fmt::Display for Status {
                     row(
                         "history",
                         format!(
-                            "{n} checkpoints held{}, undo journal {}",
+                            "{n} checkpoints held{}{}, undo journal {}",
                             r.oldest_checkpoint
                                 .as_ref()
                                 .map(|o| format!(", oldest {o}"))
+                                .unwrap_or_default(),
+                            r.undo_window_s
+                                .map(|w| format!(
+                                    ", reaching back {}",
+                                    dtu_proto::units::format_duration(
+                                        std::time::Duration::from_secs_f64(w.max(0.0))
+                                    )
+                                ))
                                 .unwrap_or_default(),
                             dtu_proto::units::format_bytes(r.undo_bytes)
                         ),
