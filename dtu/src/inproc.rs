@@ -59,6 +59,7 @@ impl PairSetup {
             workers: 2,
             adopt_replica: false,
             undo: Some(crate::remote::UndoOptions::beside(&dir.join("replica.img"))),
+            storage: None,
         }
     }
 

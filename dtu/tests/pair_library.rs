@@ -61,6 +61,7 @@ impl Pair {
             workers: 2,
             adopt_replica: false,
             undo: None,
+            storage: None,
         })
         .unwrap()
     }

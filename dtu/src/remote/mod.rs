@@ -94,6 +94,11 @@ pub struct RemoteOptions {
     /// The undo journal and checkpoint catalog (point in time); `None`
     /// keeps no history: checkpoints are only logged.
     pub undo: Option<UndoOptions>,
+    /// The replica's storage when the embedding storage stack provides it
+    /// (a volume it manages, an in-memory one): any [`Replica`]. `None`
+    /// opens `replica` as a file or block device; with it, `replica` only
+    /// names the replica in logs and status.
+    pub storage: Option<Arc<dyn Replica>>,
 }
 
 impl RemoteOptions {
@@ -117,6 +122,7 @@ impl RemoteOptions {
             workers: c.pipeline.workers,
             adopt_replica: false,
             undo: c.undo.clone(),
+            storage: None,
         })
     }
 }
@@ -240,8 +246,19 @@ impl Remote {
         handle: tokio::runtime::Handle,
     ) -> Result<Remote, RemoteError> {
         let err = |e: &dyn std::fmt::Display| RemoteError::Start(e.to_string());
-        let replica: Arc<dyn Replica> =
-            Arc::new(FileReplica::open(&opts.replica, opts.volume.size).map_err(|e| err(&e))?);
+        let replica: Arc<dyn Replica> = match &opts.storage {
+            Some(r) if r.size() != opts.volume.size => {
+                return Err(RemoteError::Start(format!(
+                    "the replica storage holds {} bytes, the volume {}",
+                    r.size(),
+                    opts.volume.size
+                )))
+            }
+            Some(r) => r.clone(),
+            None => {
+                Arc::new(FileReplica::open(&opts.replica, opts.volume.size).map_err(|e| err(&e))?)
+            }
+        };
         let (vstate, resume) = VolumeState::open(
             &opts.state,
             opts.volume.id,
