@@ -49,7 +49,7 @@ fn main() -> Result<()> {
         identity: remote_id.clone(),
         peer: primary_id.fingerprint(),
         listen: addr,
-        tuning: tuning.clone(),
+        tuning,
         replica: "in-memory".into(),
         state: dir.path().join("replica.state"),
         workers: 2,

@@ -245,12 +245,24 @@ fn as_of_views_show_each_checkpoint_while_the_replica_moves_on_and_survive_a_res
         }
     );
     assert_eq!(at(u64::MAX).unwrap(), "c2");
+    // Typed: a storage stack can tell which point is the oldest held.
+    use dtu::remote::HistoryError;
+    use dtu::undo::{CatalogError, UndoError};
     let e = at(list[0].time_us - 1).unwrap_err();
-    assert!(e.contains("oldest") && e.contains("c1"), "{e}");
+    match &e {
+        HistoryError::Undo(UndoError::Catalog(CatalogError::BeforeOldest { oldest, .. })) => {
+            assert_eq!(oldest.label, "c1")
+        }
+        other => panic!("expected a time before the oldest, got {other:?}"),
+    }
+    assert!(e.to_string().contains("oldest"), "{e}");
     let e = remote
         .resolve_as_of(&AsOf::Label("nope".into()))
         .unwrap_err();
-    assert!(e.contains("nope"), "{e}");
+    assert!(
+        matches!(&e, HistoryError::Undo(UndoError::Catalog(CatalogError::NoSuchLabel { label })) if label == "nope"),
+        "{e:?}"
+    );
 
     // A restart of the remote keeps the catalog and the views.
     primary.shutdown();

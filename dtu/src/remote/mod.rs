@@ -28,6 +28,7 @@ use dtu_proto::{Epoch, Receiver, Seq};
 use tokio::sync::{watch, Notify};
 
 use self::applier::Applier;
+pub use self::rollback::HistoryError;
 use self::rollback::Hold;
 use self::undo::UndoState;
 pub use self::undo::{AsOf, CheckpointInfo, UndoOptions};
@@ -69,11 +70,38 @@ pub fn hello(volume: &Volume, epoch_seen: Epoch, stored: Seq) -> Hello {
     }
 }
 
-/// Why the remote cannot start.
+/// Why the remote cannot start, each with its source.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RemoteError {
+    #[error("cannot start the remote: its identity: {0}")]
+    Identity(#[source] crate::identity::IdentityError),
+    #[error("cannot start the remote: identity.peer_fingerprint: {0}")]
+    PeerFingerprint(#[source] crate::identity::IdentityError),
+    #[error("cannot start the remote: {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start the remote: {0}")]
-    Start(String),
+    Replica(#[from] crate::replica::ReplicaError),
+    #[error(
+        "cannot start the remote: the replica storage holds {storage} bytes, the volume {volume}"
+    )]
+    StorageSize { storage: u64, volume: u64 },
+    #[error("cannot start the remote: {0}")]
+    State(#[from] crate::replica::StateError),
+    #[error("cannot start the remote: undo journal {dir}: {source}")]
+    Undo {
+        dir: PathBuf,
+        #[source]
+        source: crate::undo::UndoError,
+    },
+    #[error("cannot start the remote: finishing a rollback left under way: {0}")]
+    Rollback(#[from] rollback::RollbackError),
+    #[error("cannot start the remote: {0}")]
+    Listen(#[from] crate::transport::TransportError),
 }
 
 /// Everything the remote needs.
@@ -103,14 +131,11 @@ pub struct RemoteOptions {
 
 impl RemoteOptions {
     pub fn from_config(c: &RemoteConfig) -> Result<RemoteOptions, RemoteError> {
-        let identity =
-            Identity::load(&c.cert, &c.key).map_err(|e| RemoteError::Start(e.to_string()))?;
-        let peer: Fingerprint =
-            c.peer_fingerprint
-                .parse()
-                .map_err(|e: crate::identity::IdentityError| {
-                    RemoteError::Start(format!("identity.peer_fingerprint: {e}"))
-                })?;
+        let identity = Identity::load(&c.cert, &c.key).map_err(RemoteError::Identity)?;
+        let peer: Fingerprint = c
+            .peer_fingerprint
+            .parse()
+            .map_err(RemoteError::PeerFingerprint)?;
         Ok(RemoteOptions {
             volume: c.volume.clone(),
             identity,
@@ -232,8 +257,10 @@ pub struct Remote {
 impl Remote {
     /// Starts a remote with its own async runtime.
     pub fn start(opts: RemoteOptions) -> Result<Remote, RemoteError> {
-        let rt = crate::runtime::own("dtu-remote-io")
-            .map_err(|e| RemoteError::Start(format!("async runtime: {e}")))?;
+        let rt = crate::runtime::own("dtu-remote-io").map_err(|source| RemoteError::Io {
+            what: "async runtime",
+            source,
+        })?;
         let handle = rt.handle().clone();
         let mut r = Self::start_on(opts, handle)?;
         r.runtime = Some(rt);
@@ -245,34 +272,33 @@ impl Remote {
         opts: RemoteOptions,
         handle: tokio::runtime::Handle,
     ) -> Result<Remote, RemoteError> {
-        let err = |e: &dyn std::fmt::Display| RemoteError::Start(e.to_string());
+        let io = |what| move |source| RemoteError::Io { what, source };
         let replica: Arc<dyn Replica> = match &opts.storage {
             Some(r) if r.size() != opts.volume.size => {
-                return Err(RemoteError::Start(format!(
-                    "the replica storage holds {} bytes, the volume {}",
-                    r.size(),
-                    opts.volume.size
-                )))
+                return Err(RemoteError::StorageSize {
+                    storage: r.size(),
+                    volume: opts.volume.size,
+                })
             }
             Some(r) => r.clone(),
-            None => {
-                Arc::new(FileReplica::open(&opts.replica, opts.volume.size).map_err(|e| err(&e))?)
-            }
+            None => Arc::new(FileReplica::open(&opts.replica, opts.volume.size)?),
         };
         let (vstate, resume) = VolumeState::open(
             &opts.state,
             opts.volume.id,
             replica.as_ref(),
             opts.adopt_replica,
-        )
-        .map_err(|e| err(&e))?;
+        )?;
         for why in &resume.inconsistent {
             tracing::warn!("the replica is inconsistent: {why}");
         }
         let undo = match &opts.undo {
             Some(u) => Some(Arc::new(Mutex::new(
                 UndoState::open(u, u64::from(opts.volume.block_size), opts.volume.size).map_err(
-                    |e| RemoteError::Start(format!("undo journal {}: {e}", u.dir.display())),
+                    |source| RemoteError::Undo {
+                        dir: u.dir.clone(),
+                        source,
+                    },
                 )?,
             ))),
             None => None,
@@ -283,9 +309,7 @@ impl Remote {
             // A rollback commit cut short by a crash is finished before
             // anything is applied: the journal still holds what it needs.
             let mut u = u.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = rollback::finish_pending(&mut u, replica.as_ref(), &mut vstate)
-                .map_err(|e| RemoteError::Start(format!("finishing a rollback: {e}")))?
-            {
+            if let Some(c) = rollback::finish_pending(&mut u, replica.as_ref(), &mut vstate)? {
                 tracing::warn!(
                     "a rollback to checkpoint {} was under way at the last stop; it is \
                      finished: the replica holds that checkpoint's state, generation {:016x}",
@@ -361,18 +385,17 @@ impl Remote {
                     dcore.event(|r| r.on_decoded(&w, result));
                 },
             )
-            .map_err(|e| err(&e))?,
+            .map_err(io("decode workers"))?,
         );
         let acore = core.clone();
         let applier = std::thread::Builder::new()
             .name("dtu-apply".into())
             .spawn(move || apply::run(acore, apply_rx))
-            .map_err(|e| err(&e))?;
+            .map_err(io("the apply thread"))?;
 
         let endpoint = {
             let _g = handle.enter();
-            transport::server_endpoint(opts.listen, &opts.identity, &opts.peer, &opts.tuning)
-                .map_err(|e| err(&e))?
+            transport::server_endpoint(opts.listen, &opts.identity, &opts.peer, &opts.tuning)?
         };
         let tasks = vec![
             handle.spawn(session::accept_loop(
@@ -422,24 +445,24 @@ impl Remote {
         self.core.replica.clone()
     }
 
-    fn undo(&self) -> Result<std::sync::MutexGuard<'_, UndoState>, String> {
+    fn undo(&self) -> Result<std::sync::MutexGuard<'_, UndoState>, HistoryError> {
         match &self.core.undo {
             Some(u) => Ok(u.lock().unwrap_or_else(|p| p.into_inner())),
-            None => Err("this remote keeps no undo journal (undo.enabled = false)".into()),
+            None => Err(HistoryError::NoJournal),
         }
     }
 
     /// The checkpoints held, oldest first.
-    pub fn checkpoints(&self) -> Result<Vec<CheckpointInfo>, String> {
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointInfo>, HistoryError> {
         Ok(self.undo()?.list())
     }
 
     /// The checkpoint an as-of view at `at` shows: the nearest at or before
     /// the time, or the newest with the label; a time before the oldest is
     /// refused naming the oldest.
-    pub fn resolve_as_of(&self, at: &AsOf) -> Result<CheckpointInfo, String> {
+    pub fn resolve_as_of(&self, at: &AsOf) -> Result<CheckpointInfo, HistoryError> {
         let u = self.undo()?;
-        let e = u.resolve(at).map_err(|e| e.to_string())?;
+        let e = u.resolve(at)?;
         Ok(u.list()
             .into_iter()
             .find(|c| c.era == e.era)
@@ -461,7 +484,7 @@ impl Remote {
         at: &AsOf,
         off: u64,
         buf: &mut [u8],
-    ) -> Result<CheckpointInfo, String> {
+    ) -> Result<CheckpointInfo, HistoryError> {
         let info = self.resolve_as_of(at)?;
         self.read_era(info.era, off, buf)?;
         Ok(info)
@@ -469,26 +492,19 @@ impl Remote {
 
     /// As [`Remote::read_as_of`], at the checkpoint of undo era `era`
     /// (one resolved before: an export keeps showing the same point).
-    pub fn read_era(&self, era: u64, off: u64, buf: &mut [u8]) -> Result<(), String> {
+    pub fn read_era(&self, era: u64, off: u64, buf: &mut [u8]) -> Result<(), HistoryError> {
         let u = self.undo()?;
-        let entry = u.resolve_era(era).ok_or_else(|| {
-            format!("the checkpoint of undo era {era} is no longer held (retention dropped it)")
-        })?;
-        u.read_as_of(&entry, off, buf, self.core.replica.as_ref())
-            .map_err(|e| e.to_string())
+        let entry = u.resolve_era(era).ok_or(HistoryError::NoLongerHeld(era))?;
+        Ok(u.read_as_of(&entry, off, buf, self.core.replica.as_ref())?)
     }
 
     /// A read-only NBD export of the replica as it was at the checkpoint
     /// `at` resolves to, while replication continues.
-    pub fn as_of_export(&self, at: &AsOf) -> Result<undo::AsOfExport, String> {
+    pub fn as_of_export(&self, at: &AsOf) -> Result<undo::AsOfExport, HistoryError> {
         let Some(u) = &self.core.undo else {
-            return Err("this remote keeps no undo journal (undo.enabled = false)".into());
+            return Err(HistoryError::NoJournal);
         };
-        let entry = u
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .resolve(at)
-            .map_err(|e| e.to_string())?;
+        let entry = u.lock().unwrap_or_else(|p| p.into_inner()).resolve(at)?;
         Ok(undo::AsOfExport::new(
             u.clone(),
             self.core.replica.clone(),
@@ -530,28 +546,25 @@ impl Remote {
         &self,
         at: &AsOf,
         listen: &Listen,
-    ) -> Result<(CheckpointInfo, String), String> {
+    ) -> Result<(CheckpointInfo, String), HistoryError> {
         let ex = self.as_of_export(at)?;
         let entry = ex.checkpoint().clone();
         let url = self
             .views
-            .serve(&self.handle, Arc::new(ex), entry.clone(), listen)
-            .map_err(|e| e.to_string())?;
+            .serve(&self.handle, Arc::new(ex), entry.clone(), listen)?;
         Ok((self.info_of(&entry), url))
     }
 
     /// Stops the as-of view; answers what it showed and where.
-    pub fn stop_as_of(&self) -> Result<String, String> {
+    pub fn stop_as_of(&self) -> Result<String, HistoryError> {
         if let Hold::Trial(e) = &self.core.lock().hold {
-            return Err(format!(
-                "the view belongs to the rollback trial to checkpoint {e}: commit or abandon it"
-            ));
+            return Err(HistoryError::ViewOfTrial(Box::new(e.clone())));
         }
         match self.views.stop() {
             Some((e, url)) => Ok(format!(
                 "the as-of view of checkpoint {e} at {url} is stopped"
             )),
-            None => Err("no as-of view is served".into()),
+            None => Err(HistoryError::NoView),
         }
     }
 
@@ -569,15 +582,15 @@ impl Remote {
         &self,
         at: &AsOf,
         listen: Option<&Listen>,
-    ) -> Result<(CheckpointInfo, Option<String>), String> {
-        let entry = self.undo()?.resolve(at).map_err(|e| e.to_string())?;
+    ) -> Result<(CheckpointInfo, Option<String>), HistoryError> {
+        let entry = self.undo()?.resolve(at)?;
         {
             let mut st = self.core.lock();
-            if let Some(busy) = self.held_by(&st.hold) {
+            if let Some(busy) = Self::held_by(&st.hold) {
                 return Err(busy);
             }
             if let Some(why) = &st.failed {
-                return Err(format!("the remote stopped applying: {why}"));
+                return Err(HistoryError::Stopped(why.clone()));
             }
             st.hold = Hold::Trial(entry.clone());
         }
@@ -594,7 +607,7 @@ impl Remote {
                     Ok(u) => Some(u),
                     Err(e) => {
                         self.resume_applying();
-                        return Err(e.to_string());
+                        return Err(e.into());
                     }
                 }
             }
@@ -607,16 +620,11 @@ impl Remote {
         Ok((self.info_of(&entry), url))
     }
 
-    fn held_by(&self, hold: &Hold) -> Option<String> {
+    fn held_by(hold: &Hold) -> Option<HistoryError> {
         match hold {
             Hold::Applying => None,
-            Hold::Trial(e) => Some(format!(
-                "a rollback trial to checkpoint {e} is under way: commit or abandon it first"
-            )),
-            Hold::RolledBack(e) => Some(format!(
-                "the replica was rolled back to checkpoint {e}; it waits for the pair to be \
-                 brought back into line"
-            )),
+            Hold::Trial(e) => Some(HistoryError::TrialUnderWay(Box::new(e.clone()))),
+            Hold::RolledBack(e) => Some(HistoryError::RolledBack(Box::new(e.clone()))),
         }
     }
 
@@ -627,10 +635,10 @@ impl Remote {
 
     /// Abandons the rollback trial: the view stops, applying resumes where
     /// it paused. Answers the checkpoint the trial was of.
-    pub fn rollback_abandon(&self) -> Result<CheckpointInfo, String> {
+    pub fn rollback_abandon(&self) -> Result<CheckpointInfo, HistoryError> {
         let entry = match &self.core.lock().hold {
             Hold::Trial(e) => e.clone(),
-            _ => return Err("no rollback trial is under way".into()),
+            _ => return Err(HistoryError::NoTrial { needs_to: false }),
         };
         self.views.stop();
         self.resume_applying();
@@ -645,12 +653,12 @@ impl Remote {
     /// checkpoints go; the primary's session ends and a primary of the old
     /// generation is refused at connect until the pair is brought back
     /// into line. Crash-safe: a remote restarted half-way finishes it.
-    pub fn rollback_commit(&self, at: Option<&AsOf>) -> Result<rollback::Committed, String> {
+    pub fn rollback_commit(&self, at: Option<&AsOf>) -> Result<rollback::Committed, HistoryError> {
         let Some(undo) = self.core.undo.clone() else {
-            return Err("this remote keeps no undo journal (undo.enabled = false)".into());
+            return Err(HistoryError::NoJournal);
         };
         let asked = match at {
-            Some(a) => Some(self.undo()?.resolve(a).map_err(|e| e.to_string())?),
+            Some(a) => Some(self.undo()?.resolve(a)?),
             None => None,
         };
         let entry = {
@@ -659,19 +667,19 @@ impl Remote {
                 (Hold::Trial(e), None) => e.clone(),
                 (Hold::Trial(e), Some(a)) if a.era == e.era => a,
                 (Hold::Trial(e), Some(a)) => {
-                    return Err(format!(
-                        "the trial under way is of checkpoint {e}, not {a}: commit it without \
-                         --to, or abandon it and try {a}"
-                    ))
+                    return Err(HistoryError::OtherTrial {
+                        trial: Box::new(e.clone()),
+                        asked: Box::new(a),
+                    })
                 }
                 (Hold::Applying, Some(a)) => a,
-                (Hold::Applying, None) => {
-                    return Err("no rollback trial is under way: name the checkpoint (--to)".into())
+                (Hold::Applying, None) => return Err(HistoryError::NoTrial { needs_to: true }),
+                (Hold::RolledBack(e), _) => {
+                    return Err(HistoryError::RolledBack(Box::new(e.clone())))
                 }
-                (h @ Hold::RolledBack(_), _) => return Err(self.held_by(h).unwrap_or_default()),
             };
             if let Some(why) = &st.failed {
-                return Err(format!("the remote stopped applying: {why}"));
+                return Err(HistoryError::Stopped(why.clone()));
             }
             st.hold = Hold::Trial(entry.clone());
             entry
@@ -679,14 +687,16 @@ impl Remote {
         let mut applier = self.core.applier.lock().unwrap_or_else(|p| p.into_inner());
         // What was applied is made durable first: the journal's copies
         // protect it, and the rewrite must start from a synced replica.
-        let fail = |why: String| {
-            tracing::error!("{why}");
-            self.core.lock().failed = Some(why.clone());
-            why
+        let fail = |e: HistoryError| {
+            tracing::error!("{e}");
+            self.core.lock().failed = Some(e.to_string());
+            e
         };
-        applier
-            .sync()
-            .map_err(|e| fail(format!("the rollback cannot start: {e}")))?;
+        applier.sync().map_err(|e| {
+            fail(HistoryError::Stopped(format!(
+                "the rollback cannot start: {e}"
+            )))
+        })?;
         self.views.stop();
         // The primary's session ends: what it sends follows a history the
         // replica is about to leave.
@@ -707,12 +717,11 @@ impl Remote {
                 .unwrap_or_else(|p| p.into_inner());
             rollback::commit(&mut u, marker, self.core.replica.as_ref(), &mut vs)
         }
-        .map_err(|e| {
-            fail(format!(
-                "the rollback to checkpoint {entry} failed part way: {e}; the replica is \
-                 inconsistent and the remote stops applying (a restart finishes the rollback \
-                 if its marker was written)"
-            ))
+        .map_err(|source| {
+            fail(HistoryError::Failed {
+                checkpoint: Box::new(entry.clone()),
+                source,
+            })
         })?;
         applier.rebase(entry.seq);
         {
@@ -806,7 +815,9 @@ impl crate::control::Controlled for Remote {
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Checkpoints => match self.checkpoints() {
                 Ok(checkpoints) => Response::Checkpoints { checkpoints },
-                Err(message) => Response::Error { message },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
             },
             Request::Export { as_of, tcp, unix } => {
                 let listen = match (tcp, unix) {
@@ -823,12 +834,16 @@ impl crate::control::Controlled for Remote {
                             c.seq
                         ),
                     },
-                    Err(message) => Response::Error { message },
+                    Err(e) => Response::Error {
+                        message: e.to_string(),
+                    },
                 }
             }
             Request::Unexport => match self.stop_as_of() {
                 Ok(message) => Response::Ok { message },
-                Err(message) => Response::Error { message },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
             },
             Request::Rollback {
                 action,
@@ -857,7 +872,7 @@ impl crate::control::Controlled for Remote {
                             )
                         })
                     }
-                    (RollbackAction::Trial, None) => Err("a trial needs --to".into()),
+                    (RollbackAction::Trial, None) => Err(HistoryError::NoTrial { needs_to: true }),
                     (RollbackAction::Commit, at) => self.rollback_commit(at.as_ref()).map(|c| {
                         format!(
                             "the replica is rolled back to checkpoint {} ({} rewritten, {} \
@@ -880,7 +895,9 @@ impl crate::control::Controlled for Remote {
                 };
                 match r {
                     Ok(message) => Response::Ok { message },
-                    Err(message) => Response::Error { message },
+                    Err(e) => Response::Error {
+                        message: e.to_string(),
+                    },
                 }
             }
             other => Response::Error {

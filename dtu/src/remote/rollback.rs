@@ -183,6 +183,44 @@ pub enum RollbackError {
     },
 }
 
+/// Why a request about the remote's history (checkpoints, as-of views,
+/// rollback) cannot be done.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryError {
+    #[error("this remote keeps no undo journal (undo.enabled = false)")]
+    NoJournal,
+    #[error(transparent)]
+    Undo(#[from] UndoError),
+    #[error("the checkpoint of undo era {0} is no longer held (retention dropped it)")]
+    NoLongerHeld(u64),
+    #[error(transparent)]
+    View(#[from] super::view::ViewError),
+    #[error("no as-of view is served")]
+    NoView,
+    #[error("the view belongs to the rollback trial to checkpoint {0}: commit or abandon it")]
+    ViewOfTrial(Box<Entry>),
+    #[error("no rollback trial is under way{}", if *.needs_to { ": name the checkpoint (--to)" } else { "" })]
+    NoTrial { needs_to: bool },
+    #[error("a rollback trial to checkpoint {0} is under way: commit or abandon it first")]
+    TrialUnderWay(Box<Entry>),
+    #[error("the trial under way is of checkpoint {trial}, not {asked}: commit it without --to, or abandon it and try {asked}")]
+    OtherTrial {
+        trial: Box<Entry>,
+        asked: Box<Entry>,
+    },
+    #[error("the replica was rolled back to checkpoint {0}; it waits for the pair to be brought back into line")]
+    RolledBack(Box<Entry>),
+    #[error("the remote stopped applying: {0}")]
+    Stopped(String),
+    #[error("the rollback to checkpoint {checkpoint} failed part way: {source}; the replica is inconsistent and the remote stops applying (a restart finishes the rollback if its marker was written)")]
+    Failed {
+        checkpoint: Box<Entry>,
+        #[source]
+        source: RollbackError,
+    },
+}
+
 /// Rewrites `replica` to the volume as it was at `m`'s checkpoint, gives
 /// it generation `m.gen`, then drops the later history. The marker is
 /// written first ([`begin`]) and removed last: run again after a crash
