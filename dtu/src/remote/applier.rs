@@ -17,7 +17,7 @@ use dtu_proto::Seq;
 
 use crate::digest::{replica_digests, Digest};
 
-use crate::replica::{Replica, VolumeState};
+use crate::replica::{Inconsistency, Replica, VolumeState};
 
 use super::undo::UndoState;
 
@@ -243,9 +243,30 @@ impl Applier {
                     // after it (rewriting older data) may take the replica
                     // back to before the checkpoint the catalog names.
                     self.make_durable()?;
-                    Self::undo_lock(&undo)
-                        .checkpoint(*seq, *kind, *time_us, label)
-                        .map_err(|source| ApplyError::Undo { seq: *seq, source })?;
+                    // Mid-sync, replaying after a crash or never synced,
+                    // the replica is not a state the host's volume passed
+                    // through: a view at this point would show what the
+                    // host never had, so it is not kept (a replayed one,
+                    // taken when the replica was in order, is).
+                    let not_a_state = self.state().inconsistencies().into_iter().find(|i| {
+                        matches!(
+                            i,
+                            Inconsistency::SyncTarget { .. }
+                                | Inconsistency::Replay { .. }
+                                | Inconsistency::ReplayUnbounded { .. }
+                                | Inconsistency::NeverSynced
+                        )
+                    });
+                    let mut u = Self::undo_lock(&undo);
+                    match not_a_state {
+                        Some(why) if !u.holds_seq(*seq) => tracing::warn!(
+                            "checkpoint {label:?} at seq {seq} is not kept as a point in time: \
+                             the replica is not a state the host's volume passed through ({why})"
+                        ),
+                        _ => u
+                            .checkpoint(*seq, *kind, *time_us, label)
+                            .map_err(|source| ApplyError::Undo { seq: *seq, source })?,
+                    }
                 }
                 self.protected = self.protected.max(*seq);
                 Applied::Checkpoint {
@@ -402,13 +423,15 @@ mod tests {
         let size = 1 << 20;
         let path = dir.path().join("r.img");
         let replica: Arc<dyn Replica> = Arc::new(FileReplica::open(&path, size).unwrap());
-        let (vs, resume) = VolumeState::open(
+        let (mut vs, resume) = VolumeState::open(
             &dir.path().join("r.state"),
             [1; 16],
             replica.as_ref(),
             false,
         )
         .unwrap();
+        // A replica in sync with the primary: its checkpoints are kept.
+        vs.adopt(0x11, false).unwrap();
         let undo = Arc::new(Mutex::new(
             UndoState::open(&UndoOptions::beside(&path), 4096, size).unwrap(),
         ));
@@ -468,13 +491,15 @@ mod loud {
         let path = dir.path().join("r.img");
         let replica: Arc<dyn Replica> = Arc::new(FileReplica::open(&path, size).unwrap());
         replica.write_at(0, &[7; 4096]).unwrap();
-        let (vs, resume) = VolumeState::open(
+        let (mut vs, resume) = VolumeState::open(
             &dir.path().join("r.state"),
             [1; 16],
             replica.as_ref(),
             false,
         )
         .unwrap();
+        // A replica in sync with the primary: its checkpoints are kept.
+        vs.adopt(0x11, false).unwrap();
         let opts = UndoOptions::beside(&path);
         let undo = Arc::new(Mutex::new(UndoState::open(&opts, 4096, size).unwrap()));
         let mut a =
@@ -505,5 +530,75 @@ mod loud {
         replica.read_at(0, &mut buf).unwrap();
         assert_eq!(buf, vec![7u8; 4096], "the write was applied unprotected");
         assert_eq!(a.applied(), s + 1);
+    }
+}
+
+#[cfg(test)]
+mod not_a_state {
+    use super::*;
+    use crate::remote::undo::UndoOptions;
+    use crate::replica::FileReplica;
+
+    /// A checkpoint that arrives while the replica is part way through a
+    /// sync (or never synced) is not kept: its view would show a volume
+    /// the host never had. Once the sync is done, checkpoints are kept.
+    #[test]
+    fn a_checkpoint_during_a_sync_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 1 << 20;
+        let path = dir.path().join("r.img");
+        let replica: Arc<dyn Replica> = Arc::new(FileReplica::open(&path, size).unwrap());
+        let (vs, resume) = VolumeState::open(
+            &dir.path().join("r.state"),
+            [1; 16],
+            replica.as_ref(),
+            false,
+        )
+        .unwrap();
+        let undo = Arc::new(Mutex::new(
+            UndoState::open(&UndoOptions::beside(&path), 4096, size).unwrap(),
+        ));
+        let mut a =
+            Applier::new(replica, Arc::new(Mutex::new(vs)), resume.stored).with_undo(undo.clone());
+        let s = resume.stored;
+        let cp = |seq, label: &str| Apply::Checkpoint {
+            seq,
+            kind: 0,
+            time_us: 1_000_000 * seq,
+            label: label.into(),
+        };
+        let ops = [
+            cp(s + 1, "never-synced"),
+            Apply::Marker {
+                seq: s + 2,
+                kind: MarkerKind::SyncStart,
+                gen: 0x42,
+            },
+            cp(s + 3, "mid-sync"),
+            Apply::Marker {
+                seq: s + 4,
+                kind: MarkerKind::SyncDone,
+                gen: 0x42,
+            },
+        ];
+        for i in 0..ops.len() {
+            a.apply_in_batch(&ops, i).unwrap();
+        }
+        a.sync().unwrap();
+        assert!(
+            undo.lock().unwrap().is_empty(),
+            "{:?}",
+            undo.lock().unwrap().list()
+        );
+        let after = [cp(s + 5, "in-sync")];
+        a.apply_in_batch(&after, 0).unwrap();
+        let held: Vec<String> = undo
+            .lock()
+            .unwrap()
+            .list()
+            .into_iter()
+            .map(|c| c.label)
+            .collect();
+        assert_eq!(held, ["in-sync"]);
     }
 }

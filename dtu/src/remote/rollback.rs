@@ -262,7 +262,8 @@ fn finish(
         })?;
     let rep = |what| move |source| RollbackError::Replica { what, source };
     let (mut written, mut zeroed) = (0, 0);
-    for step in undo.rollback_plan(m.era)? {
+    // One step's data in memory at a time, however large the rollback.
+    undo.for_each_rollback_step(m.era, |step| {
         match step {
             RollbackStep::Write { off, data } => {
                 replica
@@ -277,7 +278,8 @@ fn finish(
                 zeroed += len;
             }
         }
-    }
+        Ok::<(), RollbackError>(())
+    })?;
     replica.sync().map_err(rep("syncing the replica"))?;
     vstate
         .rolled_back(m.seq, m.gen)

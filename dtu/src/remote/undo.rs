@@ -259,6 +259,11 @@ impl UndoState {
         Ok(())
     }
 
+    /// Whether an era begins at `seq` (a checkpoint applied before).
+    pub fn holds_seq(&self, seq: Seq) -> bool {
+        self.journal.eras().iter().any(|e| e.1 == seq)
+    }
+
     /// The stream restarts after `pos` (a connect decided a sync or an
     /// adoption). If that is before the newest checkpoint, the seqs that
     /// follow belong to another numbering: the journal could not tell its
@@ -340,6 +345,15 @@ impl UndoState {
     /// checkpoint of era `era` ([`Journal::rollback_plan`]).
     pub fn rollback_plan(&self, era: u64) -> Result<Vec<crate::undo::RollbackStep>, UndoError> {
         self.journal.rollback_plan(era)
+    }
+
+    /// The same steps one at a time ([`Journal::for_each_rollback_step`]).
+    pub fn for_each_rollback_step<E: From<UndoError>>(
+        &self,
+        era: u64,
+        f: impl FnMut(crate::undo::RollbackStep) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.journal.for_each_rollback_step(era, f)
     }
 
     /// After the replica was rolled back to the checkpoint of era `era`

@@ -743,12 +743,29 @@ impl Journal {
     /// was at the checkpoint that began era `era`, in volume order (each
     /// `Write` at most 1 MiB). Apply them all, sync the replica, then call
     /// [`Journal::drop_eras_after`]. Applying them again after a crash is
-    /// harmless: the journal is unchanged until then.
+    /// harmless: the journal is unchanged until then. Holds every step's
+    /// data at once: [`Journal::for_each_rollback_step`] streams them.
     pub fn rollback_plan(&self, era: EraId) -> Result<Vec<RollbackStep>, UndoError> {
+        let mut steps = Vec::new();
+        self.for_each_rollback_step(era, |step| {
+            steps.push(step);
+            Ok::<(), UndoError>(())
+        })?;
+        Ok(steps)
+    }
+
+    /// The steps of [`Journal::rollback_plan`], one at a time (adjacent
+    /// zero runs merged), so that a rollback of many GiB holds at most one
+    /// step's data (1 MiB) in memory. Stops at the first error of `f`.
+    pub fn for_each_rollback_step<E: From<UndoError>>(
+        &self,
+        era: EraId,
+        mut f: impl FnMut(RollbackStep) -> Result<(), E>,
+    ) -> Result<(), E> {
         let bs = self.geo.block_size;
         let size = self.geo.volume_size;
-        let mut steps: Vec<RollbackStep> = Vec::new();
         let mut segments = Segments::new(self);
+        let mut zero: Option<(u64, u64)> = None;
         for OldCopy {
             start: s,
             end: t,
@@ -760,23 +777,28 @@ impl Journal {
             let from = s * bs;
             let to = (t * bs).min(size);
             if ext.is_zero() {
-                if let Some(RollbackStep::Zero { off, len }) = steps.last_mut() {
-                    if *off + *len == from {
-                        *len += to - from;
-                        continue;
+                match &mut zero {
+                    Some((off, len)) if *off + *len == from => *len += to - from,
+                    _ => {
+                        if let Some((off, len)) = zero.take() {
+                            f(RollbackStep::Zero { off, len })?;
+                        }
+                        zero = Some((from, to - from));
                     }
                 }
-                steps.push(RollbackStep::Zero {
-                    off: from,
-                    len: to - from,
-                });
             } else {
+                if let Some((off, len)) = zero.take() {
+                    f(RollbackStep::Zero { off, len })?;
+                }
                 let mut data = vec![0u8; (to - from) as usize];
                 segments.read(pos, ext.data + (from - ext_start * bs), &mut data)?;
-                steps.push(RollbackStep::Write { off: from, data });
+                f(RollbackStep::Write { off: from, data })?;
             }
         }
-        Ok(steps)
+        if let Some((off, len)) = zero {
+            f(RollbackStep::Zero { off, len })?;
+        }
+        Ok(())
     }
 
     /// After a rollback to era `era`'s checkpoint is applied and synced:
