@@ -71,13 +71,16 @@ impl Volume {
             replica.sync().map_err(|e| BenchError::io("fill sync", e))?;
         }
         let replica: Arc<dyn Replica> = Arc::new(replica);
-        let (vs, resume) = VolumeState::open(
+        let (mut vs, resume) = VolumeState::open(
             &dir.path().join("replica.state"),
             [7; 16],
             replica.as_ref(),
             true,
         )
         .map_err(|e| err("state")(e.to_string()))?;
+        // A replica in sync with its primary: checkpoints are kept (on a
+        // replica never synced they would not be, and nothing is saved).
+        vs.adopt(1, false).map_err(|e| BenchError::io("state", e))?;
         let mut applier = Applier::new(replica.clone(), Arc::new(Mutex::new(vs)), resume.stored);
         let undo = if undo {
             let u = UndoState::open(&UndoOptions::beside(&path), 4096, size)
