@@ -461,19 +461,8 @@ impl Remote {
     /// the time, or the newest with the label; a time before the oldest is
     /// refused naming the oldest.
     pub fn resolve_as_of(&self, at: &AsOf) -> Result<CheckpointInfo, HistoryError> {
-        let u = self.undo()?;
-        let e = u.resolve(at)?;
-        Ok(u.list()
-            .into_iter()
-            .find(|c| c.era == e.era)
-            .unwrap_or(CheckpointInfo {
-                seq: e.seq,
-                time_us: e.time_us,
-                kind: e.kind_name().to_string(),
-                label: e.label.clone(),
-                era: e.era,
-                undo_bytes: 0,
-            }))
+        let e = self.undo()?.resolve(at)?;
+        Ok(self.info_of(&e))
     }
 
     /// Fills `buf` with the volume's bytes at `off` as they were at the
@@ -820,11 +809,8 @@ impl crate::control::Controlled for Remote {
                 },
             },
             Request::Export { as_of, tcp, unix } => {
-                let listen = match (tcp, unix) {
-                    (Some(t), _) => Listen::Tcp(t),
-                    (None, Some(u)) => Listen::Unix(u),
-                    (None, None) => Listen::Tcp("127.0.0.1:0".into()),
-                };
+                let listen = Listen::from_request(tcp, unix)
+                    .unwrap_or_else(|| Listen::Tcp("127.0.0.1:0".into()));
                 match self.serve_as_of(&self.parse_as_of(&as_of), &listen) {
                     Ok((c, url)) => Response::Ok {
                         message: format!(
@@ -853,11 +839,7 @@ impl crate::control::Controlled for Remote {
             } => {
                 use crate::control::RollbackAction;
                 let at = to.map(|t| self.parse_as_of(&t));
-                let listen = match (tcp, unix) {
-                    (Some(t), _) => Some(Listen::Tcp(t)),
-                    (None, Some(u)) => Some(Listen::Unix(u)),
-                    (None, None) => None,
-                };
+                let listen = Listen::from_request(tcp, unix);
                 let r = match (action, at) {
                     (RollbackAction::Trial, Some(at)) => {
                         self.rollback_trial(&at, listen.as_ref()).map(|(c, url)| {

@@ -20,6 +20,18 @@ pub enum Listen {
     Unix(PathBuf),
 }
 
+impl Listen {
+    /// The address of a control request's `tcp` / `unix` fields (TCP first;
+    /// the request's check refuses both at once); `None` when neither.
+    pub fn from_request(tcp: Option<String>, unix: Option<PathBuf>) -> Option<Listen> {
+        match (tcp, unix) {
+            (Some(t), _) => Some(Listen::Tcp(t)),
+            (None, Some(u)) => Some(Listen::Unix(u)),
+            (None, None) => None,
+        }
+    }
+}
+
 /// The NBD export name a view answers to (the default, empty, name too).
 pub const VIEW_EXPORT: &str = "asof";
 
