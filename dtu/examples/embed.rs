@@ -56,6 +56,8 @@ fn main() -> Result<()> {
         adopt_replica: false,
         undo: None,
         storage: Some(replica.clone() as Arc<dyn Replica>),
+        split_brain: Default::default(),
+        discard_my_data: false,
     })
     .context("starting the remote")?;
 
@@ -81,6 +83,7 @@ fn main() -> Result<()> {
             local: None,
             read_timeout: Duration::from_secs(30),
             accept_nvbuf_loss: false,
+            peer_lost: false,
             mirror: MirrorOptions {
                 initial_sync: dtu_proto::generation::InitialSync::AssumeInSync,
                 ..MirrorOptions::default()

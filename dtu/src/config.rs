@@ -412,6 +412,117 @@ fn undo(
     Ok(Some(o))
 }
 
+/// This site's other role and the hooks around a role change (`dtu
+/// promote`, `dtu demote`): the same section in a primary's and a remote's
+/// config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolesSection {
+    /// In a remote's config: the config this site runs as a primary once
+    /// promoted (its `nbd.local` is this replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<PathBuf>,
+    /// In a primary's config: the config this site runs as a remote once
+    /// demoted (its `replica.path` is this primary's `nbd.local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<PathBuf>,
+    /// A command run (by `sh -c`) before a promotion or demotion takes
+    /// effect, with `DTU_ACTION` (promote or demote), `DTU_VOLUME` and
+    /// `DTU_CONFIG` in its environment: a site's fencing (STONITH, a cloud
+    /// API, a lease). A failure or a timeout aborts the change with its
+    /// output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<String>,
+    /// How long the fence command may run, e.g. `"30s"` (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_timeout: Option<String>,
+    /// In a remote's config: what to do when the primary that connects and
+    /// this replica both changed since the generation they share (split
+    /// brain): `disconnect` (refuse, the default) or `discard-remote`
+    /// (this replica's changes are dropped and it is resynced from the
+    /// primary; the extents it loses are kept in a record beside its state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_brain: Option<String>,
+}
+
+fn roles_is_default(r: &RolesSection) -> bool {
+    *r == RolesSection::default()
+}
+
+/// What the pair does on a split brain (`roles.split_brain`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SplitBrainPolicy {
+    /// Refuse to mirror; the operator decides.
+    #[default]
+    Disconnect,
+    /// The remote's changes are discarded: it is resynced from the primary.
+    DiscardRemote,
+}
+
+impl std::str::FromStr for SplitBrainPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disconnect" => Ok(SplitBrainPolicy::Disconnect),
+            "discard-remote" => Ok(SplitBrainPolicy::DiscardRemote),
+            other => Err(format!("{other:?}: expected disconnect or discard-remote")),
+        }
+    }
+}
+
+/// Shortest and longest `roles.fence_timeout`.
+pub const MIN_FENCE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const MAX_FENCE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The `[roles]` section, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Roles {
+    /// The config of this site's other role.
+    pub other: Option<PathBuf>,
+    pub fence: Option<String>,
+    pub fence_timeout: Duration,
+    pub split_brain: SplitBrainPolicy,
+}
+
+fn roles(c: &Ctx<'_>, r: &RolesSection, is_primary: bool) -> Result<Roles, ConfigError> {
+    let (other, wrong, field) = if is_primary {
+        (&r.remote, &r.primary, "roles.primary")
+    } else {
+        (&r.primary, &r.remote, "roles.remote")
+    };
+    if wrong.is_some() {
+        return Err(c.err(
+            field,
+            "names this site's own role; a primary's config names its `remote`, a remote's its `primary`",
+        ));
+    }
+    if is_primary && r.split_brain.is_some() {
+        return Err(c.err(
+            "roles.split_brain",
+            "is decided by the remote: set it in the remote's config",
+        ));
+    }
+    Ok(Roles {
+        other: other.as_deref().map(|p| c.resolve(p)),
+        fence: r.fence.clone().filter(|f| !f.trim().is_empty()),
+        fence_timeout: r
+            .fence_timeout
+            .as_deref()
+            .map(|t| {
+                units::parse_duration_within(t, MIN_FENCE_TIMEOUT, MAX_FENCE_TIMEOUT)
+                    .map_err(|e| c.err("roles.fence_timeout", e))
+            })
+            .transpose()?
+            .unwrap_or(Duration::from_secs(60)),
+        split_brain: r
+            .split_brain
+            .as_deref()
+            .map(|s| s.parse().map_err(|e| c.err("roles.split_brain", e)))
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
 /// `primary.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -431,6 +542,8 @@ pub struct PrimaryFile {
     #[serde(default, skip_serializing_if = "checkpoint_is_default")]
     pub checkpoint: CheckpointSection,
     pub admin: AdminSection,
+    #[serde(default, skip_serializing_if = "roles_is_default")]
+    pub roles: RolesSection,
 }
 
 fn sync_is_default(s: &SyncSection) -> bool {
@@ -454,6 +567,8 @@ pub struct RemoteFile {
     #[serde(default, skip_serializing_if = "undo_is_default")]
     pub undo: UndoSection,
     pub admin: AdminSection,
+    #[serde(default, skip_serializing_if = "roles_is_default")]
+    pub roles: RolesSection,
 }
 
 /// Congestion controller for QUIC.
@@ -845,6 +960,8 @@ pub struct PrimaryConfig {
     pub mirror: MirrorOptions,
     /// `checkpoint.every`: a `timer` checkpoint this often.
     pub checkpoint_every: Option<Duration>,
+    /// `[roles]`: the remote config this site runs once demoted, fencing.
+    pub roles: Roles,
 }
 
 /// Everything `dtu remote` needs, parsed and with absolute paths.
@@ -866,6 +983,9 @@ pub struct RemoteConfig {
     pub metrics: Option<SocketAddr>,
     /// `None` when `undo.enabled = false`.
     pub undo: Option<crate::remote::UndoOptions>,
+    /// `[roles]`: the primary config this site runs once promoted, fencing,
+    /// the split-brain policy.
+    pub roles: Roles,
 }
 
 impl PrimaryConfig {
@@ -893,6 +1013,7 @@ impl PrimaryConfig {
             })
             .transpose()?;
         Ok(PrimaryConfig {
+            roles: roles(&c, &f.roles, true)?,
             mirror,
             checkpoint_every,
             volume: volume(&c, &f.volume)?,
@@ -949,6 +1070,7 @@ impl RemoteConfig {
         };
         let undo = undo(&c, &f.undo, &replica)?;
         Ok(RemoteConfig {
+            roles: roles(&c, &f.roles, false)?,
             undo,
             volume: volume(&c, &f.volume)?,
             cert: c.resolve(&f.identity.cert),
@@ -1016,6 +1138,7 @@ mod tests {
                 control: "primary.ctl".into(),
                 metrics: None,
             },
+            roles: RolesSection::default(),
         }
     }
 

@@ -88,7 +88,27 @@ pub enum Request {
         #[serde(default)]
         repair: bool,
     },
+    /// Promotes a running remote: its replica becomes this site's
+    /// primary volume (`dtu promote`).
+    Promote {
+        #[serde(default)]
+        force: bool,
+    },
+    /// Demotes a running primary: its local copy becomes this site's
+    /// replica once the remote has stored everything (`dtu demote`).
+    Demote {
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        discard_my_data: bool,
+        /// How long to wait for the remote to store the last records.
+        #[serde(default)]
+        wait_s: Option<u64>,
+    },
 }
+
+/// Longest a demotion waits for the remote to store the last records.
+pub const MAX_DEMOTE_WAIT: Duration = Duration::from_secs(3600);
 
 /// The step of a rollback a [`Request::Rollback`] asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +128,8 @@ pub enum RequestError {
     Policy(#[from] PolicyError),
     #[error("dirty % must be between 0 and 100, not {0}")]
     Dirty(f64),
+    #[error("a demotion waits at most 3600 s for the remote, not {0}")]
+    DemoteWait(u64),
     #[error("checkpoint label is {0} bytes long; at most {MAX_LABEL} are kept")]
     LabelTooLong(usize),
     #[error("checkpoint kind {0}")]
@@ -215,6 +237,11 @@ impl Request {
                 (Some(s), Some(e)) if s >= e => Err(RequestError::Range(*s, *e)),
                 _ => Ok(()),
             },
+            Request::Promote { .. } => Ok(()),
+            Request::Demote { wait_s, .. } => match wait_s {
+                Some(w) if *w > MAX_DEMOTE_WAIT.as_secs() => Err(RequestError::DemoteWait(*w)),
+                _ => Ok(()),
+            },
         }
     }
 }
@@ -288,6 +315,16 @@ pub enum ControlError {
 
 /// Sends one request and waits for the answer.
 pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    request_within(path, req, Duration::from_secs(10))
+}
+
+/// [`request`], waiting up to `limit` for the answer (a role change runs
+/// the fence hook and waits for the remote).
+pub fn request_within(
+    path: &Path,
+    req: &Request,
+    limit: Duration,
+) -> Result<Response, ControlError> {
     let io = |source| ControlError::Io {
         path: path.to_path_buf(),
         source,
@@ -296,8 +333,7 @@ pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
         path: path.to_path_buf(),
         source,
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
+    s.set_read_timeout(Some(limit)).map_err(io)?;
     let mut line = serde_json::to_string(req).expect("requests serialize");
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io)?;

@@ -60,6 +60,8 @@ impl PairSetup {
             adopt_replica: false,
             undo: Some(crate::remote::UndoOptions::beside(&dir.join("replica.img"))),
             storage: None,
+            split_brain: Default::default(),
+            discard_my_data: false,
         }
     }
 
@@ -89,6 +91,7 @@ impl PairSetup {
             local: Some(dir.join("source.img")),
             read_timeout: Duration::from_secs(30),
             accept_nvbuf_loss: false,
+            peer_lost: false,
             mirror: crate::primary::MirrorOptions::default(),
         }
     }

@@ -7,13 +7,15 @@
 //! [`transport`] and peer [`identity`], the [`nbd`] front end, the
 //! [`control`] socket, the [`status`] display and the [`metrics`] it is
 //! built from, the [`config`] files and the [`cli`]; the remote's
-//! checkpoint catalog and [`undo`] journal (as-of views and rollback).
+//! checkpoint catalog and [`undo`] journal (as-of views and rollback); the
+//! [`fence`] hook run before a promotion or demotion.
 
 pub mod changemap;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod digest;
+pub mod fence;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;

@@ -62,6 +62,8 @@ impl Pair {
             adopt_replica: false,
             undo: None,
             storage: None,
+            split_brain: Default::default(),
+            discard_my_data: false,
         })
         .unwrap()
     }
@@ -92,6 +94,7 @@ impl Pair {
             local: None,
             read_timeout: Duration::from_secs(10),
             accept_nvbuf_loss: false,
+            peer_lost: false,
             mirror: dtu::primary::MirrorOptions::default(),
         }
     }

@@ -509,6 +509,16 @@ impl Sender {
         Ok(())
     }
 
+    /// The remote is known to be gone since `since` (a promoted primary's
+    /// peer was the site that was lost): while no connection is up, the
+    /// link counts as down from then, so operations are not held back
+    /// waiting for it longer than [`SenderConfig::degrade_after`] from then.
+    pub fn down_since(&mut self, since: Instant) {
+        if !self.connected {
+            self.down_since = Some(since);
+        }
+    }
+
     /// The connection is gone: whatever was in flight must be sent again.
     pub fn on_disconnected(&mut self, now: Instant) {
         self.connected = false;

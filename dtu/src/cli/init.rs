@@ -28,6 +28,20 @@ pub struct InitArgs {
     /// emulator in front of it. Defaults to --remote-listen.
     #[arg(long)]
     pub remote_addr: Option<String>,
+    /// Where the primary's site listens once it is demoted to a remote
+    /// (`demoted.toml`). Defaults to --remote-listen's host, one port up.
+    #[arg(long)]
+    pub primary_listen: Option<String>,
+    /// Where the remote's site sends to once it is promoted to a primary
+    /// (`promoted.toml`): the old primary's --primary-listen, or a link
+    /// emulator in front of it. Defaults to --primary-listen.
+    #[arg(long)]
+    pub primary_addr: Option<String>,
+    /// Keep a local copy of the volume on the primary (`primary.img`):
+    /// reads are served locally, a dead link is bridged by the
+    /// changed-block map, and a demoted primary keeps the volume.
+    #[arg(long)]
+    pub local_copy: bool,
     /// Size of the primary's nvbuf.
     #[arg(long, default_value = "1GiB")]
     pub nvbuf_size: String,
@@ -63,13 +77,19 @@ pub const NBD_TLS_DIR: &str = "nbd-tls";
 pub struct Pair {
     pub primary: PathBuf,
     pub remote: PathBuf,
+    /// The remote's site as a primary, once promoted.
+    pub promoted: PathBuf,
+    /// The primary's site as a remote, once demoted.
+    pub demoted: PathBuf,
 }
 
 pub fn run(a: &InitArgs) -> Result<Pair> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let primary_toml = a.dir.join("primary.toml");
     let remote_toml = a.dir.join("remote.toml");
-    for p in [&primary_toml, &remote_toml] {
+    let promoted_toml = a.dir.join("promoted.toml");
+    let demoted_toml = a.dir.join("demoted.toml");
+    for p in [&primary_toml, &remote_toml, &promoted_toml, &demoted_toml] {
         if p.exists() && !a.force {
             bail!(
                 "{} exists; pass --force to replace this pair (its nvbuf and replica stay)",
@@ -89,6 +109,18 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
         )
     })?;
     nvbuf_size(&a.nvbuf_size).context("--nvbuf-size")?;
+    let remote_listen: std::net::SocketAddr = a
+        .remote_listen
+        .parse()
+        .with_context(|| format!("--remote-listen {:?}", a.remote_listen))?;
+    let primary_listen = match &a.primary_listen {
+        Some(l) => l.clone(),
+        None => std::net::SocketAddr::new(
+            remote_listen.ip(),
+            remote_listen.port().checked_add(1).unwrap_or(7002),
+        )
+        .to_string(),
+    };
     link_rate(&a.link_rate).context("--link-rate")?;
     link_rtt(&a.link_rtt).context("--link-rtt")?;
 
@@ -122,7 +154,7 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
         rtt: a.link_rtt.clone(),
         ..LinkSection::default()
     };
-    let primary = PrimaryFile {
+    let mut primary = PrimaryFile {
         volume: volume.clone(),
         identity: IdentitySection {
             cert: "primary.crt".into(),
@@ -165,7 +197,14 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
             control: "primary.ctl".into(),
             metrics: None,
         },
+        roles: RolesSection {
+            remote: Some("demoted.toml".into()),
+            ..RolesSection::default()
+        },
     };
+    if a.local_copy {
+        primary.nbd.local = Some("primary.img".into());
+    }
     let remote = RemoteFile {
         volume,
         identity: IdentitySection {
@@ -188,6 +227,64 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
             control: "remote.ctl".into(),
             metrics: None,
         },
+        roles: RolesSection {
+            primary: Some("promoted.toml".into()),
+            ..RolesSection::default()
+        },
+    };
+    // Each site's other role: the same identity, disk and control socket;
+    // the link the other way round.
+    let promoted = PrimaryFile {
+        identity: remote.identity.clone(),
+        link: LinkSection {
+            remote: Some(
+                a.primary_addr
+                    .clone()
+                    .unwrap_or_else(|| primary_listen.clone()),
+            ),
+            listen: None,
+            ..remote.link.clone()
+        },
+        nvbuf: NvbufSection {
+            path: "promoted.nvbuf".into(),
+            ..primary.nvbuf.clone()
+        },
+        nbd: NbdSection {
+            tcp: None,
+            unix: Some("promoted.nbd.sock".into()),
+            local: Some(remote.replica.path.clone()),
+            tls: "off".into(),
+            tls_dir: None,
+            ..NbdSection::default()
+        },
+        admin: remote.admin.clone(),
+        roles: RolesSection {
+            remote: Some("remote.toml".into()),
+            ..RolesSection::default()
+        },
+        ..primary.clone()
+    };
+    let demoted = RemoteFile {
+        identity: primary.identity.clone(),
+        link: LinkSection {
+            listen: Some(primary_listen),
+            remote: None,
+            ..primary.link.clone()
+        },
+        replica: ReplicaSection {
+            path: primary
+                .nbd
+                .local
+                .clone()
+                .unwrap_or_else(|| "demoted.img".into()),
+            state: None,
+        },
+        admin: primary.admin.clone(),
+        roles: RolesSection {
+            primary: Some("primary.toml".into()),
+            ..RolesSection::default()
+        },
+        ..remote.clone()
     };
     let header =
         "# Written by `dtu init`. Every option is described in `dtu --help` and the README.\n";
@@ -199,12 +296,24 @@ pub fn run(a: &InitArgs) -> Result<Pair> {
         &remote_toml,
         format!("{header}{}", toml::to_string(&remote)?),
     )?;
-    // Both must parse back: an init that writes a config dtu cannot read is a bug.
+    std::fs::write(
+        &promoted_toml,
+        format!("{header}{}", toml::to_string(&promoted)?),
+    )?;
+    std::fs::write(
+        &demoted_toml,
+        format!("{header}{}", toml::to_string(&demoted)?),
+    )?;
+    // All must parse back: an init that writes a config dtu cannot read is a bug.
     PrimaryConfig::load(&primary_toml)?;
     RemoteConfig::load(&remote_toml)?;
+    PrimaryConfig::load(&promoted_toml)?;
+    RemoteConfig::load(&demoted_toml)?;
     Ok(Pair {
         primary: primary_toml,
         remote: remote_toml,
+        promoted: promoted_toml,
+        demoted: demoted_toml,
     })
 }
 

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod demo;
 pub mod init;
+pub mod role;
 pub mod run;
 
 use std::path::PathBuf;
@@ -54,6 +55,15 @@ pub enum Command {
     /// Compare the local copy and the replica by block digests while the
     /// host keeps writing; report (and with --repair resync) what differs.
     Verify(admin::VerifyArgs),
+    /// Promote this remote: its replica becomes a writable volume served by
+    /// this site's primary role (roles.primary), which mirrors back to the
+    /// old primary once it returns as a remote. Refused while a primary is
+    /// connected or the replica is inconsistent, unless --force.
+    Promote(role::PromoteArgs),
+    /// Demote this primary: once the remote has stored everything, this
+    /// site's local copy becomes the replica of its remote role
+    /// (roles.remote). Also run on a stopped primary after a failover.
+    Demote(role::DemoteArgs),
     /// Follow a running sync and verify with progress bars (rate, time
     /// left) until neither runs.
     Progress(admin::ProgressArgs),
@@ -136,6 +146,14 @@ pub fn main() -> Result<()> {
         Command::Rollback(a) => admin::rollback(a),
         Command::Verify(a) => admin::verify(a),
         Command::Progress(a) => admin::progress(a),
+        Command::Promote(a) => {
+            init_tracing(&cli.log);
+            role::promote(a)
+        }
+        Command::Demote(a) => {
+            init_tracing(&cli.log);
+            role::demote(a)
+        }
         Command::Demo(a) => {
             init_tracing(if cli.log == "info" { "warn" } else { &cli.log });
             demo::run(a)

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::admin::parse_on_off;
 use crate::config::{NbdTlsConfig, PrimaryConfig, RemoteConfig};
@@ -13,7 +13,9 @@ use crate::control::{self, Controlled};
 use crate::nbd::tls::{NbdTls, TlsMode};
 use crate::nbd::{Export, FileExport, NbdServer};
 use crate::primary::{Primary, PrimaryExport, PrimaryOptions};
-use crate::remote::{Remote, RemoteOptions};
+use crate::remote::{Remote, RemoteError, RemoteOptions};
+
+use super::role::{self, Next};
 
 /// `dtu primary`.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,6 +82,11 @@ pub struct RemoteArgs {
     /// proves it. Without it, such a replica refuses to start.
     #[arg(long)]
     pub adopt_replica: bool,
+    /// This replica's own changes may be discarded: a split brain found at
+    /// the next connect is resolved by resyncing the replica from the
+    /// primary (what it loses is listed beside its state file).
+    #[arg(long)]
+    pub discard_my_data: bool,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -219,33 +226,92 @@ async fn serve_admin_and_nbd(
 }
 
 pub fn primary(a: PrimaryArgs) -> Result<()> {
-    let mut cfg = PrimaryConfig::load(&a.config)?;
-    cfg.policy = control::changed_policy(
-        cfg.policy,
-        a.trigger.as_deref(),
-        a.delay.as_deref(),
-        a.spoofing,
-        a.dirty_threshold,
-    )
-    .map_err(|e| anyhow::anyhow!("{}: {}", e.flag(), e.detail()))?;
-    if let Some(l) = a.local {
-        cfg.local = Some(l);
+    let next = run_primary(&a.config, Some(&a))?;
+    drive(next)
+}
+
+pub fn remote(a: RemoteArgs) -> Result<()> {
+    let next = run_remote(&a.config, Some(&a))?;
+    drive(next)
+}
+
+/// Runs this site's roles one after the other as `dtu promote` and `dtu
+/// demote` change them, until a signal stops the process.
+fn drive(mut next: Next) -> Result<()> {
+    loop {
+        next = match next {
+            Next::Stop => return Ok(()),
+            Next::Primary(config) => {
+                eprintln!("this site now runs as a primary ({})", config.display());
+                run_primary(&config, None)?
+            }
+            Next::Remote { config, demote } => {
+                if let Some(discard) = demote {
+                    let pcfg = RemoteConfig::load(&config)?
+                        .roles
+                        .other
+                        .ok_or_else(|| anyhow!("{} sets no roles.primary", config.display()))?;
+                    role::demote_files(&pcfg, &config, discard)?;
+                }
+                eprintln!("this site now runs as a remote ({})", config.display());
+                run_remote(&config, None)?
+            }
+        };
     }
-    if let Some(t) = &a.nbd_tcp {
-        cfg.nbd_tcp = Some(t.parse().with_context(|| format!("--nbd-tcp {t}"))?);
+}
+
+/// Waits for SIGINT or SIGTERM (then stops) or a role change.
+async fn until_signal_or(next: &mut tokio::sync::mpsc::UnboundedReceiver<Next>) -> Next {
+    tokio::select! {
+        _ = until_signal() => Next::Stop,
+        n = next.recv() => n.unwrap_or(Next::Stop),
     }
-    if let Some(u) = a.nbd_unix {
-        cfg.nbd_unix = Some(u);
+}
+
+fn run_primary(path: &Path, a: Option<&PrimaryArgs>) -> Result<Next> {
+    let mut cfg = PrimaryConfig::load(path)?;
+    let mut metrics = cfg.metrics.map(|m| m.to_string());
+    let mut accept_nvbuf_loss = false;
+    if let Some(a) = a {
+        cfg.policy = control::changed_policy(
+            cfg.policy,
+            a.trigger.as_deref(),
+            a.delay.as_deref(),
+            a.spoofing,
+            a.dirty_threshold,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.flag(), e.detail()))?;
+        if let Some(l) = &a.local {
+            cfg.local = Some(l.clone());
+        }
+        if let Some(t) = &a.nbd_tcp {
+            cfg.nbd_tcp = Some(t.parse().with_context(|| format!("--nbd-tcp {t}"))?);
+        }
+        if let Some(u) = &a.nbd_unix {
+            cfg.nbd_unix = Some(u.clone());
+        }
+        if a.metrics.is_some() {
+            metrics = a.metrics.clone();
+        }
+        accept_nvbuf_loss = a.accept_nvbuf_loss;
     }
-    let metrics = a.metrics.or(cfg.metrics.map(|m| m.to_string()));
     let rt = runtime()?;
     let mut opts = PrimaryOptions::from_config(&cfg)?;
-    opts.accept_nvbuf_loss = a.accept_nvbuf_loss;
+    opts.accept_nvbuf_loss = accept_nvbuf_loss;
+    // Started by a role change: a promotion, whose peer is the lost site.
+    opts.peer_lost = a.is_none();
     let primary = Arc::new(Primary::start_on(opts, rt.handle().clone())?);
     let export: Arc<dyn Export> = Arc::new(PrimaryExport::new(primary.clone()));
+    let (next_tx, mut next_rx) = tokio::sync::mpsc::unbounded_channel();
+    let control = Arc::new(role::PrimaryControl {
+        primary: primary.clone(),
+        cfg: cfg.clone(),
+        path: path.to_path_buf(),
+        next: next_tx,
+    });
     let result = rt.block_on(async {
         let (mut tasks, stop) = serve_admin_and_nbd(
-            primary.clone(),
+            control,
             cfg.control.clone(),
             metrics,
             Some((cfg.export.clone(), export)),
@@ -260,13 +326,13 @@ pub fn primary(a: PrimaryArgs) -> Result<()> {
             ));
         }
         eprintln!("primary running; control socket {}", cfg.control.display());
-        until_signal().await;
+        let next = until_signal_or(&mut next_rx).await;
         eprintln!("stopping the primary");
         let _ = stop.send(true);
         for t in &tasks {
             t.abort();
         }
-        Ok::<_, anyhow::Error>(())
+        Ok::<_, anyhow::Error>(next)
     });
     let _ = std::fs::remove_file(&cfg.control);
     if let Some(u) = &cfg.nbd_unix {
@@ -276,24 +342,51 @@ pub fn primary(a: PrimaryArgs) -> Result<()> {
     let primary = wait_unique(primary);
     if let Some(p) = primary {
         p.shutdown();
+    } else if matches!(result, Ok(Next::Remote { .. })) {
+        // Its files are about to become the remote's: a primary still
+        // running could write them.
+        bail!("the primary could not be stopped cleanly (connections still hold it); the demotion stops here: restart this site with `dtu demote`");
     }
     drop(rt);
     result
 }
 
-pub fn remote(a: RemoteArgs) -> Result<()> {
-    let cfg = RemoteConfig::load(&a.config)?;
+fn run_remote(path: &Path, a: Option<&RemoteArgs>) -> Result<Next> {
+    let cfg = RemoteConfig::load(path)?;
     let rt = runtime()?;
     let mut opts = RemoteOptions::from_config(&cfg)?;
-    opts.adopt_replica = a.adopt_replica;
-    let remote = Arc::new(Remote::start_on(opts, rt.handle().clone())?);
-    let metrics = a.metrics.or(cfg.metrics.map(|m| m.to_string()));
-    let tcp = a.export_ro.or(cfg.nbd_tcp.map(|x| x.to_string()));
-    let unix = a.export_ro_unix.or(cfg.nbd_unix.clone());
-    if a.export_as_of.is_some() && tcp.is_none() && unix.is_none() {
+    opts.adopt_replica = a.is_some_and(|a| a.adopt_replica);
+    opts.discard_my_data = a.is_some_and(|a| a.discard_my_data);
+    let remote = match Remote::start_on(opts, rt.handle().clone()) {
+        Ok(r) => Arc::new(r),
+        Err(RemoteError::Promoted(gens)) if cfg.roles.other.is_some() => {
+            // A promotion that stopped before the primary role started (or
+            // a site restarted since): it goes on as the primary.
+            let ppath = cfg.roles.other.clone().expect("checked");
+            let pcfg = PrimaryConfig::load(&ppath)?;
+            crate::primary::role::check_pair(&pcfg, &cfg)?;
+            crate::primary::role::prepare_promoted(&pcfg, gens, gens.history[0])?;
+            tracing::warn!(
+                "the replica was promoted (generation {gens}): this site runs its primary role"
+            );
+            return Ok(Next::Primary(ppath));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let metrics = a
+        .and_then(|a| a.metrics.clone())
+        .or(cfg.metrics.map(|m| m.to_string()));
+    let tcp = a
+        .and_then(|a| a.export_ro.clone())
+        .or(cfg.nbd_tcp.map(|x| x.to_string()));
+    let unix = a
+        .and_then(|a| a.export_ro_unix.clone())
+        .or(cfg.nbd_unix.clone());
+    let as_of = a.and_then(|a| a.export_as_of.clone());
+    if as_of.is_some() && tcp.is_none() && unix.is_none() {
         anyhow::bail!("--export-as-of needs --export-ro or --export-ro-unix (or nbd.tcp / nbd.unix in the config)");
     }
-    let export: Option<(String, Arc<dyn Export>)> = if let Some(v) = &a.export_as_of {
+    let export: Option<(String, Arc<dyn Export>)> = if let Some(v) = &as_of {
         remote
             .checkpoints()
             .map_err(|e| anyhow!("--export-as-of: {e}"))?;
@@ -313,9 +406,16 @@ pub fn remote(a: RemoteArgs) -> Result<()> {
     } else {
         None
     };
+    let (next_tx, mut next_rx) = tokio::sync::mpsc::unbounded_channel();
+    let control = Arc::new(role::RemoteControl {
+        remote: remote.clone(),
+        cfg: cfg.clone(),
+        path: path.to_path_buf(),
+        next: next_tx,
+    });
     let result = rt.block_on(async {
         let (tasks, stop) = serve_admin_and_nbd(
-            remote.clone(),
+            control,
             cfg.control.clone(),
             metrics,
             export,
@@ -329,13 +429,13 @@ pub fn remote(a: RemoteArgs) -> Result<()> {
             remote.local_addr()?,
             cfg.control.display()
         );
-        until_signal().await;
+        let next = until_signal_or(&mut next_rx).await;
         eprintln!("stopping the remote");
         let _ = stop.send(true);
         for t in &tasks {
             t.abort();
         }
-        Ok::<_, anyhow::Error>(())
+        Ok::<_, anyhow::Error>(next)
     });
     let _ = std::fs::remove_file(&cfg.control);
     if let Some(u) = &unix {
@@ -343,6 +443,8 @@ pub fn remote(a: RemoteArgs) -> Result<()> {
     }
     if let Some(r) = wait_unique(remote) {
         r.shutdown();
+    } else if matches!(result, Ok(Next::Primary(_))) {
+        bail!("the remote could not be stopped cleanly (connections still hold it); restart this site with `dtu remote`: it goes on as the promoted primary");
     }
     drop(rt);
     result

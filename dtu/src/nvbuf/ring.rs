@@ -872,6 +872,21 @@ impl<S: NvStore> Nvbuf<S> {
         Ok(behind)
     }
 
+    /// Writes a superblock when records were released since the last one:
+    /// run now and then while the host is idle, so that the nvbuf a crash
+    /// leaves lists only records the remote may not hold (a demotion after
+    /// a failover resyncs what it lists).
+    pub fn checkpoint_if_released(&self) -> Result<bool, NvbufError> {
+        let behind = {
+            let st = lock(&self.state);
+            st.released_tail > st.sb_tail && !st.flushing
+        };
+        if behind {
+            self.persist_superblock()?;
+        }
+        Ok(behind)
+    }
+
     /// Makes released space reusable now by writing and flushing a superblock
     /// with the current tail (also useful before a clean shutdown).
     pub fn checkpoint(&self) -> Result<(), NvbufError> {

@@ -68,6 +68,9 @@ pub(crate) struct State {
     pub decision: Option<String>,
     /// Since when the appender has been waiting for nvbuf space.
     pub full_since: Option<Instant>,
+    /// The last seq taken while cut off, once a change is taken connected
+    /// again: when the remote stores it, the cut-off writes reached it.
+    cut_off_until: Seq,
 }
 
 /// Shared by the host-facing API, the ingest threads and the async tasks.
@@ -100,6 +103,9 @@ pub(crate) struct Core {
     pub sync_wake: (Mutex<bool>, Condvar),
     /// A fold waits for the gate: new host operations hold back.
     pub folding: AtomicBool,
+    /// A demotion is under way: host operations are refused while the
+    /// remote takes the last records.
+    pub demoting: AtomicBool,
 }
 
 /// Link and host byte rates.
@@ -154,6 +160,7 @@ impl Core {
                 meta,
                 decision: None,
                 full_since: None,
+                cut_off_until: 0,
             }),
             nvbuf,
             local,
@@ -161,6 +168,7 @@ impl Core {
             gate: RwLock::new(()),
             sync_wake: (Mutex::new(false), Condvar::new()),
             folding: AtomicBool::new(false),
+            demoting: AtomicBool::new(false),
             lanes_wake: Notify::new(),
             control_wake: Notify::new(),
             timer_wake: Notify::new(),
@@ -324,8 +332,33 @@ impl Core {
         }
         let seq = st.sender.submit(kind, bytes, Instant::now());
         st.waiters.push_back((seq, tx));
+        // The first change the host makes while cut off from the remote is
+        // recorded before it can be answered: after a failover, writes from
+        // here on are ones the promoted side never had (a split brain).
+        let change = matches!(kind, OpKind::Write | OpKind::Trim);
+        let connected = matches!(st.link, LinkState::Connected { .. });
+        let cut_off = change && !connected && st.meta.cut_off_since == 0;
+        if cut_off {
+            st.meta.cut_off_since = seq;
+        }
+        if change && st.meta.cut_off_since != 0 {
+            st.cut_off_until = if connected {
+                match st.cut_off_until {
+                    0 => seq - 1,
+                    until => until,
+                }
+            } else {
+                0
+            };
+        }
+        let meta = st.meta;
         let done = drain(&mut st);
         drop(st);
+        if cut_off {
+            if let Err(e) = self.nvbuf.set_meta(&meta.encode()) {
+                tracing::warn!("recording the first write while cut off from the remote: {e}");
+            }
+        }
         answer(done);
         Ok((seq, rx))
     }
@@ -350,6 +383,15 @@ impl Core {
             _ => Vec::new(),
         };
         let wake_sync = st.sync.running() || st.sync.verifying();
+        let caught_up = st.meta.cut_off_since != 0
+            && ((st.cut_off_until != 0 && progress.remote_stored >= st.cut_off_until)
+                || (matches!(st.link, LinkState::Connected { .. })
+                    && progress.remote_stored >= progress.highest));
+        if caught_up {
+            st.meta.cut_off_since = 0;
+            st.cut_off_until = 0;
+        }
+        let meta = st.meta;
         let sendable = progress.queued > 0 && st.sender.is_connected();
         // Wake the timer task only if it sleeps past the new deadline.
         let retime = match (st.sender.poll_timeout(), st.timer_armed) {
@@ -358,6 +400,11 @@ impl Core {
             (None, _) => false,
         };
         drop(st);
+        if caught_up {
+            if let Err(e) = self.nvbuf.set_meta(&meta.encode()) {
+                tracing::warn!("recording that the remote caught up: {e}");
+            }
+        }
         answer(done);
         if !sync_events.is_empty() {
             self.on_sync_events(sync_events);

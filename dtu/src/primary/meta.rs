@@ -9,7 +9,8 @@
 //! Layout (little endian): `version u8 (2) | zero [3] | flags u32 |
 //! lost epoch u32 | zero u32 | lost first seq u64 | lost last seq u64 (0:
 //! unknown) | current gen u64 | history gens [u64; 4] | map base u64 |
-//! verify cursor u64 | verify end u64`, the rest zero. Version 1 (the first
+//! verify cursor u64 | verify end u64 | cut off since seq u64`, the rest
+//! zero. Version 1 (the first
 //! 32 bytes) is still read. An all-zero area (a new nvbuf) reads as "nothing
 //! yet": the primary then picks its first generation.
 
@@ -22,6 +23,7 @@ const VERSION: u8 = 2;
 const VERSION_1: u8 = 1;
 const LOST_WRITES_UNREPORTED: u32 = 1;
 const AHEAD: u32 = 2;
+const DEMOTED: u32 = 4;
 
 /// Why the metadata area cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +51,14 @@ pub struct PrimaryMeta {
     pub ahead: bool,
     /// A verify in progress: the next offset it compares, and where it ends.
     pub verify: Option<(u64, u64)>,
+    /// This site was demoted (`dtu demote`): its volume is a remote's
+    /// replica now, and the primary must not start on it.
+    pub demoted: bool,
+    /// The first seq of a write or trim the primary took while it had no
+    /// session with the remote (0: none since the remote last stored
+    /// everything): from it on, the host wrote while cut off, which a
+    /// demotion after a failover reports as a split brain.
+    pub cut_off_since: Seq,
 }
 
 impl PrimaryMeta {
@@ -72,6 +82,7 @@ impl PrimaryMeta {
         };
         if b[0] == VERSION {
             m.ahead = flags & AHEAD != 0;
+            m.demoted = flags & DEMOTED != 0;
             m.gens.current = u64_at(32);
             for (i, g) in m.gens.history.iter_mut().enumerate() {
                 *g = u64_at(40 + 8 * i);
@@ -80,6 +91,7 @@ impl PrimaryMeta {
             m.map_base = u64_at(at);
             let (cursor, end) = (u64_at(at + 8), u64_at(at + 16));
             m.verify = (end != 0).then_some((cursor, end));
+            m.cut_off_since = u64_at(at + 24);
         }
         Ok(m)
     }
@@ -97,6 +109,9 @@ impl PrimaryMeta {
         if self.ahead {
             flags |= AHEAD;
         }
+        if self.demoted {
+            flags |= DEMOTED;
+        }
         b[4..8].copy_from_slice(&flags.to_le_bytes());
         b[32..40].copy_from_slice(&self.gens.current.to_le_bytes());
         for (i, g) in self.gens.history.iter().enumerate() {
@@ -108,6 +123,7 @@ impl PrimaryMeta {
             b[at + 8..at + 16].copy_from_slice(&cursor.to_le_bytes());
             b[at + 16..at + 24].copy_from_slice(&end.to_le_bytes());
         }
+        b[at + 24..at + 32].copy_from_slice(&self.cut_off_since.to_le_bytes());
         b
     }
 }
@@ -134,6 +150,8 @@ mod tests {
             map_base: 11,
             ahead: true,
             verify: Some((1 << 20, 1 << 30)),
+            demoted: true,
+            cut_off_since: 77,
         };
         assert_eq!(PrimaryMeta::decode(&m.encode()), Ok(m));
         let mut b = m.encode();

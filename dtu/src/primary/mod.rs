@@ -32,6 +32,7 @@ pub mod local;
 pub mod meta;
 pub mod mode;
 pub mod replay;
+pub mod role;
 mod session;
 mod status;
 pub mod sync;
@@ -115,6 +116,8 @@ pub enum PrimaryError {
     NoLocalCopy(&'static str),
     #[error("{0}")]
     Busy(&'static str),
+    #[error("this primary is being demoted: the volume takes no more writes here")]
+    Demoting,
 }
 
 // Every write the NBD front end accepts must be one the primary accepts.
@@ -172,6 +175,10 @@ pub struct PrimaryOptions {
     pub accept_nvbuf_loss: bool,
     /// The changed-block map, sync, overflow and verify settings.
     pub mirror: MirrorOptions,
+    /// The remote is known to be gone (this primary was just promoted
+    /// and its peer is the lost site): host operations are answered at
+    /// `buffered` at once instead of after `nvbuf.overflow_after`.
+    pub peer_lost: bool,
 }
 
 /// How the primary keeps a replica that is behind in step: the
@@ -246,6 +253,7 @@ impl PrimaryOptions {
             read_timeout: Duration::from_secs(30),
             accept_nvbuf_loss: false,
             mirror: c.mirror.clone(),
+            peer_lost: false,
         })
     }
 }
@@ -317,6 +325,14 @@ impl Primary {
             tracing::warn!("nvbuf recovery stopped at a torn record (an unflushed tail): {why}");
         }
         let mut meta = PrimaryMeta::decode(&nvbuf.meta()).map_err(|e| start_err(&e))?;
+        if meta.demoted {
+            return Err(PrimaryError::Start(format!(
+                "this site was demoted (dtu demote): its volume is a remote's replica now, \
+                 and {} keeps only what the demotion found. Run it as a remote (roles.remote), \
+                 or promote that remote to make this site a primary again",
+                opts.nvbuf_path.display()
+            )));
+        }
         if meta.gens.current == 0 {
             // A new primary: its first generation.
             meta.gens = Generations::new(rand::random::<u64>() | 1);
@@ -381,6 +397,11 @@ impl Primary {
             first,
             now,
         );
+        if opts.peer_lost {
+            if let Some(since) = now.checked_sub(opts.mirror.overflow_after) {
+                sender.down_since(since);
+            }
+        }
         // Recovered records are resent; no host waits for them any more.
         let recovered = replay::into_sender(&recovery, &mut sender, now)
             .map_err(|e| start_err(&e))?
@@ -547,6 +568,9 @@ impl Primary {
     /// change under it.
     fn route(&self) -> Result<Route<'_>, PrimaryError> {
         let gate = self.core.enter();
+        if self.core.demoting.load(Ordering::SeqCst) {
+            return Err(PrimaryError::Demoting);
+        }
         let mode = self.core.lock().mode;
         match mode {
             Mode::Journal => Ok(Route::Journal(gate)),
@@ -864,6 +888,46 @@ impl Primary {
         Status::Primary(Box::new(status::build(self)))
     }
 
+    /// Refuses host operations from now on ([`PrimaryError::Demoting`]),
+    /// or takes them again. Operations already past the gate finish
+    /// entering the pipeline before this returns.
+    pub fn refuse_host_operations(&self, refuse: bool) {
+        self.core.demoting.store(refuse, Ordering::SeqCst);
+        drop(self.core.gate.write().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The first half of a planned demotion: stops taking host operations
+    /// (they are answered with [`PrimaryError::Demoting`]) and waits until
+    /// the remote has stored every record and the changed-block map is
+    /// empty, so the remote holds exactly the volume. On timeout it takes
+    /// operations again and says what the remote still lacks.
+    pub fn drain(&self, timeout: Duration) -> Result<(), role::Undrained> {
+        self.refuse_host_operations(true);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Status::Primary(p) = self.status() else {
+                unreachable!("a primary's status")
+            };
+            let unstored = p.highest_seq.saturating_sub(p.remote_stored_seq);
+            let out_of_sync = p.mirror.out_of_sync_bytes;
+            let syncing = p.mirror.sync.target != 0;
+            if unstored == 0 && out_of_sync == 0 && !syncing && p.mirror.mode == "journal" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline || p.failed.is_some() {
+                self.refuse_host_operations(false);
+                return Err(role::Undrained {
+                    unstored,
+                    out_of_sync,
+                    connection: p
+                        .connection_detail
+                        .unwrap_or_else(|| p.connection.to_string()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops accepting operations, says goodbye to the remote and stops
     /// every thread. Records not yet stored stay in the nvbuf and are resent
     /// by the next start.
@@ -915,11 +979,7 @@ fn open_map(
     opts: &PrimaryOptions,
     meta: &mut PrimaryMeta,
 ) -> Result<ChangeMap<SparseFile>, ChangeMapError> {
-    let path = opts.mirror.map_path.clone().unwrap_or_else(|| {
-        let mut p = opts.nvbuf_path.clone().into_os_string();
-        p.push(".map");
-        PathBuf::from(p)
-    });
+    let path = role::map_path(&opts.nvbuf_path, opts.mirror.map_path.as_deref());
     let exists = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
     let map = if exists {
         let (map, info) =
@@ -1049,6 +1109,14 @@ impl crate::control::Controlled for Primary {
                         .into(),
                 }
             }
+            Request::Promote { .. } => Response::Error {
+                message: "this is a primary already".into(),
+            },
+            Request::Demote { .. } => Response::Error {
+                message: "a demotion is run by the dtu process (dtu demote); an embedding \
+                          storage stack calls Primary::drain and primary::role::demote_files"
+                    .into(),
+            },
         }
     }
 

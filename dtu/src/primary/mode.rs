@@ -102,7 +102,7 @@ pub enum FoldError {
 }
 
 /// The volume range a record changes, if it changes one.
-fn range(h: &RecordHeader) -> Option<(u64, u64)> {
+pub(crate) fn range(h: &RecordHeader) -> Option<(u64, u64)> {
     match kind_from_flags(h.flags)? {
         dtu_proto::sender::OpKind::Write | dtu_proto::sender::OpKind::Trim => {
             Some((h.offset, u64::from(h.length)))

@@ -318,6 +318,12 @@ pub(crate) async fn timers(core: Arc<Core>) {
         if now >= next_sample {
             core.sample_rates(now);
             next_sample = now + Duration::from_secs(1);
+            let nvbuf = core.nvbuf.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = nvbuf.checkpoint_if_released() {
+                    tracing::warn!("nvbuf superblock: {e}");
+                }
+            });
         }
         let wake = core.timer_wake.notified();
         let deadline = core.arm_timer().map_or(next_sample, |t| t.min(next_sample));

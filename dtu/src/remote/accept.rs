@@ -16,10 +16,11 @@
 use std::time::Instant;
 
 use dtu_proto::frame::{hello_flags, DecisionCode, Hello};
-use dtu_proto::generation::{decide, Decision, Gen, InitialSync, PrimaryView, RemoteView};
+use dtu_proto::generation::{decide, Decision, Gen, InitialSync, PrimaryView, Refusal, RemoteView};
 use dtu_proto::handshake::HandshakeError;
 use dtu_proto::{Receiver, Seq};
 
+use crate::config::SplitBrainPolicy;
 use crate::replica::VolumeState;
 
 /// Why a primary is not accepted.
@@ -61,15 +62,67 @@ pub fn primary_view(theirs: &Hello) -> PrimaryView {
     }
 }
 
+/// The divergence record beside the state, if any, renamed as the record
+/// of what a resync discards; a phrase for the decision line.
+fn keep_divergence_record(state: &VolumeState) -> String {
+    let record = crate::primary::role::divergence_record(state.path());
+    if !record.exists() {
+        return String::new();
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut to = state.path().as_os_str().to_owned();
+    to.push(format!(".discarded-{secs}"));
+    let to = std::path::PathBuf::from(to);
+    match std::fs::rename(&record, &to) {
+        Ok(()) => format!(" (the extents are listed in {})", to.display()),
+        Err(e) => format!(" (its record {} could not be kept: {e})", record.display()),
+    }
+}
+
+/// A split brain that the operator's word (`--discard-my-data` at the
+/// demotion) or the remote's policy resolves: the replica's own changes are
+/// discarded by a checksum sync of every extent, which sends only the
+/// blocks that differ. The divergence record, if any, is kept renamed as
+/// the record of what was discarded. Returns the decision and its line.
+fn resolve_split_brain(
+    state: &VolumeState,
+    policy: SplitBrainPolicy,
+    pv: &PrimaryView,
+    rv: &RemoteView,
+) -> Option<(Decision, String)> {
+    let by = if state.discard_my_data() {
+        "the operator (demoted with --discard-my-data)"
+    } else if policy == SplitBrainPolicy::DiscardRemote {
+        "roles.split_brain = discard-remote"
+    } else {
+        return None;
+    };
+    let kept = keep_divergence_record(state);
+    Some((
+        Decision::Resync {
+            all: true,
+            checksum: true,
+        },
+        format!(
+            "split brain (primary {:016x}, remote {:016x} both changed since a generation they              share) resolved by {by}: this remote's changes are discarded{kept}; checksum sync              of every extent",
+            pv.gens.current, rv.gens.current
+        ),
+    ))
+}
+
 /// Checks `theirs` against this remote's Hello template `ours`, decides,
 /// records what must be recorded, and returns the answer to send. `fresh`
-/// is a new random generation, used when the replica never had one.
+/// is a new random generation, used when the replica never had one;
+/// `split_brain` is the remote's policy for a split brain.
 pub fn accept_primary(
     receiver: &mut Receiver,
     state: &mut VolumeState,
     ours: &Hello,
     theirs: &Hello,
     fresh: Gen,
+    split_brain: SplitBrainPolicy,
     now: Instant,
 ) -> Result<Accepted, AcceptError> {
     dtu_proto::handshake::check(ours, theirs)?;
@@ -78,8 +131,45 @@ pub fn accept_primary(
         gens: state.gens(),
         sync_target: state.sync_target(),
     };
-    let decision = decide(&pv, &rv);
-    let explained = decision.explain(&pv, &rv);
+    let mut decision = decide(&pv, &rv);
+    let mut explained = decision.explain(&pv, &rv);
+    let continuing = rv.syncing_to(pv.gens.current);
+    if state.diverged()
+        && !continuing
+        && matches!(
+            decision,
+            Decision::Resume | Decision::Resync { all: false, .. }
+        )
+    {
+        // The old primary's writes that were in flight when it lost the
+        // connection are on this replica and maybe not on the new primary:
+        // they go back to the new primary's blocks.
+        decision = Decision::Resync {
+            all: true,
+            checksum: true,
+        };
+        explained = format!(
+            "{explained}; the replica also holds writes of the old primary the new one may \
+             lack (in flight when its connection ended){}: checksum sync of every extent, \
+             sending only the blocks that differ",
+            keep_divergence_record(state)
+        );
+    }
+    if decision == Decision::Refuse(Refusal::SplitBrain) {
+        match resolve_split_brain(state, split_brain, &pv, &rv) {
+            Some((d, line)) => {
+                tracing::warn!("{line}");
+                decision = d;
+                explained = line;
+            }
+            None => {
+                explained.push_str(
+                    ". To keep the primary's data: demote the remote's site with \
+                     --discard-my-data, or set roles.split_brain = \"discard-remote\" on the remote",
+                );
+            }
+        }
+    }
     let rebase = match decision {
         Decision::Refuse(_) => return Err(AcceptError::Decision(explained)),
         Decision::Resume => None,

@@ -10,6 +10,7 @@
 pub mod accept;
 pub mod applier;
 mod apply;
+pub mod promote;
 pub mod rollback;
 mod session;
 mod status;
@@ -102,6 +103,13 @@ pub enum RemoteError {
     Rollback(#[from] rollback::RollbackError),
     #[error("cannot start the remote: {0}")]
     Listen(#[from] crate::transport::TransportError),
+    #[error(
+        "cannot start the remote: its replica was promoted (generation {:016x}); it is a \
+         primary's volume now. Run this site as a primary (roles.primary), or demote that \
+         primary to make the replica a remote's again",
+        .0.current
+    )]
+    Promoted(dtu_proto::generation::Generations),
 }
 
 /// Everything the remote needs.
@@ -127,6 +135,13 @@ pub struct RemoteOptions {
     /// opens `replica` as a file or block device; with it, `replica` only
     /// names the replica in logs and status.
     pub storage: Option<Arc<dyn Replica>>,
+    /// What a split brain at connect does (`roles.split_brain`; refuse by
+    /// default).
+    pub split_brain: crate::config::SplitBrainPolicy,
+    /// Record that this replica's own changes may be discarded at the next
+    /// connect (`--discard-my-data`): a split brain is resolved in the
+    /// primary's favour.
+    pub discard_my_data: bool,
 }
 
 impl RemoteOptions {
@@ -148,6 +163,8 @@ impl RemoteOptions {
             adopt_replica: false,
             undo: c.undo.clone(),
             storage: None,
+            split_brain: c.roles.split_brain,
+            discard_my_data: false,
         })
     }
 }
@@ -195,6 +212,8 @@ pub(crate) struct RCore {
     apply_rate: Mutex<RateMeter>,
     /// QUIC's own figures, across the primary's connections.
     pub quic: QuicMeter,
+    /// What a split brain at connect does (`roles.split_brain`).
+    pub split_brain: crate::config::SplitBrainPolicy,
 }
 
 impl RCore {
@@ -289,6 +308,19 @@ impl Remote {
             replica.as_ref(),
             opts.adopt_replica,
         )?;
+        if vstate.promoted() {
+            return Err(RemoteError::Promoted(vstate.gens()));
+        }
+        let mut vstate = vstate;
+        if opts.discard_my_data && !vstate.discard_my_data() {
+            vstate
+                .set_discard_my_data()
+                .map_err(io("recording --discard-my-data in the replica state"))?;
+            tracing::warn!(
+                "this replica's own changes will be discarded at the next connect if the \
+                 primary's and its histories diverged (--discard-my-data)"
+            );
+        }
         for why in &resume.inconsistent {
             tracing::warn!("the replica is inconsistent: {why}");
         }
@@ -360,6 +392,7 @@ impl Remote {
             shutdown_wake: Notify::new(),
             apply_rate: Mutex::new(RateMeter::default()),
             quic: QuicMeter::default(),
+            split_brain: opts.split_brain,
         });
 
         let dcore = core.clone();
@@ -614,6 +647,9 @@ impl Remote {
             Hold::Applying => None,
             Hold::Trial(e) => Some(HistoryError::TrialUnderWay(Box::new(e.clone()))),
             Hold::RolledBack(e) => Some(HistoryError::RolledBack(Box::new(e.clone()))),
+            Hold::Promoted => Some(HistoryError::Stopped(
+                "the replica was promoted: it is a primary's volume now".into(),
+            )),
         }
     }
 
@@ -665,6 +701,11 @@ impl Remote {
                 (Hold::Applying, None) => return Err(HistoryError::NoTrial { needs_to: true }),
                 (Hold::RolledBack(e), _) => {
                     return Err(HistoryError::RolledBack(Box::new(e.clone())))
+                }
+                (Hold::Promoted, _) => {
+                    return Err(HistoryError::Stopped(
+                        "the replica was promoted: it is a primary's volume now".into(),
+                    ))
                 }
             };
             if let Some(why) = &st.failed {
@@ -882,6 +923,11 @@ impl crate::control::Controlled for Remote {
                     },
                 }
             }
+            Request::Promote { .. } => Response::Error {
+                message: "a promotion is run by the dtu process (dtu promote); an embedding \
+                          storage stack calls Remote::promote and primary::role::prepare_promoted"
+                    .into(),
+            },
             other => Response::Error {
                 message: format!("{other:?} is for the primary; this is the remote"),
             },

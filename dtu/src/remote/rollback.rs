@@ -36,6 +36,9 @@ pub enum Hold {
     /// until a primary is accepted again (the receiver is rebuilt then, so
     /// nothing that was queued for the old history reaches the replica).
     RolledBack(Entry),
+    /// The replica was promoted: it is a primary's volume now; nothing is
+    /// applied and every primary is refused.
+    Promoted,
 }
 
 impl Hold {
@@ -55,6 +58,10 @@ impl Hold {
                 "rolled back to checkpoint {e}: the replica has a generation of its own; the \
                  primary it left is refused until the pair is brought back into line"
             )),
+            Hold::Promoted => Some(
+                "promoted: the replica is a primary's volume now; this remote applies nothing"
+                    .into(),
+            ),
         }
     }
 }

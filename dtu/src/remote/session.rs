@@ -89,6 +89,19 @@ async fn session_inner(
         let _ = transport::write_frame(&mut send, &Frame::Goodbye(g)).await;
         return Err(why);
     }
+    if matches!(core.lock().hold, Hold::Promoted) {
+        let why = "this remote was promoted: its replica is a primary's volume now; demote this \
+                   primary (dtu demote) to make it that primary's remote"
+            .to_string();
+        let g = Goodbye {
+            reason: GoodbyeReason::Refused,
+            message: why.clone(),
+        };
+        let _ = transport::write_frame(&mut send, &Frame::Goodbye(g)).await;
+        let _ = send.finish();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        return Err(why);
+    }
     let trial = match &core.lock().hold {
         Hold::Trial(e) => Some(e.to_string()),
         _ => None,
@@ -130,6 +143,7 @@ async fn session_inner(
             &core.hello,
             &theirs,
             rand::random(),
+            core.split_brain,
             Instant::now(),
         ) {
             Ok(a) => {

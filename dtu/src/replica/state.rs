@@ -68,7 +68,24 @@ mod flag {
     /// The replica was taken as in sync without a sync, as the operator
     /// chose (`assume-in-sync`): recorded, and shown.
     pub const ASSUMED_IN_SYNC: u32 = 16;
-    pub const KNOWN: u32 = LOST_WRITES | ADOPTED | CLEAN | REPLAY_BOUND_PENDING | ASSUMED_IN_SYNC;
+    /// The replica was promoted: it is a primary's volume now, and a
+    /// remote must not apply a stream to it.
+    pub const PROMOTED: u32 = 32;
+    /// The replica holds changes its peer never got (a demoted primary's
+    /// unreplicated writes): listed in the divergence record beside the
+    /// state file.
+    pub const DIVERGED: u32 = 64;
+    /// The operator said this replica's own changes may be discarded at
+    /// the next connect (`dtu demote --discard-my-data`).
+    pub const DISCARD_MY_DATA: u32 = 128;
+    pub const KNOWN: u32 = LOST_WRITES
+        | ADOPTED
+        | CLEAN
+        | REPLAY_BOUND_PENDING
+        | ASSUMED_IN_SYNC
+        | PROMOTED
+        | DIVERGED
+        | DISCARD_MY_DATA;
 }
 
 /// Why the state file cannot be used.
@@ -704,7 +721,11 @@ impl VolumeState {
             self.rec.gens.advance(gen);
         }
         self.rec.sync_target = 0;
-        self.rec.flags &= !(flag::LOST_WRITES | flag::ADOPTED | flag::ASSUMED_IN_SYNC);
+        self.rec.flags &= !(flag::LOST_WRITES
+            | flag::ADOPTED
+            | flag::ASSUMED_IN_SYNC
+            | flag::DIVERGED
+            | flag::DISCARD_MY_DATA);
         self.write()?;
         self.store.sync()
     }
@@ -756,6 +777,70 @@ impl VolumeState {
         self.rec.flags &= !flag::REPLAY_BOUND_PENDING;
         self.write()?;
         self.store.sync()
+    }
+
+    /// Promotes the replica to a primary's volume: it leaves the
+    /// generation it shares with the old primary for `fresh` (which the old
+    /// primary, once a remote, is resynced to from the new primary's map).
+    /// Idempotent: a promotion redone after a crash keeps its generation.
+    /// Returns the generations and the one the promotion left. Durable.
+    pub fn promote(&mut self, fresh: Gen) -> io::Result<(Generations, Gen)> {
+        if self.rec.flags & flag::PROMOTED != 0 {
+            return Ok((self.rec.gens, self.rec.gens.history[0]));
+        }
+        let base = self.rec.gens.current;
+        self.rec.gens.advance(fresh.max(1));
+        self.rec.flags |= flag::PROMOTED;
+        self.write()?;
+        self.store.sync()?;
+        Ok((self.rec.gens, base))
+    }
+
+    /// Whether the replica was promoted (a primary's volume now).
+    pub fn promoted(&self) -> bool {
+        self.rec.flags & flag::PROMOTED != 0
+    }
+
+    /// A demoted primary's volume becomes this replica: the state starts
+    /// over with the primary's generations and no stream position (the
+    /// new primary's stream starts afresh). `diverged` says it holds
+    /// writes its peer never got; `discard` that they may be dropped at
+    /// the next connect. Durable.
+    pub fn demoted(&mut self, gens: Generations, diverged: bool, discard: bool) -> io::Result<()> {
+        self.rec.gens = gens;
+        self.rec.sync_target = 0;
+        self.rec.applied = 0;
+        self.rec.synced = 0;
+        self.rec.epoch_seen = 0;
+        self.rec.inconsistent_until = 0;
+        self.rec.flags = 0;
+        if diverged {
+            self.rec.flags |= flag::DIVERGED;
+        }
+        if discard {
+            self.rec.flags |= flag::DISCARD_MY_DATA;
+        }
+        self.write()?;
+        self.store.sync()
+    }
+
+    /// Whether the replica holds changes its peer never got.
+    pub fn diverged(&self) -> bool {
+        self.rec.flags & flag::DIVERGED != 0
+    }
+
+    /// Records, durably, that this replica's own changes may be discarded
+    /// at the next connect (cleared when a sync completes).
+    pub fn set_discard_my_data(&mut self) -> io::Result<()> {
+        self.rec.flags |= flag::DISCARD_MY_DATA;
+        self.write()?;
+        self.store.sync()
+    }
+
+    /// Whether the operator allowed this replica's own changes to be
+    /// discarded.
+    pub fn discard_my_data(&self) -> bool {
+        self.rec.flags & flag::DISCARD_MY_DATA != 0
     }
 
     /// Whether the replica was taken as in sync on the operator's word.

@@ -1414,7 +1414,15 @@ impl World {
         let fresh = self.rng.gen::<u64>() | 1;
         let accepted = {
             let mut st = r.state.lock().expect("state");
-            accept_primary(&mut r.receiver, &mut st, &r.hello, &offer, fresh, now)
+            accept_primary(
+                &mut r.receiver,
+                &mut st,
+                &r.hello,
+                &offer,
+                fresh,
+                dtu::config::SplitBrainPolicy::Disconnect,
+                now,
+            )
         };
         let accepted = match accepted {
             Ok(a) => a,

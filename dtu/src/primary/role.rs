@@ -1,0 +1,438 @@
+//! The primary's side of a role change: the files a promoted remote starts
+//! its primary role from, and the files a demoted primary leaves for its
+//! remote role.
+//!
+//! Promotion ([`prepare_promoted`]): the replica's volume becomes this
+//! primary's local copy; the nvbuf and the changed-block map start afresh,
+//! with the generations the promotion recorded and the map relative to the
+//! generation it left, so the old primary, once a remote of that
+//! generation, is resynced from the map and the journal alone. Demotion
+//! ([`demote_files`]): the primary's local copy becomes a remote's replica
+//! with the primary's generations. Whatever the old remote may lack (the
+//! records still in the nvbuf, the extents marked in the map) is the
+//! replica's divergence, listed in a record beside its state file; the
+//! next connect resyncs it from the new primary by block digests. Writes
+//! the host made while this primary was cut off from the remote (recorded
+//! from the first one, `cut_off_since`) are more than in-flight records:
+//! the replica then takes a generation of its own, so the next connect
+//! sees both sides changed since the one they share and applies the
+//! split-brain policy rather than silently dropping them. The nvbuf is
+//! marked demoted so a primary does not start on it by mistake.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use dtu_proto::generation::{Gen, Generations};
+
+use crate::changemap::{ChangeMap, SparseFile};
+use crate::config::{PrimaryConfig, RemoteConfig};
+use crate::nvbuf::{Nvbuf, NvbufConfig, NvbufError, OnLoss};
+use crate::replica::{FileReplica, Replica, ReplicaError, StateError, VolumeState};
+
+use super::local::LocalCopy;
+use super::meta::{MetaVersion, PrimaryMeta};
+
+/// What a demotion that could not wait found left on the primary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the remote has not stored everything yet: {unstored} operations not stored, {out_of_sync} \
+     bytes marked in the changed-block map (link: {connection}); demoting now would leave them \
+     on this side only. Wait for the link, or demote with --force (they become this side's \
+     divergence, discarded by the next resync)"
+)]
+pub struct Undrained {
+    pub unstored: u64,
+    pub out_of_sync: u64,
+    pub connection: String,
+}
+
+/// Why a role change's files cannot be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoleError {
+    #[error("the nvbuf {path}: {source}")]
+    Nvbuf {
+        path: PathBuf,
+        #[source]
+        source: NvbufError,
+    },
+    #[error("the nvbuf {path}: {source}")]
+    Meta {
+        path: PathBuf,
+        #[source]
+        source: MetaVersion,
+    },
+    #[error("the changed-block map {path}: {source}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: crate::changemap::ChangeMapError,
+    },
+    #[error("the volume {path}: {source}")]
+    Volume {
+        path: PathBuf,
+        #[source]
+        source: ReplicaError,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("replaying the nvbuf into the local copy: {0}")]
+    Replay(String),
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// The changed-block map's path for a primary config.
+pub fn map_path(nvbuf: &Path, configured: Option<&Path>) -> PathBuf {
+    configured.map(Path::to_path_buf).unwrap_or_else(|| {
+        let mut p = nvbuf.as_os_str().to_owned();
+        p.push(".map");
+        PathBuf::from(p)
+    })
+}
+
+/// Checks that a site's two configs describe the same volume on the same
+/// disk: the primary's local copy is the remote's replica.
+pub fn check_pair(p: &PrimaryConfig, r: &RemoteConfig) -> Result<(), RoleError> {
+    if p.volume.id != r.volume.id || p.volume.size != r.volume.size {
+        return Err(RoleError::Mismatch(
+            "the primary and remote configs of this site describe different volumes (volume.id \
+             or volume.size differ)"
+                .into(),
+        ));
+    }
+    let Some(local) = &p.local else {
+        return Ok(());
+    };
+    let same = match (local.canonicalize(), r.replica.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => local == &r.replica,
+    };
+    if !same {
+        return Err(RoleError::Mismatch(format!(
+            "the primary config's nbd.local ({}) is not the remote config's replica.path ({}): \
+             a role change must keep the same disk",
+            local.display(),
+            r.replica.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Prepares a promoted remote's primary role: a fresh nvbuf whose metadata
+/// holds `gens` with the map relative to `base` (the generation the
+/// promotion left), and no map yet (the primary creates an empty one
+/// relative to `base`). Idempotent: an nvbuf already at `gens` is kept, so
+/// a promotion redone after a crash keeps what the new primary journaled.
+pub fn prepare_promoted(
+    cfg: &PrimaryConfig,
+    gens: Generations,
+    base: Gen,
+) -> Result<(), RoleError> {
+    let path = &cfg.nvbuf_path;
+    let nv_err = |source| RoleError::Nvbuf {
+        path: path.clone(),
+        source,
+    };
+    let map = map_path(path, cfg.mirror.map_path.as_deref());
+    let exists = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+    if exists {
+        let mut nc = NvbufConfig::new(cfg.volume.id).with_size(cfg.nvbuf_size);
+        nc.on_loss = OnLoss::Salvage;
+        match Nvbuf::open_or_create(path, &nc) {
+            Ok((nv, rec)) => {
+                let meta = PrimaryMeta::decode(&nv.meta()).unwrap_or_default();
+                if meta.gens.current == gens.current && !meta.demoted {
+                    return Ok(());
+                }
+                if !rec.records.is_empty() {
+                    tracing::warn!(
+                        "{} held {} records of this site's earlier time as a primary; the \
+                         replica has moved on since, so they are discarded",
+                        path.display(),
+                        rec.records.len()
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                "{} cannot be opened ({e}); a new one replaces it",
+                path.display()
+            ),
+        }
+    }
+    for p in [path, &map] {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(RoleError::Io {
+                    what: "removing",
+                    path: p.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    let nc = NvbufConfig::new(cfg.volume.id).with_size(cfg.nvbuf_size);
+    let (nv, _) = Nvbuf::open_or_create(path, &nc).map_err(nv_err)?;
+    let meta = PrimaryMeta {
+        gens,
+        map_base: base,
+        ..PrimaryMeta::default()
+    };
+    nv.set_meta(&meta.encode()).map_err(nv_err)?;
+    Ok(())
+}
+
+/// What a demotion left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demoted {
+    /// The replica's generations.
+    pub gens: Generations,
+    /// Bytes the host wrote while this primary was cut off from the remote
+    /// (a split brain if the remote was promoted meanwhile).
+    pub cut_off_bytes: u64,
+    /// Extents the old remote may lack (offset, length), merged.
+    pub divergent: Vec<(u64, u64)>,
+    /// Where they are listed, when there are any.
+    pub record: Option<PathBuf>,
+    /// The nvbuf was already demoted: nothing was changed.
+    pub already: bool,
+}
+
+impl Demoted {
+    pub fn divergent_bytes(&self) -> u64 {
+        self.divergent.iter().map(|r| r.1).sum()
+    }
+}
+
+/// The divergence record's path beside a replica's state file.
+pub fn divergence_record(state: &Path) -> PathBuf {
+    let mut p = state.as_os_str().to_owned();
+    p.push(".divergent");
+    PathBuf::from(p)
+}
+
+/// Turns a stopped primary's files into its remote role's: see the module
+/// header. `discard` records that the operator lets this side's own
+/// changes go at the next connect (`--discard-my-data`).
+pub fn demote_files(
+    p: &PrimaryConfig,
+    r: &RemoteConfig,
+    discard: bool,
+) -> Result<Demoted, RoleError> {
+    check_pair(p, r)?;
+    let path = &p.nvbuf_path;
+    let nv_err = |source| RoleError::Nvbuf {
+        path: path.clone(),
+        source,
+    };
+    let mut nc = NvbufConfig::new(p.volume.id).with_size(p.nvbuf_size);
+    // Whatever survives is listed; a damaged tail is divergence anyway.
+    nc.on_loss = OnLoss::Salvage;
+    let (nv, recovery) = Nvbuf::open_or_create(path, &nc).map_err(nv_err)?;
+    let mut meta = PrimaryMeta::decode(&nv.meta()).map_err(|source| RoleError::Meta {
+        path: path.clone(),
+        source,
+    })?;
+    if meta.demoted {
+        return Ok(Demoted {
+            gens: meta.gens,
+            cut_off_bytes: 0,
+            divergent: Vec::new(),
+            record: None,
+            already: true,
+        });
+    }
+    let Some(local_path) = &p.local else {
+        // No local copy: nothing of the volume is kept here. The remote
+        // role starts from an empty replica that a full sync fills.
+        for f in [r.state.clone(), divergence_record(&r.state)] {
+            let _ = std::fs::remove_file(f);
+        }
+        meta.demoted = true;
+        nv.set_meta(&meta.encode()).map_err(nv_err)?;
+        return Ok(Demoted {
+            gens: Generations::default(),
+            cut_off_bytes: 0,
+            divergent: Vec::new(),
+            record: None,
+            already: false,
+        });
+    };
+    let disk: std::sync::Arc<dyn Replica> = std::sync::Arc::new(
+        FileReplica::open(local_path, p.volume.size).map_err(|source| RoleError::Volume {
+            path: local_path.clone(),
+            source,
+        })?,
+    );
+    // The local copy gets what the nvbuf holds, as a primary's start would
+    // give it: the replica is then this side's volume as its host left it.
+    let carried = nv.next_seq().saturating_sub(1);
+    let local = LocalCopy::new(disk.clone(), carried);
+    let key = p.volume.key.as_ref().map(dtu_proto::codec::Key::from_bytes);
+    super::replay::into_local(&recovery, &local, key.as_ref())
+        .map_err(|e| RoleError::Replay(e.to_string()))?;
+    disk.sync().map_err(|source| RoleError::Io {
+        what: "syncing",
+        path: local_path.clone(),
+        source,
+    })?;
+    // Records before the first one taken while cut off were in flight
+    // when the connection ended (like DRBD's activity log after a crash):
+    // the peer may lack them, and they are resynced from it. Records from
+    // it on, and a map of writes made ahead, are changes the host made
+    // while cut off: if the peer was promoted meanwhile, both sides wrote.
+    let cut_off = meta.cut_off_since;
+    let mut in_flight = Vec::new();
+    let mut while_cut_off = Vec::new();
+    for (h, _) in &recovery.records {
+        if let Some(r) = super::mode::range(h).filter(|r| r.1 > 0) {
+            if cut_off != 0 && h.seq >= cut_off {
+                while_cut_off.push(r);
+            } else {
+                in_flight.push(r);
+            }
+        }
+    }
+    let map_file = map_path(path, p.mirror.map_path.as_deref());
+    if meta.map_base != 0 && std::fs::metadata(&map_file).is_ok_and(|m| m.len() > 0) {
+        let store = SparseFile::open(&map_file).map_err(|source| RoleError::Map {
+            path: map_file.clone(),
+            source,
+        })?;
+        let (map, _) = ChangeMap::open(store, p.volume.id, p.volume.size).map_err(|source| {
+            RoleError::Map {
+                path: map_file.clone(),
+                source,
+            }
+        })?;
+        let mut at = 0;
+        while let Some((off, len)) = map.next_marked(at) {
+            while_cut_off.push((off, len));
+            at = off + len;
+        }
+    }
+    let cut_off_bytes: u64 = while_cut_off.iter().map(|r| r.1).sum();
+    let mut divergent = in_flight;
+    divergent.extend(while_cut_off);
+    divergent.sort_unstable();
+    let divergent = merge(divergent);
+    let mut gens = meta.gens;
+    if cut_off_bytes > 0 && meta.map_base == 0 {
+        // A generation of its own (a primary that went ahead has one
+        // already): the next connect sees that both sides changed since
+        // the one they share.
+        gens.advance(rand::random::<u64>() | 1);
+    }
+    let record = divergence_record(&r.state);
+    let record = if divergent.is_empty() {
+        let _ = std::fs::remove_file(&record);
+        None
+    } else {
+        write_record(&record, &gens, &divergent, cut_off_bytes)?;
+        Some(record)
+    };
+    match std::fs::remove_file(&r.state) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(RoleError::Io {
+                what: "removing",
+                path: r.state.clone(),
+                source,
+            })
+        }
+    }
+    let (mut vs, _) = VolumeState::open(&r.state, p.volume.id, disk.as_ref(), false)?;
+    let io = |source| RoleError::Io {
+        what: "writing the replica state",
+        path: r.state.clone(),
+        source,
+    };
+    vs.demoted(gens, record.is_some(), discard).map_err(io)?;
+    vs.close_clean(disk.as_ref()).map_err(io)?;
+    meta.demoted = true;
+    nv.set_meta(&meta.encode()).map_err(nv_err)?;
+    Ok(Demoted {
+        gens,
+        cut_off_bytes,
+        divergent,
+        record,
+        already: false,
+    })
+}
+
+/// Joins touching and overlapping ranges of a sorted list.
+fn merge(sorted: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+    for (off, len) in sorted {
+        match out.last_mut() {
+            Some(last) if off <= last.0 + last.1 => {
+                last.1 = last.1.max(off + len - last.0);
+            }
+            _ => out.push((off, len)),
+        }
+    }
+    out
+}
+
+/// Writes the divergence record: which extents this side changed that its
+/// peer may lack, so an operator can see what a resync discards.
+fn write_record(
+    path: &Path,
+    gens: &Generations,
+    ranges: &[(u64, u64)],
+    cut_off_bytes: u64,
+) -> Result<(), RoleError> {
+    let io = |source| RoleError::Io {
+        what: "writing the divergence record",
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("divergent.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    let mut text = format!(
+        "# dtu divergence record: extents this side changed that its peer may lack.\n\
+         # Written when this primary was demoted, at {} (Unix seconds); generation {gens}.\n\
+         # Of them, {cut_off_bytes} bytes were written while it was cut off from the remote.\n\
+         # A resync that discards this side's changes overwrites them. offset length (bytes)\n",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    );
+    for (o, l) in ranges {
+        text.push_str(&format!("{o} {l}\n"));
+    }
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge;
+
+    #[test]
+    fn merge_joins_touching_and_overlapping_ranges() {
+        assert_eq!(
+            merge(vec![
+                (0, 4096),
+                (4096, 4096),
+                (10000, 10),
+                (10005, 100),
+                (20000, 1)
+            ]),
+            vec![(0, 8192), (10000, 105), (20000, 1)]
+        );
+        assert_eq!(merge(vec![(0, 100), (10, 20)]), vec![(0, 100)]);
+    }
+}

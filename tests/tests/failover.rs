@@ -1,0 +1,427 @@
+//! A disaster drill with real processes over an emulated `wan-100m-40ms`
+//! line each way: site A (primary) mirrors an ext4 volume to site B
+//! (remote); writes answered at `remote-stored`, then a burst answered at
+//! `buffered`; site A and its link are SIGKILLed; `dtu promote` turns B's
+//! replica into a writable volume (RTO measured to the first answered host
+//! write); the promoted export passes `e2fsck -fn`, holds every
+//! `remote-stored` write and a prefix of the burst; the host writes 1 % of
+//! the volume on B; A comes back with `dtu demote` as B's remote and is
+//! resynced with the changed blocks only (wire bytes measured) until it
+//! equals B byte for byte. Then a split brain on purpose: both sides write
+//! while cut off (A promoted again with B unreachable, B demoted with
+//! `--force`); the connect is refused with the decision in one line, and
+//! `--discard-my-data` on B resolves it, keeping a record of what B lost.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dtu::control::{request, Request, Response};
+use dtu::status::{PrimaryStatus, RemoteStatus, Status};
+use dtu_tests::{
+    dtu_bin, free_udp_port, random_image, require, run_limited, run_ok, wait_until, Link, Pair,
+    Proc,
+};
+
+const MIB: u64 = 1 << 20;
+const VOLUME: u64 = 128 * MIB;
+/// The ext4 file system covers the first 96 MiB; the rest is raw space
+/// for pattern writes.
+const FS: u64 = 96 * MIB;
+const RAW: u64 = FS;
+const WAN: &[&str] = &["--preset", "wan-100m-40ms", "--seed", "7"];
+
+fn status(ctl: &Path) -> Option<Status> {
+    match request(ctl, &Request::Status) {
+        Ok(Response::Status(s)) => Some(*s),
+        _ => None,
+    }
+}
+
+fn as_primary(ctl: &Path) -> PrimaryStatus {
+    match status(ctl) {
+        Some(Status::Primary(p)) => *p,
+        other => panic!("{} is not a primary: {other:?}", ctl.display()),
+    }
+}
+
+fn as_remote(ctl: &Path) -> RemoteStatus {
+    match status(ctl) {
+        Some(Status::Remote(r)) => *r,
+        other => panic!("{} is not a remote: {other:?}", ctl.display()),
+    }
+}
+
+fn dtu(args: &[&str], config: &Path) -> std::process::Output {
+    let mut cmd = Command::new(dtu_bin());
+    cmd.args(args).arg("--config").arg(config);
+    run_limited(cmd, Duration::from_secs(120))
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(out: std::process::Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {}", text(&out));
+    text(&out)
+}
+
+fn uri(sock: &Path) -> String {
+    format!("nbd+unix:///dtu?socket={}", sock.display())
+}
+
+/// Writes 64 KiB of `pattern` at each offset, one qemu-io connection.
+fn qemu_writes(sock: &Path, writes: &[(u64, u8)]) -> Duration {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for (off, p) in writes {
+        cmd.arg("-c").arg(format!("write -P {p} {off} 64k"));
+    }
+    cmd.arg(uri(sock));
+    let t = Instant::now();
+    run_ok(cmd, Duration::from_secs(60));
+    t.elapsed()
+}
+
+/// Whether 64 KiB at `off` of `img` hold `pattern` throughout.
+fn holds(img: &[u8], off: u64, pattern: u8) -> bool {
+    img[off as usize..off as usize + 65536]
+        .iter()
+        .all(|&b| b == pattern)
+}
+
+fn read_export(sock: &Path, out: &Path) -> Vec<u8> {
+    let _ = std::fs::remove_file(out);
+    let mut cmd = Command::new("nbdcopy");
+    cmd.arg(uri(sock)).arg(out);
+    run_ok(cmd, Duration::from_secs(120));
+    std::fs::read(out).unwrap()
+}
+
+fn fsck_clean(image: &[u8], dir: &Path) {
+    let fs = dir.join("fsck.img");
+    std::fs::write(&fs, &image[..FS as usize]).unwrap();
+    let mut cmd = Command::new("e2fsck");
+    cmd.arg("-fn").arg(&fs);
+    let out = run_limited(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "e2fsck -fn: {}", text(&out));
+}
+
+fn assert_same(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let n = x.len().max(y.len());
+    for i in 0..n {
+        let (p, q) = (
+            x.get(i).copied().unwrap_or(0),
+            y.get(i).copied().unwrap_or(0),
+        );
+        assert_eq!(
+            p,
+            q,
+            "{} and {} differ at byte {i} (block {})",
+            a.display(),
+            b.display(),
+            i / 4096
+        );
+    }
+}
+
+/// Bytes listed in the record of what a resync discarded.
+fn discarded_bytes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()) {
+        if !e.file_name().to_string_lossy().contains(".discarded-") {
+            continue;
+        }
+        for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            if let Some((_, len)) = line.split_once(' ') {
+                n += len.trim().parse::<u64>().unwrap();
+            }
+        }
+    }
+    n
+}
+
+fn wait_for(ctl: &Path, what: &str, limit: Duration, f: impl Fn(&Status) -> bool) {
+    wait_until(what, limit, || status(ctl).as_ref().is_some_and(&f));
+}
+
+/// The primary at `ctl` is connected, no sync runs, nothing is out of sync
+/// or unstored.
+fn in_sync(s: &Status) -> bool {
+    match s {
+        Status::Primary(p) => {
+            p.connection.to_string() == "connected"
+                && p.mirror.sync.target == 0
+                && p.mirror.out_of_sync_bytes == 0
+                && p.remote_stored_seq == p.highest_seq
+                && p.mirror.mode == "journal"
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn disaster_drill_promote_fail_back_and_split_brain() {
+    for tool in ["mkfs.ext4", "e2fsck", "nbdcopy", "qemu-io"] {
+        require(tool);
+    }
+    let a_listen = free_udp_port();
+    let back_port = free_udp_port();
+    let extra = [
+        "--local-copy".to_string(),
+        "--primary-listen".into(),
+        format!("127.0.0.1:{a_listen}"),
+        "--primary-addr".into(),
+        format!("127.0.0.1:{back_port}"),
+        "--link-rate".into(),
+        "100Mbit".into(),
+        "--link-rtt".into(),
+        "40ms".into(),
+    ];
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut pair = Pair::init("128MiB", WAN, &extra);
+    let dir = pair.dir.path().to_path_buf();
+    let (a_ctl, b_ctl) = (pair.path("primary.ctl"), pair.path("remote.ctl"));
+    let a_sock = pair.path("primary.nbd.sock");
+    let b_sock = pair.path("promoted.nbd.sock");
+
+    // An ext4 file system with files, written through the pair.
+    let tree = pair.path("tree");
+    std::fs::create_dir_all(tree.join("data")).unwrap();
+    for i in 0..6 {
+        std::fs::write(
+            tree.join(format!("data/f{i}.bin")),
+            random_image(1 << 20, i),
+        )
+        .unwrap();
+    }
+    let fs_img = pair.path("fs.img");
+    std::fs::File::create(&fs_img).unwrap().set_len(FS).unwrap();
+    let mut mkfs = Command::new("mkfs.ext4");
+    mkfs.args(["-q", "-F", "-b", "4096", "-E", "nodiscard", "-d"])
+        .arg(&tree)
+        .arg(&fs_img);
+    run_ok(mkfs, Duration::from_secs(60));
+    let mut image = std::fs::read(&fs_img).unwrap();
+    image.resize(VOLUME as usize, 0);
+
+    pair.start(&["--trigger", "remote-stored"]);
+    pair.nbdcopy(&image, Duration::from_secs(180));
+    pair.wait_caught_up(Duration::from_secs(120));
+
+    // Answered at remote-stored: on the replica, whatever follows.
+    let stored: Vec<(u64, u8)> = (0..8).map(|i| (RAW + i * 65536, 0x10 + i as u8)).collect();
+    qemu_writes(&a_sock, &stored);
+    // A burst answered at buffered, then the site is lost at once.
+    ok(
+        dtu(
+            &["policy", "set", "--trigger", "buffered"],
+            &pair.path("primary.toml"),
+        ),
+        "policy set",
+    );
+    let burst: Vec<(u64, u8)> = (0..32)
+        .map(|i| (RAW + (16 + i) * 65536, 0x40 + i as u8))
+        .collect();
+    qemu_writes(&a_sock, &burst);
+    pair.primary.take().unwrap().kill();
+    pair.stop_link();
+
+    // Promote B once it has heard nothing from A for 3 s (before that it
+    // refuses: A might be alive); the first host write answered there ends
+    // the outage.
+    let lost = Instant::now();
+    let (t, out) = loop {
+        let t = Instant::now();
+        let out = dtu(&["promote"], &pair.path("remote.toml"));
+        if out.status.success() {
+            break (t, text(&out));
+        }
+        assert!(
+            text(&out).contains("is connected and mirroring")
+                && lost.elapsed() < Duration::from_secs(20),
+            "dtu promote: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("{out}");
+    let first = [(RAW + 100 * 65536, 0x77u8)];
+    qemu_writes(&b_sock, &first);
+    let rto = t.elapsed();
+    eprintln!("RTO (dtu promote to the first answered host write): {rto:?}");
+    let b = as_primary(&b_ctl);
+    assert!(
+        !b.mirror.generation.is_empty() && b.connection.to_string() != "connected",
+        "{b:?}"
+    );
+
+    // The promoted volume: a clean file system, every remote-stored write,
+    // and of the buffered burst a prefix.
+    let promoted = read_export(&b_sock, &pair.path("promoted-read.img"));
+    fsck_clean(&promoted, &dir);
+    for (off, p) in &stored {
+        assert!(
+            holds(&promoted, *off, *p),
+            "a remote-stored write at {off} is missing"
+        );
+    }
+    let present: Vec<bool> = burst
+        .iter()
+        .map(|(o, p)| holds(&promoted, *o, *p))
+        .collect();
+    let n = present.iter().take_while(|&&x| x).count();
+    assert!(
+        present[n..].iter().all(|&x| !x),
+        "the buffered burst on the replica is not a prefix: {present:?}"
+    );
+    eprintln!(
+        "RPO at buffered: {} of {} answered writes were in flight and are lost",
+        burst.len() - n,
+        burst.len()
+    );
+
+    // The host writes 1 % of the volume on B, incompressible.
+    let noise = pair.path("noise.bin");
+    std::fs::write(&noise, random_image(65536, 99)).unwrap();
+    let changes = 20u64;
+    let change_at = |i: u64| RAW + (200 + 7 * i) * 65536 % (VOLUME - FS - 65536);
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for i in 0..changes {
+        cmd.arg("-c")
+            .arg(format!("write -s {} {} 64k", noise.display(), change_at(i)));
+    }
+    cmd.arg(uri(&b_sock));
+    run_ok(cmd, Duration::from_secs(60));
+    let changed_on_b = (changes + first.len() as u64) * 65536;
+
+    // A starting again as a primary is refused once demoted; demoted, it
+    // becomes B's remote and is resynced with the changed blocks.
+    let out = ok(dtu(&["demote"], &pair.path("primary.toml")), "dtu demote");
+    eprintln!("{out}");
+    let out = dtu(&["primary"], &pair.path("primary.toml"));
+    assert!(
+        !out.status.success() && text(&out).contains("was demoted"),
+        "a demoted primary started: {}",
+        text(&out)
+    );
+    let before = as_primary(&b_ctl).quic;
+    let back = Link::start(
+        &dir,
+        back_port,
+        format!("127.0.0.1:{a_listen}").parse().unwrap(),
+        WAN,
+    );
+    let mut cmd = Command::new(dtu_bin());
+    cmd.arg("remote")
+        .arg("--config")
+        .arg(pair.path("demoted.toml"));
+    let mut a_remote = Proc::spawn("dtu remote (A)", cmd, dir.join("a-remote.log"));
+    wait_for(
+        &b_ctl,
+        "the failback resync",
+        Duration::from_secs(180),
+        in_sync,
+    );
+    let after = as_primary(&b_ctl).quic;
+    let wire =
+        (after.udp_tx_bytes + after.udp_rx_bytes) - (before.udp_tx_bytes + before.udp_rx_bytes);
+    let decision = as_remote(&a_ctl).decision.unwrap_or_default();
+    // What A had in flight when it was lost is listed, and resynced too.
+    let divergent = discarded_bytes(&dir);
+    let changed = changed_on_b + divergent;
+    eprintln!(
+        "failback: {changed_on_b} bytes changed on B, {divergent} in flight on A, {wire} bytes \
+         on the wire ({:.2}x of both); {decision}",
+        wire as f64 / changed as f64
+    );
+    assert!(
+        wire as f64 <= 1.2 * changed as f64,
+        "failback sent {wire} bytes for {changed} changed"
+    );
+    let noise_bytes = std::fs::read(&noise).unwrap();
+    let a_img = std::fs::read(pair.path("primary.img")).unwrap();
+    for i in 0..changes {
+        let off = change_at(i) as usize;
+        assert!(
+            a_img[off..off + 65536] == noise_bytes[..],
+            "change {i} missing on A"
+        );
+    }
+    // Stop both so the files are quiet, then compare.
+    a_remote.stop(Duration::from_secs(10));
+    assert_same(&pair.path("primary.img"), &pair.path("replica.img"));
+
+    // Split brain on purpose: A comes back as B's remote, then the line
+    // between them goes down; B writes; A is promoted (B is silent); A
+    // writes; B is demoted with --force (its writes never reached A).
+    let mut cmd = Command::new(dtu_bin());
+    cmd.arg("remote")
+        .arg("--config")
+        .arg(pair.path("demoted.toml"));
+    let mut a_proc = Proc::spawn("dtu remote (A)", cmd, dir.join("a-remote-2.log"));
+    wait_for(&b_ctl, "B and A in sync", Duration::from_secs(60), in_sync);
+    let mut back = back;
+    back.proc.kill();
+    // B writes once it knows it is cut off (DRBD, too, can only call a
+    // write "while disconnected" once the peer's silence is noticed).
+    wait_for(
+        &b_ctl,
+        "B to notice the line is down",
+        Duration::from_secs(60),
+        |s| matches!(s, Status::Primary(p) if p.connection.to_string() != "connected"),
+    );
+    qemu_writes(&b_sock, &[(RAW + 300 * 65536 % (VOLUME - FS), 0xb1)]);
+    std::thread::sleep(Duration::from_secs(4));
+    ok(dtu(&["promote"], &pair.path("demoted.toml")), "promote A");
+    qemu_writes(&a_sock, &[(RAW + 301 * 65536 % (VOLUME - FS), 0xa1)]);
+    let out = ok(
+        dtu(
+            &["demote", "--force", "--wait", "2s"],
+            &pair.path("promoted.toml"),
+        ),
+        "demote B",
+    );
+    eprintln!("{out}");
+    pair.start_link();
+    wait_until("A refused: split brain", Duration::from_secs(60), || {
+        matches!(status(&a_ctl), Some(Status::Primary(p))
+            if p.connection.to_string() == "refused"
+                && p.connection_detail.as_deref().is_some_and(|d| d.contains("split brain")))
+    });
+    let refused = as_remote(&b_ctl).decision.unwrap_or_default();
+    assert!(
+        refused.contains("split brain") && !refused.contains('\n'),
+        "{refused}"
+    );
+
+    // B's data goes: restarted with --discard-my-data it is resynced.
+    pair.remote.take().unwrap().stop(Duration::from_secs(10));
+    pair.start_remote(&["--discard-my-data"]);
+    wait_for(
+        &a_ctl,
+        "the split brain resolved",
+        Duration::from_secs(180),
+        in_sync,
+    );
+    let resolved = as_remote(&b_ctl).decision.unwrap_or_default();
+    assert!(resolved.contains("resolved by the operator"), "{resolved}");
+    let discarded = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().contains(".discarded-"));
+    assert!(discarded, "no record of what B discarded");
+    pair.remote.take().unwrap().stop(Duration::from_secs(10));
+    a_proc.stop(Duration::from_secs(10));
+    assert_same(&pair.path("primary.img"), &pair.path("replica.img"));
+}
