@@ -425,3 +425,74 @@ fn disaster_drill_promote_fail_back_and_split_brain() {
     a_proc.stop(Duration::from_secs(10));
     assert_same(&pair.path("primary.img"), &pair.path("replica.img"));
 }
+
+#[test]
+fn a_planned_switchover_loses_nothing_and_a_failing_fence_aborts_the_promotion() {
+    require("nbdcopy");
+    let a_listen = free_udp_port();
+    let listen = format!("127.0.0.1:{a_listen}");
+    let mut pair = Pair::init("64MiB", &[], &["--local-copy", "--primary-listen", &listen]);
+    let dir = pair.dir.path().to_path_buf();
+    let (a_ctl, b_ctl) = (pair.path("primary.ctl"), pair.path("remote.ctl"));
+    // B's fencing: a lease that A holds until the file `allow` appears.
+    let allow = pair.path("allow");
+    let cfg = pair.path("remote.toml");
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text_cfg.trim_end().ends_with("primary = \"promoted.toml\""));
+    std::fs::write(
+        &cfg,
+        format!(
+            "{text_cfg}fence = \"test \\\"$DTU_ACTION\\\" = promote && test -e {} || {{ echo lease held by site A >&2; exit 1; }}\"\n",
+            allow.display()
+        ),
+    )
+    .unwrap();
+    pair.start(&[]);
+    let data = random_image(8 << 20, 5);
+    let mut image = data.clone();
+    image.resize(64 << 20, 0);
+    pair.nbdcopy(&image, Duration::from_secs(60));
+    pair.wait_caught_up(Duration::from_secs(60));
+
+    // B refuses while A mirrors.
+    let out = dtu(&["promote"], &pair.path("remote.toml"));
+    assert!(
+        !out.status.success() && text(&out).contains("connected and mirroring"),
+        "{}",
+        text(&out)
+    );
+    // A steps down: it drains and becomes a remote in the same process.
+    let out = ok(dtu(&["demote"], &pair.path("primary.toml")), "dtu demote");
+    assert!(out.contains("the remote stored everything"), "{out}");
+    assert!(matches!(status(&a_ctl), Some(Status::Remote(_))));
+    // The fence hook says no: nothing changes on B.
+    let out = dtu(&["promote"], &pair.path("remote.toml"));
+    assert!(
+        !out.status.success()
+            && text(&out).contains("lease held by site A")
+            && text(&out).contains("promote is aborted"),
+        "{}",
+        text(&out)
+    );
+    assert!(matches!(status(&b_ctl), Some(Status::Remote(_))));
+    std::fs::write(&allow, b"").unwrap();
+    ok(dtu(&["promote"], &pair.path("remote.toml")), "dtu promote");
+    // B mirrors to A with nothing to resync: A holds everything already.
+    wait_for(&b_ctl, "B mirroring to A", Duration::from_secs(60), in_sync);
+    let b = as_primary(&b_ctl);
+    let wire = b.quic.udp_tx_bytes + b.quic.udp_rx_bytes;
+    let decision = as_remote(&a_ctl).decision.unwrap_or_default();
+    eprintln!("switchover: {wire} bytes on the wire; {decision}");
+    assert!(decision.contains("changed-block map"), "{decision}");
+    assert!(wire < 256 << 10, "a planned switchover sent {wire} bytes");
+    let read = read_export(&pair.path("promoted.nbd.sock"), &dir.join("b-read.img"));
+    assert!(
+        read[..data.len()] == data[..],
+        "B lost data in the switchover"
+    );
+    qemu_writes(&pair.path("promoted.nbd.sock"), &[(32 << 20, 0x33)]);
+    wait_for(&b_ctl, "B's write on A", Duration::from_secs(60), in_sync);
+    pair.primary.take().unwrap().stop(Duration::from_secs(10));
+    pair.remote.take().unwrap().stop(Duration::from_secs(10));
+    assert_same(&pair.path("primary.img"), &pair.path("replica.img"));
+}
