@@ -115,9 +115,11 @@ pub fn main() -> Result<()> {
         Command::Init(a) => {
             let pair = init::run(&a)?;
             println!(
-                "wrote {} and {}",
+                "wrote {} and {} (and each site's other role: {} and {})",
                 pair.primary.display(),
-                pair.remote.display()
+                pair.remote.display(),
+                pair.promoted.display(),
+                pair.demoted.display()
             );
             println!(
                 "start the remote:  dtu remote --config {}",

@@ -22,7 +22,7 @@ use super::Target;
 use crate::config::{PrimaryConfig, RemoteConfig, Roles};
 use crate::control::{self, Controlled, Request, Response};
 use crate::primary::role::{self as prole, Demoted};
-use crate::primary::Primary;
+use crate::primary::{Primary, PrimaryOptions};
 use crate::remote::Remote;
 use crate::replica::{FileReplica, VolumeState};
 use crate::status::Status;
@@ -131,7 +131,8 @@ impl RemoteControl {
             fence(&self.cfg.roles, "promote", &self.cfg.volume.id, &self.path)
                 .map_err(|e| format!("{e:#}"))
         })?;
-        prole::prepare_promoted(&pcfg, p.gens, p.base).with_context(|| {
+        let popts = PrimaryOptions::from_config(&pcfg)?;
+        prole::prepare_promoted(&popts, p.gens, p.base).with_context(|| {
             format!(
                 "the replica is promoted but its primary role cannot be prepared; restarting \
                  `dtu remote -c {}` retries",
@@ -239,7 +240,8 @@ impl Controlled for PrimaryControl {
 pub fn demote_files(pcfg_path: &Path, rcfg_path: &Path, discard: bool) -> Result<Demoted> {
     let pcfg = PrimaryConfig::load(pcfg_path)?;
     let rcfg = RemoteConfig::load(rcfg_path)?;
-    let d = prole::demote_files(&pcfg, &rcfg, discard)?;
+    prole::check_pair(&pcfg, &rcfg)?;
+    let d = prole::demote_files(&PrimaryOptions::from_config(&pcfg)?, &rcfg.state, discard)?;
     tracing::warn!("{}", describe(&d, discard));
     Ok(d)
 }
@@ -348,7 +350,7 @@ pub fn promote(a: PromoteArgs) -> Result<()> {
     replica.sync()?;
     vs.close_clean(&replica)?;
     drop(vs);
-    prole::prepare_promoted(&pcfg, gens, base)?;
+    prole::prepare_promoted(&PrimaryOptions::from_config(&pcfg)?, gens, base)?;
     println!(
         "promoted (the remote was not running): generation {:016x} after {base:016x}. Start \
          the primary role: dtu primary --config {}",

@@ -365,7 +365,11 @@ fn run_remote(path: &Path, a: Option<&RemoteArgs>) -> Result<Next> {
             let ppath = cfg.roles.other.clone().expect("checked");
             let pcfg = PrimaryConfig::load(&ppath)?;
             crate::primary::role::check_pair(&pcfg, &cfg)?;
-            crate::primary::role::prepare_promoted(&pcfg, gens, gens.history[0])?;
+            crate::primary::role::prepare_promoted(
+                &PrimaryOptions::from_config(&pcfg)?,
+                gens,
+                gens.history[0],
+            )?;
             tracing::warn!(
                 "the replica was promoted (generation {gens}): this site runs its primary role"
             );

@@ -427,6 +427,22 @@ impl Core {
         out
     }
 
+    /// Saves how far the remote has stored (and with it the nvbuf's
+    /// released tail) when it moved: once a second and at a clean stop, so
+    /// the files a crash leaves say which records the remote may lack.
+    pub fn persist_progress(&self) -> Result<(), crate::nvbuf::NvbufError> {
+        let mut st = self.lock();
+        let stored = st.sender.progress().remote_stored;
+        if stored > st.meta.stored_seq {
+            st.meta.stored_seq = stored;
+            let meta = st.meta;
+            drop(st);
+            return self.nvbuf.set_meta(&meta.encode());
+        }
+        drop(st);
+        self.nvbuf.checkpoint_if_released().map(|_| ())
+    }
+
     /// The deadline the timer task should sleep until; remembered so that
     /// events only wake it when they move the deadline earlier.
     pub fn arm_timer(&self) -> Option<Instant> {

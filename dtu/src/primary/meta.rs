@@ -9,8 +9,8 @@
 //! Layout (little endian): `version u8 (2) | zero [3] | flags u32 |
 //! lost epoch u32 | zero u32 | lost first seq u64 | lost last seq u64 (0:
 //! unknown) | current gen u64 | history gens [u64; 4] | map base u64 |
-//! verify cursor u64 | verify end u64 | cut off since seq u64`, the rest
-//! zero. Version 1 (the first
+//! verify cursor u64 | verify end u64 | cut off since seq u64 | stored seq
+//! u64`, the rest zero. Version 1 (the first
 //! 32 bytes) is still read. An all-zero area (a new nvbuf) reads as "nothing
 //! yet": the primary then picks its first generation.
 
@@ -59,6 +59,10 @@ pub struct PrimaryMeta {
     /// everything): from it on, the host wrote while cut off, which a
     /// demotion after a failover reports as a split brain.
     pub cut_off_since: Seq,
+    /// Every seq up to this was stored on the replica, as last saved (once
+    /// a second and at a clean stop): the records after it are the ones a
+    /// demotion lists as possibly missing on the other side.
+    pub stored_seq: Seq,
 }
 
 impl PrimaryMeta {
@@ -92,6 +96,7 @@ impl PrimaryMeta {
             let (cursor, end) = (u64_at(at + 8), u64_at(at + 16));
             m.verify = (end != 0).then_some((cursor, end));
             m.cut_off_since = u64_at(at + 24);
+            m.stored_seq = u64_at(at + 32);
         }
         Ok(m)
     }
@@ -124,6 +129,7 @@ impl PrimaryMeta {
             b[at + 16..at + 24].copy_from_slice(&end.to_le_bytes());
         }
         b[at + 24..at + 32].copy_from_slice(&self.cut_off_since.to_le_bytes());
+        b[at + 32..at + 40].copy_from_slice(&self.stored_seq.to_le_bytes());
         b
     }
 }
@@ -152,6 +158,7 @@ mod tests {
             verify: Some((1 << 20, 1 << 30)),
             demoted: true,
             cut_off_since: 77,
+            stored_seq: 1234,
         };
         assert_eq!(PrimaryMeta::decode(&m.encode()), Ok(m));
         let mut b = m.encode();

@@ -955,7 +955,11 @@ impl Primary {
             self.endpoint.clone(),
             b"shutdown",
         );
-        if let Err(e) = self.core.nvbuf.checkpoint() {
+        if let Err(e) = self
+            .core
+            .persist_progress()
+            .and_then(|()| self.core.nvbuf.checkpoint())
+        {
             tracing::warn!("nvbuf superblock at shutdown: {e}");
         }
         if let Some(rt) = self.runtime.take() {

@@ -9,7 +9,8 @@
 //! generation, is resynced from the map and the journal alone. Demotion
 //! ([`demote_files`]): the primary's local copy becomes a remote's replica
 //! with the primary's generations. Whatever the old remote may lack (the
-//! records still in the nvbuf, the extents marked in the map) is the
+//! nvbuf's records after the last seq known stored there, the extents
+//! marked in the map) is the
 //! replica's divergence, listed in a record beside its state file; the
 //! next connect resyncs it from the new primary by block digests. Writes
 //! the host made while this primary was cut off from the remote (recorded
@@ -31,6 +32,7 @@ use crate::replica::{FileReplica, Replica, ReplicaError, StateError, VolumeState
 
 use super::local::LocalCopy;
 use super::meta::{MetaVersion, PrimaryMeta};
+use super::PrimaryOptions;
 
 /// What a demotion that could not wait found left on the primary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,7 +134,7 @@ pub fn check_pair(p: &PrimaryConfig, r: &RemoteConfig) -> Result<(), RoleError> 
 /// relative to `base`). Idempotent: an nvbuf already at `gens` is kept, so
 /// a promotion redone after a crash keeps what the new primary journaled.
 pub fn prepare_promoted(
-    cfg: &PrimaryConfig,
+    cfg: &PrimaryOptions,
     gens: Generations,
     base: Gen,
 ) -> Result<(), RoleError> {
@@ -220,15 +222,12 @@ pub fn divergence_record(state: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Turns a stopped primary's files into its remote role's: see the module
-/// header. `discard` records that the operator lets this side's own
-/// changes go at the next connect (`--discard-my-data`).
-pub fn demote_files(
-    p: &PrimaryConfig,
-    r: &RemoteConfig,
-    discard: bool,
-) -> Result<Demoted, RoleError> {
-    check_pair(p, r)?;
+/// Turns a stopped primary's files into its remote role's, the replica's
+/// state at `state`: see the module header. `discard` records that the
+/// operator lets this side's own changes go at the next connect
+/// (`--discard-my-data`). The caller checks that the remote role's replica
+/// is this primary's local copy ([`check_pair`]).
+pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<Demoted, RoleError> {
     let path = &p.nvbuf_path;
     let nv_err = |source| RoleError::Nvbuf {
         path: path.clone(),
@@ -254,7 +253,7 @@ pub fn demote_files(
     let Some(local_path) = &p.local else {
         // No local copy: nothing of the volume is kept here. The remote
         // role starts from an empty replica that a full sync fills.
-        for f in [r.state.clone(), divergence_record(&r.state)] {
+        for f in [state.to_path_buf(), divergence_record(state)] {
             let _ = std::fs::remove_file(f);
         }
         meta.demoted = true;
@@ -293,7 +292,7 @@ pub fn demote_files(
     let cut_off = meta.cut_off_since;
     let mut in_flight = Vec::new();
     let mut while_cut_off = Vec::new();
-    for (h, _) in &recovery.records {
+    for (h, _) in recovery.records.iter().filter(|(h, _)| h.seq > meta.stored_seq) {
         if let Some(r) = super::mode::range(h).filter(|r| r.1 > 0) {
             if cut_off != 0 && h.seq >= cut_off {
                 while_cut_off.push(r);
@@ -332,7 +331,7 @@ pub fn demote_files(
         // the one they share.
         gens.advance(rand::random::<u64>() | 1);
     }
-    let record = divergence_record(&r.state);
+    let record = divergence_record(state);
     let record = if divergent.is_empty() {
         let _ = std::fs::remove_file(&record);
         None
@@ -340,21 +339,21 @@ pub fn demote_files(
         write_record(&record, &gens, &divergent, cut_off_bytes)?;
         Some(record)
     };
-    match std::fs::remove_file(&r.state) {
+    match std::fs::remove_file(&state) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
             return Err(RoleError::Io {
                 what: "removing",
-                path: r.state.clone(),
+                path: state.to_path_buf(),
                 source,
             })
         }
     }
-    let (mut vs, _) = VolumeState::open(&r.state, p.volume.id, disk.as_ref(), false)?;
+    let (mut vs, _) = VolumeState::open(state, p.volume.id, disk.as_ref(), false)?;
     let io = |source| RoleError::Io {
         what: "writing the replica state",
-        path: r.state.clone(),
+        path: state.to_path_buf(),
         source,
     };
     vs.demoted(gens, record.is_some(), discard).map_err(io)?;

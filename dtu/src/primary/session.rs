@@ -318,9 +318,9 @@ pub(crate) async fn timers(core: Arc<Core>) {
         if now >= next_sample {
             core.sample_rates(now);
             next_sample = now + Duration::from_secs(1);
-            let nvbuf = core.nvbuf.clone();
+            let c = core.clone();
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = nvbuf.checkpoint_if_released() {
+                if let Err(e) = c.persist_progress() {
                     tracing::warn!("nvbuf superblock: {e}");
                 }
             });

@@ -13,6 +13,7 @@ pub mod ack_latency;
 pub mod burst;
 pub mod compression;
 pub mod delay;
+pub mod failover;
 pub mod inproc;
 pub mod link_efficiency;
 pub mod plot;
@@ -153,6 +154,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "undo",
         about: "remote apply throughput with the undo journal on / off (random overwrites, fresh sequential), as-of reads / live",
         run: undo::run,
+    },
+    Scenario {
+        name: "failover",
+        about: "disaster drills: RTO from dtu promote to the first answered host write, failback wire bytes / changed bytes",
+        run: failover::run,
     },
     Scenario {
         name: "delay",
