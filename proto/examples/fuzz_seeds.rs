@@ -90,6 +90,10 @@ fn main() -> std::io::Result<()> {
             seq: 13,
             digests: vec![[7; DIGEST_LEN]; 4],
         }),
+        Frame::Extents(Extents {
+            ranges: vec![(0, 65536), (1 << 30, 4096)],
+            last: true,
+        }),
     ];
     let plain: Vec<u8> = (0..3000u32).map(|i| (i / 7) as u8).collect();
     for (seq, compress, seal, zero) in [

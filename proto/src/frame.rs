@@ -193,8 +193,11 @@ pub mod hello_flags {
     /// ([`crate::generation::InitialSync::bits`]) in these two bits.
     pub const INITIAL_SHIFT: u32 = 3;
     pub const INITIAL_MASK: u32 = 3 << INITIAL_SHIFT;
+    /// From the remote: [`super::Extents`] frames follow its Hello, the
+    /// last with `last` set; the primary marks them before it resyncs.
+    pub const EXTENTS_FOLLOW: u32 = 32;
     /// Every bit this version knows.
-    pub const KNOWN: u32 = LOST_WRITES | INCONSISTENT | HAS_LOCAL | INITIAL_MASK;
+    pub const KNOWN: u32 = LOST_WRITES | INCONSISTENT | HAS_LOCAL | INITIAL_MASK | EXTENTS_FOLLOW;
 }
 
 /// One chunk of one mirrored write.
@@ -428,6 +431,22 @@ pub struct ReadResponse {
     pub data: Bytes,
 }
 
+/// Most ranges one [`Extents`] frame carries (16 bytes each).
+pub const MAX_EXTENTS_PER_FRAME: usize = 4096;
+
+/// From the remote, right after its Hello when that has
+/// [`hello_flags::EXTENTS_FOLLOW`]: ranges of the volume the replica
+/// changed that the primary must send again (a demoted primary's writes
+/// that never reached the side promoted meanwhile). The primary marks them
+/// in its changed-block map before the resync the decision starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extents {
+    /// (offset, length) in bytes.
+    pub ranges: Vec<(u64, u64)>,
+    /// The last of them.
+    pub last: bool,
+}
+
 /// Everything that crosses the link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -445,6 +464,7 @@ pub enum Frame {
     Marker(Marker),
     DigestRequest(DigestRequest),
     DigestResponse(DigestResponse),
+    Extents(Extents),
 }
 
 const HELLO_LEN: usize = 1 + 1 + 16 + 8 + 4 + 4 + 4 + 8 + 8 + 8 + 4 + 8 * (1 + HISTORY) + 8 + 8 + 1;
@@ -461,6 +481,9 @@ const HEARTBEAT_LEN: usize = 8 + 8 + 1;
 const GOODBYE_FIXED: usize = 1 + 2;
 const READ_REQUEST_LEN: usize = 8 + 8 + 4 + 8;
 const READ_RESPONSE_FIXED: usize = 8 + 1;
+const EXTENTS_FIXED: usize = 4 + 1;
+/// The highest frame kind code this version knows.
+const LAST_KIND: u8 = 15;
 
 impl Frame {
     fn kind_code(&self) -> u8 {
@@ -479,6 +502,7 @@ impl Frame {
             Frame::Marker(_) => 12,
             Frame::DigestRequest(_) => 13,
             Frame::DigestResponse(_) => 14,
+            Frame::Extents(_) => 15,
         }
     }
 
@@ -503,6 +527,7 @@ impl Frame {
             Frame::Marker(_) => MARKER_LEN,
             Frame::DigestRequest(_) => DIGEST_REQUEST_LEN,
             Frame::DigestResponse(r) => DIGEST_RESPONSE_FIXED + r.digests.len() * DIGEST_LEN,
+            Frame::Extents(e) => EXTENTS_FIXED + 16 * e.ranges.len().min(MAX_EXTENTS_PER_FRAME),
         }
     }
 
@@ -640,6 +665,15 @@ impl Frame {
                     out.put_slice(d);
                 }
             }
+            Frame::Extents(e) => {
+                let ranges = &e.ranges[..e.ranges.len().min(MAX_EXTENTS_PER_FRAME)];
+                out.put_u32(ranges.len() as u32);
+                for (off, len) in ranges {
+                    out.put_u64(*off);
+                    out.put_u64(*len);
+                }
+                out.put_u8(u8::from(e.last));
+            }
         }
     }
 
@@ -679,6 +713,7 @@ fn kind_name(code: u8) -> &'static str {
         12 => "Marker",
         13 => "DigestRequest",
         14 => "DigestResponse",
+        15 => "Extents",
         _ => "unknown",
     }
 }
@@ -716,7 +751,7 @@ pub fn decode_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Fra
         return Err(FrameError::UnsupportedVersion(buf[4]));
     }
     let kind = buf[5];
-    if !(1..=14).contains(&kind) {
+    if !(1..=LAST_KIND).contains(&kind) {
         return Err(FrameError::UnknownKind(kind));
     }
     if buf[6] != 0 || buf[7] != 0 {
@@ -1111,6 +1146,27 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 .map(|c| c.try_into().expect("chunks of DIGEST_LEN"))
                 .collect();
             Frame::DigestResponse(DigestResponse { seq, digests })
+        }
+        15 => {
+            let count = b.u32()? as usize;
+            if count > MAX_EXTENTS_PER_FRAME {
+                return Err(b.malformed("more ranges than one Extents frame carries"));
+            }
+            let mut ranges = Vec::with_capacity(count);
+            for _ in 0..count {
+                let (off, len) = (b.u64()?, b.u64()?);
+                if len == 0 || off.checked_add(len).is_none() {
+                    return Err(b.malformed("an empty or overflowing range"));
+                }
+                ranges.push((off, len));
+            }
+            let last = match b.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(b.malformed("last flag is neither 0 nor 1")),
+            };
+            b.done()?;
+            Frame::Extents(Extents { ranges, last })
         }
         other => return Err(FrameError::UnknownKind(other)),
     };

@@ -262,8 +262,8 @@ fn describe(d: &Demoted, discard: bool) -> String {
         .as_ref()
         .map_or(String::new(), |r| format!(" (listed in {})", r.display()));
     let mut line = format!(
-        "demoted: {} in {} extents may be missing on the other side{listed}; they are resynced \
-         from it by block digests at the next connect",
+        "demoted: {} in {} extents may be missing on the other side{listed}; the next connect \
+         sends the list and they are resynced from the other side",
         crate::units::format_bytes(d.divergent_bytes()),
         d.divergent.len()
     );

@@ -33,7 +33,7 @@ pub enum Refusal {
 }
 
 /// What the remote's accepted answer says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     /// Every seq up to this is stored on the replica.
     pub remote_stored: Seq,
@@ -47,7 +47,15 @@ pub struct Accepted {
     /// The generation a sync under way on the replica was bringing it to
     /// when the remote decided (0: none).
     pub remote_sync_target: Gen,
+    /// [`hello_flags::EXTENTS_FOLLOW`]: the remote sends the ranges its
+    /// replica changed on its own before anything else.
+    pub extents_follow: bool,
+    /// Those ranges, once read: the resync sends them too.
+    pub extents: Vec<(u64, u64)>,
 }
+
+/// Most ranges a remote may send after its Hello (16 bytes each).
+pub const MAX_EXTENTS: usize = 1 << 22;
 
 /// The Hello of a primary of `volume` at `epoch`, whose stream carried over
 /// from earlier epochs ends at `carried_over`.
@@ -125,6 +133,8 @@ pub fn check_reply(sent: &Hello, theirs: &Hello) -> Result<Accepted, Refusal> {
         decision,
         remote_gens: theirs.gens,
         remote_sync_target: theirs.map_base,
+        extents_follow: theirs.flags & hello_flags::EXTENTS_FOLLOW != 0,
+        extents: Vec::new(),
     })
 }
 
@@ -193,10 +203,23 @@ pub fn on_accepted<M: MapStore>(
             // A sync that was under way towards this generation keeps its
             // map: it holds what is left (relative to the run's base).
             let continuing = a.remote_sync_target != 0 && a.remote_sync_target == meta.gens.current;
-            if all || (!continuing && meta.map_base != a.remote_gens.current) {
+            // With the replica's own changes listed, the map (relative to
+            // a generation both share) and those ranges cover every
+            // difference: nothing is reset.
+            let covered = a.extents_follow && meta.map_base != 0;
+            if all || (!continuing && !covered && meta.map_base != a.remote_gens.current) {
                 map.reset(true, a.remote_gens.current)?;
                 meta.map_base = a.remote_gens.current;
                 changed = true;
+            }
+            if !all {
+                let size = map.volume_size();
+                for &(off, len) in &a.extents {
+                    let end = off.saturating_add(len).min(size);
+                    if off < end {
+                        map.mark_durable(off, end - off)?;
+                    }
+                }
             }
             sync.start(meta.gens.current, checksum || checksum_always, map, now);
         }

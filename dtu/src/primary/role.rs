@@ -12,7 +12,9 @@
 //! nvbuf's records after the last seq known stored there, the extents
 //! marked in the map) is the
 //! replica's divergence, listed in a record beside its state file; the
-//! next connect resyncs it from the new primary by block digests. Writes
+//! next connect sends the list to the new primary, which resyncs those
+//! ranges with its own changed-block map (a full digest comparison only
+//! when the list cannot be read or the map does not reach back). Writes
 //! the host made while this primary was cut off from the remote (recorded
 //! from the first one, `cut_off_since`) are more than in-flight records:
 //! the replica then takes a generation of its own, so the next connect
@@ -292,7 +294,11 @@ pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<D
     let cut_off = meta.cut_off_since;
     let mut in_flight = Vec::new();
     let mut while_cut_off = Vec::new();
-    for (h, _) in recovery.records.iter().filter(|(h, _)| h.seq > meta.stored_seq) {
+    for (h, _) in recovery
+        .records
+        .iter()
+        .filter(|(h, _)| h.seq > meta.stored_seq)
+    {
         if let Some(r) = super::mode::range(h).filter(|r| r.1 > 0) {
             if cut_off != 0 && h.seq >= cut_off {
                 while_cut_off.push(r);
@@ -339,7 +345,7 @@ pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<D
         write_record(&record, &gens, &divergent, cut_off_bytes)?;
         Some(record)
     };
-    match std::fs::remove_file(&state) {
+    match std::fs::remove_file(state) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {

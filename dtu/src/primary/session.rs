@@ -194,6 +194,41 @@ async fn session_inner(
             return Err(SessionEnd::Refused(e.to_string()));
         }
     };
+    let mut accepted = accepted;
+    if accepted.extents_follow {
+        // The replica's own changes, before anything else on the stream.
+        loop {
+            match frames.next().await? {
+                Some(Frame::Extents(e)) => {
+                    if accepted.extents.len() + e.ranges.len() > connect::MAX_EXTENTS {
+                        return Err(SessionEnd::Protocol(format!(
+                            "the remote listed more than {} ranges",
+                            connect::MAX_EXTENTS
+                        )));
+                    }
+                    accepted.extents.extend(e.ranges);
+                    if e.last {
+                        break;
+                    }
+                }
+                Some(other) => {
+                    return Err(SessionEnd::Protocol(format!(
+                        "expected Extents, got {}",
+                        other.kind_name()
+                    )))
+                }
+                None => {
+                    return Err(SessionEnd::Protocol(
+                        "remote closed the control stream during the handshake".into(),
+                    ))
+                }
+            }
+        }
+        tracing::info!(
+            "the remote lists {} ranges it changed on its own; the resync sends them too",
+            accepted.extents.len()
+        );
+    }
     accept_decision(core, p, &accepted)?;
     core.event(|s, now| s.on_connected(theirs.stored_seq, now))
         .map_err(|e| SessionEnd::Protocol(e.to_string()))?;

@@ -47,7 +47,15 @@ pub struct Accepted {
     pub explained: String,
     /// The stream restarts after this seq (a sync or an adoption).
     pub rebase: Option<Seq>,
+    /// Ranges this replica changed on its own (a demoted primary's
+    /// divergence), sent after the answer for the primary's resync; `None`:
+    /// nothing follows the answer.
+    pub extents: Option<Vec<(u64, u64)>>,
 }
+
+/// Most ranges a divergence record may list to be sent as extents; with
+/// more, every extent's digests are compared instead.
+pub const MAX_DIVERGENT_RANGES: usize = 1 << 20;
 
 /// What the primary's Hello says about its side of the decision.
 pub fn primary_view(theirs: &Hello) -> PrimaryView {
@@ -81,35 +89,36 @@ fn keep_divergence_record(state: &VolumeState) -> String {
     }
 }
 
-/// A split brain that the operator's word (`--discard-my-data` at the
-/// demotion) or the remote's policy resolves: the replica's own changes are
-/// discarded by a checksum sync of every extent, which sends only the
-/// blocks that differ. The divergence record, if any, is kept renamed as
-/// the record of what was discarded. Returns the decision and its line.
-fn resolve_split_brain(
-    state: &VolumeState,
-    policy: SplitBrainPolicy,
-    pv: &PrimaryView,
-    rv: &RemoteView,
-) -> Option<(Decision, String)> {
-    let by = if state.discard_my_data() {
-        "the operator (demoted with --discard-my-data)"
+/// Who resolves a split brain in the primary's favour, if anyone: the
+/// operator's word (`--discard-my-data`) or the remote's policy.
+fn split_brain_resolved_by(state: &VolumeState, policy: SplitBrainPolicy) -> Option<&'static str> {
+    if state.discard_my_data() {
+        Some("the operator (--discard-my-data)")
     } else if policy == SplitBrainPolicy::DiscardRemote {
-        "roles.split_brain = discard-remote"
+        Some("roles.split_brain = discard-remote")
     } else {
-        return None;
-    };
-    let kept = keep_divergence_record(state);
-    Some((
-        Decision::Resync {
-            all: true,
-            checksum: true,
-        },
-        format!(
-            "split brain (primary {:016x}, remote {:016x} both changed since a generation they              share) resolved by {by}: this remote's changes are discarded{kept}; checksum sync              of every extent",
-            pv.gens.current, rv.gens.current
-        ),
-    ))
+        None
+    }
+}
+
+/// The ranges the divergence record beside the state lists, if it can be
+/// read, holds at most [`MAX_DIVERGENT_RANGES`] and stays in the volume.
+fn divergent_ranges(state: &VolumeState, volume_size: u64) -> Option<Vec<(u64, u64)>> {
+    let record = crate::primary::role::divergence_record(state.path());
+    let text = std::fs::read_to_string(record).ok()?;
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (o, l) = line.split_once(' ')?;
+        let (o, l): (u64, u64) = (o.trim().parse().ok()?, l.trim().parse().ok()?);
+        if l == 0 || o.checked_add(l)? > volume_size || out.len() >= MAX_DIVERGENT_RANGES {
+            return None;
+        }
+        out.push((o, l));
+    }
+    Some(out)
 }
 
 /// Checks `theirs` against this remote's Hello template `ours`, decides,
@@ -134,41 +143,75 @@ pub fn accept_primary(
     let mut decision = decide(&pv, &rv);
     let mut explained = decision.explain(&pv, &rv);
     let continuing = rv.syncing_to(pv.gens.current);
-    if state.diverged()
+    let mut extents = None;
+    let mut resolved = None;
+    if decision == Decision::Refuse(Refusal::SplitBrain) {
+        resolved = split_brain_resolved_by(state, split_brain);
+        if resolved.is_none() {
+            explained.push_str(
+                ". To keep the primary's data: demote the remote's site with \
+                 --discard-my-data, or set roles.split_brain = \"discard-remote\" on the remote",
+            );
+        }
+    }
+    let in_flight = resolved.is_none()
+        && state.diverged()
         && !continuing
         && matches!(
             decision,
             Decision::Resume | Decision::Resync { all: false, .. }
-        )
-    {
-        // The old primary's writes that were in flight when it lost the
-        // connection are on this replica and maybe not on the new primary:
-        // they go back to the new primary's blocks.
-        decision = Decision::Resync {
-            all: true,
-            checksum: true,
-        };
-        explained = format!(
-            "{explained}; the replica also holds writes of the old primary the new one may \
-             lack (in flight when its connection ended){}: checksum sync of every extent, \
-             sending only the blocks that differ",
-            keep_divergence_record(state)
         );
-    }
-    if decision == Decision::Refuse(Refusal::SplitBrain) {
-        match resolve_split_brain(state, split_brain, &pv, &rv) {
-            Some((d, line)) => {
-                tracing::warn!("{line}");
-                decision = d;
-                explained = line;
-            }
-            None => {
-                explained.push_str(
-                    ". To keep the primary's data: demote the remote's site with \
-                     --discard-my-data, or set roles.split_brain = \"discard-remote\" on the remote",
+    if resolved.is_some() || in_flight {
+        // The replica holds changes the primary never had: they go back to
+        // the primary's blocks. The primary's map, relative to a generation
+        // the replica passed through, and the replica's own list cover
+        // every difference; without both, every extent's digests are
+        // compared.
+        let map_covers =
+            pv.map_base != 0 && (pv.map_base == rv.gens.current || rv.gens.passed(pv.map_base));
+        let ranges = divergent_ranges(state, ours.volume_size).filter(|_| map_covers);
+        let kept = keep_divergence_record(state);
+        let (what, how) = match ranges {
+            Some(r) => {
+                let bytes: u64 = r.iter().map(|x| x.1).sum();
+                let how = format!(
+                    "resync of the primary's changed-block map and the {} ranges ({} bytes) \
+                     this replica changed",
+                    r.len(),
+                    bytes
                 );
+                extents = Some(r);
+                (
+                    Decision::Resync {
+                        all: false,
+                        checksum: false,
+                    },
+                    how,
+                )
             }
+            None => (
+                Decision::Resync {
+                    all: true,
+                    checksum: true,
+                },
+                "checksum sync of every extent, sending only the blocks that differ".to_string(),
+            ),
+        };
+        explained = match resolved {
+            Some(by) => format!(
+                "split brain (primary {:016x}, remote {:016x} both changed since a generation \
+                 they share) resolved by {by}: this remote's changes are discarded{kept}; {how}",
+                pv.gens.current, rv.gens.current
+            ),
+            None => format!(
+                "{explained}; the replica also holds writes of the old primary the new one may \
+                 lack (in flight when its connection ended){kept}: {how}"
+            ),
+        };
+        if resolved.is_some() {
+            tracing::warn!("{explained}");
         }
+        decision = what;
     }
     let rebase = match decision {
         Decision::Refuse(_) => return Err(AcceptError::Decision(explained)),
@@ -227,10 +270,14 @@ pub fn accept_primary(
     // where the primary's carries its map base.
     reply.map_base = rv.sync_target;
     reply.decision = DecisionCode::encode(&decision);
+    if extents.is_some() {
+        reply.flags |= hello_flags::EXTENTS_FOLLOW;
+    }
     Ok(Accepted {
         reply,
         decision,
         explained,
         rebase,
+        extents,
     })
 }

@@ -194,6 +194,22 @@ async fn session_inner(
     transport::write_frame(&mut send, &Frame::Hello(reply.clone()))
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(extents) = &accepted.extents {
+        let n = extents.len();
+        let per = dtu_proto::frame::MAX_EXTENTS_PER_FRAME;
+        // At least one frame, so that an empty list still ends.
+        let frames = n.div_ceil(per).max(1);
+        for i in 0..frames {
+            let f = Frame::Extents(dtu_proto::frame::Extents {
+                ranges: extents[(i * per).min(n)..((i + 1) * per).min(n)].to_vec(),
+                last: i + 1 == frames,
+            });
+            transport::write_frame(&mut send, &f)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tracing::info!("sent the {n} ranges this replica changed on its own");
+    }
     tracing::info!(
         "primary {} connected (epoch {}), replica holds through seq {}",
         conn.remote_address(),
