@@ -265,9 +265,9 @@ pub fn run(o: &Opts) -> Result<Report> {
     ));
     r.note(
         "Changed bytes are B's writes after the promotion plus the extents of A's records that \
-         were not known stored when A was lost (A resyncs them from B). With such records the \
-         resync compares BLAKE3 digests of every 4 KiB block (16 bytes each on the wire, 0.4 % \
-         of the volume) before sending what differs; that share grows as the change shrinks.",
+         were not known stored when A was lost (A resyncs them from B). A sends the list of those \
+         extents after its answer (16 bytes per range) and B resyncs its changed-block map plus \
+         them; the wire also carries QUIC and frame headers and the seal of each chunk.",
     );
     r.data = json!({ "volume_bytes": size, "drills": all, "rto_ms_p50": rto });
     bars(
