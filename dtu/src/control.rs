@@ -104,6 +104,10 @@ pub enum Request {
         /// How long to wait for the remote to store the last records.
         #[serde(default)]
         wait_s: Option<u64>,
+        /// A planned switchover (`dtu switchover`): once drained, the
+        /// primary's goodbye asks the remote to promote. Never forced.
+        #[serde(default)]
+        handover: bool,
     },
 }
 

@@ -396,6 +396,9 @@ pub enum GoodbyeReason {
     /// The generations say the pair must not mirror (split brain,
     /// unrelated data, a remote that moved on).
     Refused = 7,
+    /// A planned switchover: the primary stopped after the remote stored
+    /// every record and takes the remote role; the remote is to promote.
+    Handover = 8,
 }
 
 /// Last frame on a connection.
@@ -1048,6 +1051,7 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 5 => GoodbyeReason::ProtocolError,
                 6 => GoodbyeReason::RoleMismatch,
                 7 => GoodbyeReason::Refused,
+                8 => GoodbyeReason::Handover,
                 _ => return Err(b.malformed("unknown goodbye reason")),
             };
             let len = b.u16()? as usize;

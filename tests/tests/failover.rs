@@ -492,6 +492,39 @@ fn a_planned_switchover_loses_nothing_and_a_failing_fence_aborts_the_promotion()
     );
     qemu_writes(&pair.path("promoted.nbd.sock"), &[(32 << 20, 0x33)]);
     wait_for(&b_ctl, "B's write on A", Duration::from_secs(60), in_sync);
+
+    // And back in one command on B's site: B drains, becomes A's remote,
+    // and its goodbye makes A promote itself.
+    let out = dtu(&["switchover"], &pair.path("remote.toml"));
+    assert!(
+        !out.status.success() && text(&out).contains("is a remote's config"),
+        "{}",
+        text(&out)
+    );
+    let out = ok(
+        dtu(&["switchover"], &pair.path("promoted.toml")),
+        "dtu switchover",
+    );
+    eprintln!("{out}");
+    assert!(out.contains("switchover complete"), "{out}");
+    wait_for(
+        &a_ctl,
+        "A mirroring to B again",
+        Duration::from_secs(60),
+        in_sync,
+    );
+    let back = as_primary(&a_ctl);
+    let wire = back.quic.udp_tx_bytes + back.quic.udp_rx_bytes;
+    let decision = as_remote(&b_ctl).decision.unwrap_or_default();
+    eprintln!("switchover back: {wire} bytes on the wire; {decision}");
+    assert!(wire < 256 << 10, "the switchover back sent {wire} bytes");
+    qemu_writes(&pair.path("primary.nbd.sock"), &[(40 << 20, 0x44)]);
+    wait_for(&a_ctl, "A's write on B", Duration::from_secs(60), in_sync);
+    let read = read_export(&pair.path("primary.nbd.sock"), &dir.join("a-read.img"));
+    assert!(
+        read[32 << 20..(32 << 20) + 4096].iter().all(|&b| b == 0x33),
+        "A lost B's write in the switchover back"
+    );
     pair.primary.take().unwrap().stop(Duration::from_secs(10));
     pair.remote.take().unwrap().stop(Duration::from_secs(10));
     assert_same(&pair.path("primary.img"), &pair.path("replica.img"));

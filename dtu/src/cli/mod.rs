@@ -64,6 +64,10 @@ pub enum Command {
     /// site's local copy becomes the replica of its remote role
     /// (roles.remote). Also run on a stopped primary after a failover.
     Demote(role::DemoteArgs),
+    /// A planned switchover, run on the primary's site: once the remote has
+    /// stored everything this site becomes its remote and the other site
+    /// promotes itself (no resync, nothing lost).
+    Switchover(role::SwitchoverArgs),
     /// Follow a running sync and verify with progress bars (rate, time
     /// left) until neither runs.
     Progress(admin::ProgressArgs),
@@ -155,6 +159,10 @@ pub fn main() -> Result<()> {
         Command::Demote(a) => {
             init_tracing(&cli.log);
             role::demote(a)
+        }
+        Command::Switchover(a) => {
+            init_tracing(&cli.log);
+            role::switchover(a)
         }
         Command::Demo(a) => {
             init_tracing(if cli.log == "info" { "warn" } else { &cli.log });

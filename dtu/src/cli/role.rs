@@ -62,6 +62,23 @@ pub struct DemoteArgs {
     pub wait: String,
 }
 
+/// `dtu switchover`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SwitchoverArgs {
+    /// The running primary's config file (its `roles.remote` names the
+    /// remote role this site takes).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// How long the primary waits for the remote to store the last
+    /// records before it gives up and keeps its role, e.g. 60s.
+    #[arg(long, default_value = "60s")]
+    pub wait: String,
+    /// How long to wait for the other site's new primary to connect to
+    /// this site's remote role, e.g. 120s.
+    #[arg(long, default_value = "120s")]
+    pub connect_wait: String,
+}
+
 /// What a role's run leaves the process to do.
 #[derive(Debug, Clone)]
 pub enum Next {
@@ -124,6 +141,12 @@ pub struct RemoteControl {
 }
 
 impl RemoteControl {
+    /// The promotion a primary's handover asks for: never forced (its
+    /// checks hold after a drained switchover), the fence hook runs.
+    pub fn promote_on_handover(&self) -> Result<String> {
+        self.promote(false)
+    }
+
     fn promote(&self, force: bool) -> Result<String> {
         let (ppath, pcfg) = promoted_config(&self.cfg, &self.path)?;
         let started = Instant::now();
@@ -183,7 +206,10 @@ pub struct PrimaryControl {
 }
 
 impl PrimaryControl {
-    fn demote(&self, force: bool, discard: bool, wait: Duration) -> Result<String> {
+    fn demote(&self, force: bool, discard: bool, wait: Duration, handover: bool) -> Result<String> {
+        if handover && (force || discard) {
+            bail!("a switchover loses nothing: it is never forced and discards nothing");
+        }
         let rpath = other_role(&self.cfg.roles, &self.path, "remote")?;
         let rcfg = RemoteConfig::load(&rpath)?;
         prole::check_pair(&self.cfg, &rcfg)?;
@@ -201,6 +227,9 @@ impl PrimaryControl {
             }
             Err(u) => return Err(u.into()),
         };
+        if handover {
+            self.primary.hand_over_on_stop();
+        }
         let _ = self.next.send(Next::Remote {
             config: rpath.clone(),
             demote: Some(discard),
@@ -219,9 +248,10 @@ impl Controlled for PrimaryControl {
                 force,
                 discard_my_data,
                 wait_s,
+                handover,
             } => {
                 let wait = Duration::from_secs(wait_s.unwrap_or(60));
-                match self.demote(force, discard_my_data, wait) {
+                match self.demote(force, discard_my_data, wait, handover) {
                     Ok(message) => Response::Ok { message },
                     Err(e) => Response::Error {
                         message: format!("{e:#}"),
@@ -376,6 +406,7 @@ pub fn demote(a: DemoteArgs) -> Result<()> {
                 force: a.force,
                 discard_my_data: a.discard_my_data,
                 wait_s: Some(wait.as_secs()),
+                handover: false,
             },
             limit,
         )?;
@@ -401,4 +432,90 @@ pub fn demote(a: DemoteArgs) -> Result<()> {
         rpath.display()
     );
     Ok(())
+}
+
+/// `dtu switchover`: on the primary's site, drains, demotes this site and
+/// asks the remote (in the session's goodbye) to promote; then waits until
+/// the other site's new primary connects to this site's remote role.
+pub fn switchover(a: SwitchoverArgs) -> Result<()> {
+    let cfg = match PrimaryConfig::load(&a.config) {
+        Ok(c) => c,
+        Err(pe) => {
+            if RemoteConfig::load(&a.config).is_ok() {
+                bail!(
+                    "{} is a remote's config: run `dtu switchover` on the primary's site (the \
+                     remote cannot stop its primary), or `dtu demote` there and then `dtu \
+                     promote` here",
+                    a.config.display()
+                );
+            }
+            return Err(pe.into());
+        }
+    };
+    let rpath = other_role(&cfg.roles, &a.config, "remote")?;
+    let rcfg = RemoteConfig::load(&rpath)?;
+    let wait =
+        crate::units::parse_duration_within(&a.wait, Duration::ZERO, control::MAX_DEMOTE_WAIT)
+            .map_err(|e| anyhow!("--wait: {e}"))?;
+    let connect_wait = crate::units::parse_duration_within(
+        &a.connect_wait,
+        Duration::from_secs(1),
+        control::MAX_DEMOTE_WAIT,
+    )
+    .map_err(|e| anyhow!("--connect-wait: {e}"))?;
+    if !is_running(&cfg.control) {
+        bail!(
+            "the primary is not running (no answer on {}): a switchover hands over a running \
+             pair. For a stopped one: `dtu demote -c {}` here, then `dtu promote` on the remote",
+            cfg.control.display(),
+            a.config.display()
+        );
+    }
+    let limit = cfg.roles.fence_timeout + wait + Duration::from_secs(60);
+    let resp = control::request_within(
+        &cfg.control,
+        &Request::Demote {
+            force: false,
+            discard_my_data: false,
+            wait_s: Some(wait.as_secs()),
+            handover: true,
+        },
+        limit,
+    )?;
+    match resp {
+        Response::Ok { message } => println!("{message}"),
+        Response::Error { message } => bail!("switchover refused, nothing changed: {message}"),
+        _ => bail!("unexpected answer to the switchover"),
+    }
+    let took = wait_for_role(&rcfg.control, false, Duration::from_secs(120))?;
+    println!(
+        "this site's remote role is up ({} ms after the answer); waiting for the other site's \
+         new primary",
+        took.as_millis()
+    );
+    let start = Instant::now();
+    loop {
+        if let Ok(Response::Status(s)) = control::request(&rcfg.control, &Request::Status) {
+            if let Status::Remote(r) = *s {
+                if r.connection == crate::status::ConnectionState::Connected {
+                    println!(
+                        "switchover complete in {} ms: the other site is the primary ({}); \
+                         this site is its remote: {}",
+                        start.elapsed().as_millis() + took.as_millis(),
+                        r.peer.as_deref().unwrap_or("?"),
+                        r.decision.as_deref().unwrap_or("no decision recorded")
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        if start.elapsed() > connect_wait {
+            bail!(
+                "no new primary connected within {connect_wait:?}: this site is a remote and \
+                 nothing is lost; see the other site's log (its promotion may have failed: then \
+                 run `dtu promote` there)"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -417,7 +417,23 @@ fn run_remote(path: &Path, a: Option<&RemoteArgs>) -> Result<Next> {
         path: path.to_path_buf(),
         next: next_tx,
     });
+    let handing = control.clone();
     let result = rt.block_on(async {
+        // A primary's `dtu switchover` ends with its goodbye asking this
+        // side to promote.
+        let handover = tokio::spawn(async move {
+            handing.remote.handover_requested().await;
+            let c = handing.clone();
+            match tokio::task::spawn_blocking(move || c.promote_on_handover()).await {
+                Ok(Ok(line)) => tracing::warn!("planned switchover: {line}"),
+                Ok(Err(e)) => tracing::error!(
+                    "the primary handed its role over but the promotion failed: {e:#}. Both \
+                     sites are remotes now and nothing is lost: fix the cause and run `dtu \
+                     promote` here"
+                ),
+                Err(e) => tracing::error!("the promotion task failed: {e}"),
+            }
+        });
         let (tasks, stop) = serve_admin_and_nbd(
             control,
             cfg.control.clone(),
@@ -434,6 +450,7 @@ fn run_remote(path: &Path, a: Option<&RemoteArgs>) -> Result<Next> {
             cfg.control.display()
         );
         let next = until_signal_or(&mut next_rx).await;
+        handover.abort();
         eprintln!("stopping the remote");
         let _ = stop.send(true);
         for t in &tasks {

@@ -106,6 +106,9 @@ pub(crate) struct Core {
     /// A demotion is under way: host operations are refused while the
     /// remote takes the last records.
     pub demoting: AtomicBool,
+    /// A planned switchover: the session's goodbye asks the remote to
+    /// promote.
+    pub handover: AtomicBool,
 }
 
 /// Link and host byte rates.
@@ -169,6 +172,7 @@ impl Core {
             sync_wake: (Mutex::new(false), Condvar::new()),
             folding: AtomicBool::new(false),
             demoting: AtomicBool::new(false),
+            handover: AtomicBool::new(false),
             lanes_wake: Notify::new(),
             control_wake: Notify::new(),
             timer_wake: Notify::new(),

@@ -888,6 +888,12 @@ impl Primary {
         Status::Primary(Box::new(status::build(self)))
     }
 
+    /// A planned switchover: when this primary stops, its goodbye asks the
+    /// remote to promote. Call after [`Primary::drain`] succeeded.
+    pub fn hand_over_on_stop(&self) {
+        self.core.handover.store(true, Ordering::SeqCst);
+    }
+
     /// Refuses host operations from now on ([`PrimaryError::Demoting`]),
     /// or takes them again. Operations already past the gate finish
     /// entering the pipeline before this returns.

@@ -9,6 +9,7 @@
 //! the nvbuf meanwhile.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,6 +121,38 @@ pub(crate) async fn run(core: Arc<Core>, params: SessionParams) {
             _ = tokio::time::sleep(backoff.next()) => {}
             _ = wait_shutdown(&core) => break,
         }
+    }
+}
+
+/// How long a handing-over primary waits for the remote to take its
+/// goodbye before it closes the connection (within the 2 s a stopping
+/// primary gives each task).
+const HANDOVER_WAIT: Duration = Duration::from_millis(1500);
+
+/// Ends a drained session with the goodbye that asks the remote to
+/// promote, and waits until the remote has read it (it closes the
+/// connection) so that closing does not discard it.
+async fn hand_over(core: &Core, conn: &quinn::Connection, ctl_send: &mut quinn::SendStream) {
+    let stored = core.lock().sender.progress().remote_stored;
+    let g = dtu_proto::frame::Goodbye {
+        reason: GoodbyeReason::Handover,
+        message: format!("planned switchover: the remote stored through seq {stored}"),
+    };
+    if let Err(e) = transport::write_frame(ctl_send, &Frame::Goodbye(g)).await {
+        tracing::error!("the switchover's goodbye could not be sent ({e}): promote the remote with `dtu promote`");
+        return;
+    }
+    let _ = ctl_send.finish();
+    if tokio::time::timeout(HANDOVER_WAIT, conn.closed())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "the remote did not take the switchover's goodbye within {HANDOVER_WAIT:?}: \
+             promote it with `dtu promote`"
+        );
+    } else {
+        tracing::info!("handed over at seq {stored}: the remote promotes itself");
     }
 }
 
@@ -259,10 +292,14 @@ async fn session_inner(
         Some(r) = lanes.join_next() => r.unwrap_or_else(|e| Err(SessionEnd::Protocol(format!("lane task failed: {e}")))),
         e = conn.closed() => Err(SessionEnd::Connection(e)),
         _ = wait_shutdown(core) => {
-            let _ = transport::write_frame(&mut ctl_send, &Frame::Goodbye(dtu_proto::frame::Goodbye {
-                reason: GoodbyeReason::Shutdown,
-                message: "primary shutting down".into(),
-            })).await;
+            if core.handover.load(Ordering::SeqCst) {
+                hand_over(core, &conn, &mut ctl_send).await;
+            } else {
+                let _ = transport::write_frame(&mut ctl_send, &Frame::Goodbye(dtu_proto::frame::Goodbye {
+                    reason: GoodbyeReason::Shutdown,
+                    message: "primary shutting down".into(),
+                })).await;
+            }
             Err(SessionEnd::Shutdown)
         }
     };

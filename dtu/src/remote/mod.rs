@@ -214,6 +214,10 @@ pub(crate) struct RCore {
     pub quic: QuicMeter,
     /// What a split brain at connect does (`roles.split_brain`).
     pub split_brain: crate::config::SplitBrainPolicy,
+    /// The primary handed its role over (a planned switchover): set by the
+    /// session, told through `handover` once the session has ended.
+    pub handover_pending: AtomicBool,
+    pub handover: Notify,
 }
 
 impl RCore {
@@ -393,6 +397,8 @@ impl Remote {
             apply_rate: Mutex::new(RateMeter::default()),
             quic: QuicMeter::default(),
             split_brain: opts.split_brain,
+            handover_pending: AtomicBool::new(false),
+            handover: Notify::new(),
         });
 
         let dcore = core.clone();

@@ -202,6 +202,13 @@ impl Remote {
         Ok(overridden)
     }
 
+    /// Completes when a primary hands its role over (`dtu switchover` on
+    /// its site): it stopped once this replica stored everything, and its
+    /// session has ended. The caller promotes.
+    pub async fn handover_requested(&self) {
+        self.core.handover.notified().await;
+    }
+
     /// Whether the replica was promoted.
     pub fn promoted(&self) -> bool {
         matches!(self.core.lock().hold, Hold::Promoted)

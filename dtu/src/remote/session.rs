@@ -7,6 +7,7 @@
 //! that fails the handshake gets a Goodbye saying why, and nothing it sends
 //! reaches the replica.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -237,6 +238,10 @@ async fn session_inner(
         st.lanes = 0;
         st.receiver.on_disconnected();
     }
+    drop(st);
+    if core.handover_pending.swap(false, Ordering::SeqCst) {
+        core.handover.notify_one();
+    }
     result
 }
 
@@ -280,6 +285,12 @@ async fn control_reader(core: &RCore, frames: &mut FrameStream) -> Result<(), St
     loop {
         match frames.next().await.map_err(|e| e.to_string())? {
             Some(f) => match core.event(|r| r.on_frame(f, Instant::now())) {
+                Inbound::Closed(g) if g.reason == GoodbyeReason::Handover => {
+                    // Told once the session is over (below): a connected
+                    // primary would make the promotion refuse.
+                    core.handover_pending.store(true, Ordering::SeqCst);
+                    return Err(format!("the primary hands its role over ({})", g.message));
+                }
                 Inbound::Closed(g) => return Err(format!("primary said goodbye: {}", g.message)),
                 Inbound::Unexpected(kind) => {
                     return Err(format!("unexpected {kind} frame on the control stream"))
