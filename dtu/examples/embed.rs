@@ -84,6 +84,7 @@ fn main() -> Result<()> {
             read_timeout: Duration::from_secs(30),
             accept_nvbuf_loss: false,
             peer_lost: false,
+            restore_from_remote: false,
             mirror: MirrorOptions {
                 initial_sync: dtu_proto::generation::InitialSync::AssumeInSync,
                 ..MirrorOptions::default()

@@ -92,6 +92,7 @@ impl PairSetup {
             read_timeout: Duration::from_secs(30),
             accept_nvbuf_loss: false,
             peer_lost: false,
+            restore_from_remote: false,
             mirror: crate::primary::MirrorOptions::default(),
         }
     }

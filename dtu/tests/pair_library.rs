@@ -95,6 +95,7 @@ impl Pair {
             read_timeout: Duration::from_secs(10),
             accept_nvbuf_loss: false,
             peer_lost: false,
+            restore_from_remote: false,
             mirror: dtu::primary::MirrorOptions::default(),
         }
     }

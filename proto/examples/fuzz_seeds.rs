@@ -67,6 +67,7 @@ fn main() -> std::io::Result<()> {
             offset: 0,
             length: 4096,
             after_seq: 3,
+            background: false,
         }),
         Frame::ReadResponse(ReadResponse {
             id: 1,

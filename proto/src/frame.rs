@@ -416,6 +416,9 @@ pub struct ReadRequest {
     pub offset: u64,
     pub length: u32,
     pub after_seq: Seq,
+    /// A background copy (a restore's rebuild): the remote sends it after
+    /// reads a host waits for.
+    pub background: bool,
 }
 
 /// Outcome of a read request.
@@ -482,7 +485,7 @@ const ACK_LEN: usize = 1 + 8;
 const NACK_LEN: usize = 8 + 4 + 1;
 const HEARTBEAT_LEN: usize = 8 + 8 + 1;
 const GOODBYE_FIXED: usize = 1 + 2;
-const READ_REQUEST_LEN: usize = 8 + 8 + 4 + 8;
+const READ_REQUEST_LEN: usize = 8 + 8 + 4 + 8 + 1;
 const READ_RESPONSE_FIXED: usize = 8 + 1;
 const EXTENTS_FIXED: usize = 4 + 1;
 /// The highest frame kind code this version knows.
@@ -642,6 +645,7 @@ impl Frame {
                 out.put_u64(r.offset);
                 out.put_u32(r.length);
                 out.put_u64(r.after_seq);
+                out.put_u8(u8::from(r.background));
             }
             Frame::ReadResponse(r) => {
                 out.put_u64(r.id);
@@ -1068,6 +1072,11 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 offset: b.u64()?,
                 length: b.u32()?,
                 after_seq: b.u64()?,
+                background: match b.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(b.malformed("background flag is neither 0 nor 1")),
+                },
             };
             if r.length > MAX_READ_LEN {
                 return Err(b.malformed("read longer than a response frame holds"));

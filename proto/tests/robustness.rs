@@ -250,6 +250,7 @@ fn reads_are_bounded_by_what_one_response_frame_holds() {
             offset,
             length,
             after_seq: 0,
+            background: false,
         })
     };
     assert!(decode_one(&read(0, MAX_READ_LEN)).unwrap().is_some());

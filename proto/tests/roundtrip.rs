@@ -155,12 +155,13 @@ fn frame() -> impl Strategy<Value = Frame> {
             ".{0,200}"
         )
             .prop_map(|(reason, message)| Frame::Goodbye(Goodbye { reason, message })),
-        (any::<u64>(), any::<u64>(), 0..=MAX_READ_LEN, any::<u64>()).prop_map(|(id, offset, length, after_seq)| {
+        (any::<u64>(), any::<u64>(), 0..=MAX_READ_LEN, any::<u64>(), any::<bool>()).prop_map(|(id, offset, length, after_seq, background)| {
             Frame::ReadRequest(ReadRequest {
                 id,
                 offset: offset.min(u64::MAX - length as u64),
                 length,
                 after_seq,
+                background,
             })
         }),
         (

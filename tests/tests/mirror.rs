@@ -283,7 +283,7 @@ fn dtu_verify_reports_flipped_bytes_and_repair_fixes_them_on_a_busy_pair() {
     pair.start(&[]);
     // `dtu progress` follows the initial sync until it ends.
     let out = pair.dtu(&["progress"]);
-    assert!(out.contains("nothing to sync or verify"), "{out}");
+    assert!(out.contains("nothing to sync, verify or restore"), "{out}");
     wait_until("the initial sync", Duration::from_secs(120), || {
         settled(&pair)
     });

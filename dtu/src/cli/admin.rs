@@ -259,7 +259,8 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
 }
 
 /// `dtu progress`: bars for a sync and a verify of the running primary,
-/// with rate and time left, until neither runs.
+/// with rate and time left (and a restore from the remote), until none
+/// runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProgressArgs {
     #[command(flatten)]
@@ -274,8 +275,10 @@ pub fn progress(a: ProgressArgs) -> Result<()> {
     let bars = indicatif::MultiProgress::new();
     let sync = bars.add(indicatif::ProgressBar::new(0).with_style(style.clone()));
     sync.set_prefix("sync");
-    let verify = bars.add(indicatif::ProgressBar::new(0).with_style(style));
+    let verify = bars.add(indicatif::ProgressBar::new(0).with_style(style.clone()));
     verify.set_prefix("verify");
+    let restore = bars.add(indicatif::ProgressBar::new(0).with_style(style));
+    restore.set_prefix("restore");
     loop {
         let status = ask_status(&a.target)?;
         let crate::status::Status::Primary(p) = *status else {
@@ -297,16 +300,29 @@ pub fn progress(a: ProgressArgs) -> Result<()> {
                 &m.sync.verify,
                 format!("{} ranges differ", m.sync.mismatches.len()),
             ),
+            (
+                &restore,
+                &m.restore,
+                format!(
+                    "{} read from the remote on demand",
+                    crate::units::format_bytes(m.restore_on_demand_bytes)
+                ),
+            ),
         ] {
             bar.set_length(prog.total_bytes);
             bar.set_position(prog.done_bytes);
             bar.set_message(msg);
         }
-        if !m.sync.sync.active && !m.sync.verify.active && m.out_of_sync_bytes == 0 {
+        if !m.sync.sync.active
+            && !m.sync.verify.active
+            && !m.restore.active
+            && m.out_of_sync_bytes == 0
+        {
             sync.finish_and_clear();
             verify.finish_and_clear();
+            restore.finish_and_clear();
             println!(
-                "nothing to sync or verify: mode {}, generation {}{}",
+                "nothing to sync, verify or restore: mode {}, generation {}{}",
                 if m.mode.is_empty() {
                     "journal"
                 } else {

@@ -68,8 +68,8 @@ pub enum Command {
     /// stored everything this site becomes its remote and the other site
     /// promotes itself (no resync, nothing lost).
     Switchover(role::SwitchoverArgs),
-    /// Follow a running sync and verify with progress bars (rate, time
-    /// left) until neither runs.
+    /// Follow a running sync, verify and restore with progress bars (rate,
+    /// time left) until none runs.
     Progress(admin::ProgressArgs),
     /// Run a primary and a remote over an emulated link with a bursty host
     /// workload, show live status, and verify the replica.

@@ -210,6 +210,12 @@ impl PrimaryControl {
         if handover && (force || discard) {
             bail!("a switchover loses nothing: it is never forced and discards nothing");
         }
+        if self.primary.restoring() {
+            bail!(
+                "the local copy is being restored from the remote and is not whole yet: demote \
+                 once `dtu status` shows the restore complete"
+            );
+        }
         let rpath = other_role(&self.cfg.roles, &self.path, "remote")?;
         let rcfg = RemoteConfig::load(&rpath)?;
         prole::check_pair(&self.cfg, &rcfg)?;

@@ -53,6 +53,12 @@ pub struct PrimaryArgs {
     /// such an nvbuf refuses to start and says what it lost.
     #[arg(long)]
     pub accept_nvbuf_loss: bool,
+    /// The local copy's disk was lost and this one is new (empty or
+    /// missing): answer the host at once, reading what is not local yet
+    /// from the remote, while a background rebuild copies the rest. Refused
+    /// when the changed-block map marks data the remote lacks.
+    #[arg(long)]
+    pub restore_from_remote: bool,
 }
 
 /// `dtu remote`.
@@ -272,6 +278,7 @@ fn run_primary(path: &Path, a: Option<&PrimaryArgs>) -> Result<Next> {
     let mut cfg = PrimaryConfig::load(path)?;
     let mut metrics = cfg.metrics.map(|m| m.to_string());
     let mut accept_nvbuf_loss = false;
+    let mut restore_from_remote = false;
     if let Some(a) = a {
         cfg.policy = control::changed_policy(
             cfg.policy,
@@ -294,10 +301,12 @@ fn run_primary(path: &Path, a: Option<&PrimaryArgs>) -> Result<Next> {
             metrics = a.metrics.clone();
         }
         accept_nvbuf_loss = a.accept_nvbuf_loss;
+        restore_from_remote = a.restore_from_remote;
     }
     let rt = runtime()?;
     let mut opts = PrimaryOptions::from_config(&cfg)?;
     opts.accept_nvbuf_loss = accept_nvbuf_loss;
+    opts.restore_from_remote = restore_from_remote;
     // Started by a role change: a promotion, whose peer is the lost site.
     opts.peer_lost = a.is_none();
     let primary = Arc::new(Primary::start_on(opts, rt.handle().clone())?);

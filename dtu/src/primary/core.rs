@@ -109,6 +109,8 @@ pub(crate) struct Core {
     /// A planned switchover: the session's goodbye asks the remote to
     /// promote.
     pub handover: AtomicBool,
+    /// A restore of the local copy from the remote, while one runs.
+    pub restore: Option<Arc<super::restore::Restore>>,
 }
 
 /// Link and host byte rates.
@@ -146,6 +148,7 @@ impl Core {
         map: Option<Arc<ChangeMap<SparseFile>>>,
         meta: PrimaryMeta,
         mode: Mode,
+        restore: Option<Arc<super::restore::Restore>>,
     ) -> Core {
         Core {
             state: Mutex::new(State {
@@ -173,6 +176,7 @@ impl Core {
             folding: AtomicBool::new(false),
             demoting: AtomicBool::new(false),
             handover: AtomicBool::new(false),
+            restore,
             lanes_wake: Notify::new(),
             control_wake: Notify::new(),
             timer_wake: Notify::new(),

@@ -32,6 +32,7 @@ pub mod local;
 pub mod meta;
 pub mod mode;
 pub mod replay;
+pub mod restore;
 pub mod role;
 mod session;
 mod status;
@@ -179,6 +180,11 @@ pub struct PrimaryOptions {
     /// and its peer is the lost site): host operations are answered at
     /// `buffered` at once instead of after `nvbuf.overflow_after`.
     pub peer_lost: bool,
+    /// The local copy is new and empty (its disk was lost): restore it from
+    /// the remote in the background while the host runs, reads of what is
+    /// not local yet served by the remote (`--restore-from-remote`). A
+    /// restore that a stop interrupted goes on without it.
+    pub restore_from_remote: bool,
 }
 
 /// How the primary keeps a replica that is behind in step: the
@@ -254,6 +260,7 @@ impl PrimaryOptions {
             accept_nvbuf_loss: false,
             mirror: c.mirror.clone(),
             peer_lost: false,
+            restore_from_remote: false,
         })
     }
 }
@@ -378,11 +385,52 @@ impl Primary {
         let epoch = nvbuf.epoch();
         let now = Instant::now();
         let first = recovery.first_seq.unwrap_or_else(|| nvbuf.next_seq());
+        let restore = match &opts.local {
+            Some(path) => {
+                let rpath = restore::map_path(path);
+                match restore::Restore::open(rpath.clone(), opts.volume.size)
+                    .map_err(|e| start_err(&format!("{}: {e}", rpath.display())))?
+                {
+                    Some(r) => {
+                        tracing::warn!(
+                            "a restore of the local copy from the remote is under way ({} left): \
+                             it goes on",
+                            crate::units::format_bytes(
+                                r.progress().total_bytes - r.progress().done_bytes
+                            )
+                        );
+                        Some(Arc::new(r))
+                    }
+                    None if opts.restore_from_remote => Some(Arc::new(
+                        restore::Restore::everything(rpath, opts.volume.size),
+                    )),
+                    None => None,
+                }
+            }
+            None if opts.restore_from_remote => {
+                return Err(start_err(
+                    &"--restore-from-remote needs a local copy (nbd.local) to restore into",
+                ))
+            }
+            None => None,
+        };
+        let restoring = restore.as_ref().is_some_and(|r| !r.done());
         let overflow = opts.mirror.overflow.unwrap_or(if opts.local.is_some() {
             Overflow::Bitmap
         } else {
             Overflow::Stall
         });
+        // Writing ahead would later resync extents from a local copy that
+        // does not hold them yet.
+        let overflow = if restoring && overflow == Overflow::Bitmap {
+            tracing::warn!(
+                "while the local copy is restored, a full nvbuf makes host writes wait (stall) \
+                 instead of writing ahead"
+            );
+            Overflow::Stall
+        } else {
+            overflow
+        };
         let mut sender = dtu_proto::Sender::new(
             SenderConfig {
                 policy: opts.policy,
@@ -422,10 +470,21 @@ impl Primary {
         }
         let carried_over = nvbuf.next_seq() - 1;
         let key = opts.volume.key.as_ref().map(Key::from_bytes);
+        let mut restore_into: Option<Arc<dyn Replica>> = None;
         let local = match &opts.local {
             Some(path) => {
-                let disk: Arc<dyn Replica> =
+                let file: Arc<dyn Replica> =
                     Arc::new(FileReplica::open(path, opts.volume.size).map_err(|e| start_err(&e))?);
+                let disk: Arc<dyn Replica> = match &restore {
+                    Some(r) if !r.done() => {
+                        restore_into = Some(file.clone());
+                        Arc::new(restore::RestoringDisk {
+                            inner: file,
+                            restore: r.clone(),
+                        })
+                    }
+                    _ => file,
+                };
                 let local = Arc::new(LocalCopy::new(disk, carried_over));
                 replay::into_local(&recovery, &local, key.as_ref()).map_err(|e| start_err(&e))?;
                 Some(local)
@@ -471,6 +530,29 @@ impl Primary {
                 crate::units::format_bytes(map.marked_bytes())
             );
         }
+        if let (Some(r), Some(path)) = (&restore, &opts.local) {
+            if !restore::map_path(path).exists() && !r.done() {
+                // A new restore: the replica must hold everything the lost
+                // disk held, or the restore would bring back older data.
+                let marked = map.as_ref().map_or(0, |m| m.marked_bytes());
+                if meta.ahead || marked > 0 {
+                    return Err(start_err(&format!(
+                        "--restore-from-remote refused: the changed-block map marks {} that \
+                         the remote does not hold (they were only on the lost local disk); a \
+                         restore would bring back older data there. Recover the old disk, or \
+                         start without --restore-from-remote and resync",
+                        crate::units::format_bytes(marked)
+                    )));
+                }
+                r.create()
+                    .map_err(|e| start_err(&format!("saving the restore map: {e}")))?;
+                tracing::warn!(
+                    "restoring the local copy {} from the remote: reads of what is not local \
+                     yet go to the remote; the rest is copied in the background",
+                    path.display()
+                );
+            }
+        }
         let core = Arc::new(Core::new(
             sender,
             nvbuf,
@@ -478,6 +560,7 @@ impl Primary {
             map.clone(),
             meta,
             mode,
+            restore.clone().filter(|r| !r.done()),
         ));
         // Two round trips of the line keep the link busy; more only waits
         // in the nvbuf (and is sent twice after a crash).
@@ -524,10 +607,18 @@ impl Primary {
             initial: opts.mirror.initial_sync,
             sync_checksum: opts.mirror.sync_checksum,
         };
-        let tasks = vec![
+        let mut tasks = vec![
             handle.spawn(session::run(core.clone(), params)),
             handle.spawn(session::timers(core.clone())),
         ];
+        if let (Some(r), Some(file)) = (&core.restore, restore_into) {
+            tasks.push(handle.spawn(restore::run(
+                core.clone(),
+                r.clone(),
+                file,
+                opts.read_timeout,
+            )));
+        }
         tracing::info!(
             "primary started: volume {}, epoch {epoch}, next seq {}, remote {}",
             dtu_proto::handshake::volume_hex(&opts.volume.id),
@@ -806,6 +897,9 @@ impl Primary {
                     self.read_timeout
                 )));
             }
+            if let Some(r) = self.core.restore.as_ref().filter(|r| !r.done()) {
+                return self.read_restoring(local, r, offset, len).await;
+            }
             let mut buf = vec![0u8; len as usize];
             local
                 .disk()
@@ -814,7 +908,59 @@ impl Primary {
             return Ok(Bytes::from(buf));
         }
         let after = self.core.lock().sender.highest_seq();
-        session::read_remote(self.core.clone(), offset, len, after, self.read_timeout).await
+        session::read_remote(
+            self.core.clone(),
+            offset,
+            len,
+            after,
+            self.read_timeout,
+            false,
+        )
+        .await
+    }
+
+    /// A read while the local copy is restored: what is local from it, the
+    /// rest from the remote once it holds every write made before this
+    /// call (so never older than the last answered write).
+    async fn read_restoring(
+        &self,
+        local: &LocalCopy,
+        restore: &restore::Restore,
+        offset: u64,
+        len: u32,
+    ) -> Result<Bytes, PrimaryError> {
+        let mut out = bytes::BytesMut::with_capacity(len as usize);
+        for (at, n, is_local) in restore.runs(offset, u64::from(len)) {
+            // A run is at most `len` bytes: it fits a u32.
+            let n32 = u32::try_from(n).expect("a run of a u32 read");
+            if is_local {
+                let mut buf = vec![0u8; n as usize];
+                local
+                    .disk()
+                    .read_at(at, &mut buf)
+                    .map_err(|e| PrimaryError::Local(e.to_string()))?;
+                out.extend_from_slice(&buf);
+            } else {
+                let after = self.core.lock().sender.highest_seq();
+                let data = session::read_remote(
+                    self.core.clone(),
+                    at,
+                    n32,
+                    after,
+                    self.read_timeout,
+                    false,
+                )
+                .await?;
+                restore.served_from_remote(n);
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(out.freeze())
+    }
+
+    /// Whether the local copy is being restored from the remote.
+    pub fn restoring(&self) -> bool {
+        self.core.restore.as_ref().is_some_and(|r| !r.done())
     }
 
     /// Starts an online verify of `start..end`: the local copy and the
@@ -824,6 +970,11 @@ impl Primary {
     pub fn verify(&self, start: u64, end: u64, repair: bool) -> Result<(), PrimaryError> {
         if self.core.map.is_none() {
             return Err(PrimaryError::NoLocalCopy("a verify"));
+        }
+        if self.restoring() {
+            return Err(PrimaryError::Busy(
+                "the local copy is being restored from the remote; verify once it is whole",
+            ));
         }
         let end = end.min(self.volume.size);
         if start >= end {

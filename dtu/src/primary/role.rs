@@ -54,6 +54,11 @@ pub struct Undrained {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RoleError {
+    #[error(
+        "the local copy is being restored from the remote (see {0}) and is not whole: start the \
+         primary and demote once the restore is complete"
+    )]
+    Restoring(PathBuf),
     #[error("the nvbuf {path}: {source}")]
     Nvbuf {
         path: PathBuf,
@@ -230,6 +235,12 @@ pub fn divergence_record(state: &Path) -> PathBuf {
 /// (`--discard-my-data`). The caller checks that the remote role's replica
 /// is this primary's local copy ([`check_pair`]).
 pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<Demoted, RoleError> {
+    if let Some(local) = &p.local {
+        let restoring = super::restore::map_path(local);
+        if restoring.exists() {
+            return Err(RoleError::Restoring(restoring));
+        }
+    }
     let path = &p.nvbuf_path;
     let nv_err = |source| RoleError::Nvbuf {
         path: path.clone(),

@@ -415,13 +415,15 @@ pub(crate) async fn timers(core: Arc<Core>) {
 const READ_PIECE: u32 = 1 << 20;
 
 /// Reads from the remote's replica once it has applied every write up to
-/// `after_seq`; waits for a connection up to `timeout`.
+/// `after_seq`; waits for a connection up to `timeout`. A `background`
+/// read (a restore's rebuild) yields the link to the host's reads.
 pub(crate) async fn read_remote(
     core: Arc<Core>,
     offset: u64,
     len: u32,
     after_seq: u64,
     timeout: Duration,
+    background: bool,
 ) -> Result<Bytes, PrimaryError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = bytes::BytesMut::with_capacity(len as usize);
@@ -449,6 +451,7 @@ pub(crate) async fn read_remote(
             offset: offset + at as u64,
             length: piece,
             after_seq,
+            background,
         };
         let data = tokio::time::timeout_at(deadline, read_once(&conn, req))
             .await

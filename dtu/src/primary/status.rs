@@ -16,6 +16,14 @@ use super::Primary;
 
 pub(super) fn build(p: &Primary) -> PrimaryStatus {
     let now = Instant::now();
+    // The restore map's lock is never taken under the core's.
+    let restore = p
+        .core
+        .restore
+        .as_ref()
+        .map(|r| r.progress())
+        .unwrap_or_default();
+    let on_demand = p.core.restore.as_ref().map_or(0, |r| r.on_demand_bytes());
     // Copy out under the lock; summarise the histograms after it.
     let (progress, stats, rtt, policy, dirty, oldest, link, failed, mirror, degraded) = {
         let st = p.core.lock();
@@ -36,6 +44,8 @@ pub(super) fn build(p: &Primary) -> PrimaryStatus {
             out_of_sync_bytes: map.map_or(0, |m| m.marked_bytes()),
             has_map: map.is_some(),
             sync: st.sync.status(map, now),
+            restore: restore.clone(),
+            restore_on_demand_bytes: on_demand,
         };
         (
             s.progress(),

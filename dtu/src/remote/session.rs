@@ -377,6 +377,10 @@ async fn serve_read(
     let Some(Frame::ReadRequest(req)) = frames.next().await.map_err(|e| e.to_string())? else {
         return Err("expected a ReadRequest".into());
     };
+    if req.background {
+        // A restore's rebuild: the host's reads and the acks go first.
+        let _ = send.set_priority(-1);
+    }
     let status_data = read_after(&core, req).await;
     let (status, data) = match status_data {
         Ok(d) => (ReadStatus::Ok, d),

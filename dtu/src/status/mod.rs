@@ -283,6 +283,13 @@ pub struct MirrorStatus {
     /// Whether the primary has a changed-block map (it needs a local copy).
     pub has_map: bool,
     pub sync: SyncStatus,
+    /// The restore of a lost local copy from the remote
+    /// (`--restore-from-remote`), while it runs.
+    #[serde(default)]
+    pub restore: Progress,
+    /// Bytes of host reads the remote served during the restore.
+    #[serde(default)]
+    pub restore_on_demand_bytes: u64,
 }
 
 /// The remote's status.
@@ -485,6 +492,15 @@ pub(crate) mod samples {
                     compared_bytes: 0,
                     skipped_bytes: 0,
                 },
+                restore: Progress {
+                    active: true,
+                    done_bytes: 64 << 20,
+                    total_bytes: 256 << 20,
+                    rate_bps: 12e6,
+                    eta_s: Some(16.0),
+                    elapsed_s: 5.0,
+                },
+                restore_on_demand_bytes: 3 << 20,
             },
             failed: None,
         }
@@ -587,6 +603,8 @@ mod tests {
             "  at buffered",
             "  at remote-stored",
             "4 seqs resent by dtu, 1 checksum/decode nacks",
+            "from the remote: 25.0% of 256",
+            "host reads served by the remote 3",
         ] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }

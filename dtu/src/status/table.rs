@@ -189,6 +189,16 @@ impl std::fmt::Display for Status {
                         ),
                     );
                 }
+                if m.restore.active {
+                    row(
+                        "restore",
+                        format!(
+                            "from the remote: {}; host reads served by the remote {}",
+                            progress(&m.restore),
+                            format_bytes(m.restore_on_demand_bytes)
+                        ),
+                    );
+                }
                 if m.sync.verify.active {
                     row(
                         "verify",
