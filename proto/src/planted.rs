@@ -21,16 +21,20 @@ pub enum Bug {
     /// The remote's undo journal saves nothing before a trim, so an as-of
     /// view shows zeros where the trimmed blocks held data.
     UndoSkipsTrim,
+    /// A restore installs an extent it fetched although a host write
+    /// reached that extent locally during the fetch.
+    RestoreOverWrite,
 }
 
 impl Bug {
     /// Every plantable bug.
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::BufferedBeforeFlush,
         Bug::ReleaseOutOfOrder,
         Bug::ApplyTwice,
         Bug::ForgetTrimOnReplay,
         Bug::UndoSkipsTrim,
+        Bug::RestoreOverWrite,
     ];
 }
 

@@ -951,6 +951,13 @@ impl Primary {
                     false,
                 )
                 .await?;
+                if !restore.source_ok() {
+                    return Err(PrimaryError::ReadUnavailable(
+                        "the remote does not hold this volume, and the local copy is not \
+                         restored there: see the decision in `dtu status`"
+                            .into(),
+                    ));
+                }
                 restore.served_from_remote(n);
                 out.extend_from_slice(&data);
             }

@@ -17,11 +17,12 @@
 use std::collections::HashMap;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dtu_proto::generation::Decision;
 
 use crate::replica::{Replica, ReplicaIdentity, Span};
 
@@ -69,6 +70,8 @@ impl Inner {
 pub struct Restore {
     path: PathBuf,
     size: u64,
+    /// Bytes per bit: [`EXTENT`] (the simulator's volumes are smaller).
+    extent: u64,
     extents: u64,
     inner: Mutex<Inner>,
     done: AtomicBool,
@@ -78,26 +81,56 @@ pub struct Restore {
     /// Bytes the rebuild installed, and host reads served by the remote.
     restored_bytes: AtomicU64,
     on_demand_bytes: AtomicU64,
+    /// What the last connect said of the remote as a source:
+    /// [`SOURCE_UNKNOWN`], [`SOURCE_OK`] or [`SOURCE_REFUSED`].
+    source: AtomicU8,
+}
+
+const SOURCE_UNKNOWN: u8 = 0;
+const SOURCE_OK: u8 = 1;
+const SOURCE_REFUSED: u8 = 2;
+
+/// Whether a connect's decision leaves the remote holding this primary's
+/// whole volume, so that a restore may read from it: it resumes the same
+/// stream, or resyncs from a changed-block map that marks nothing. Any
+/// other decision needs the local copy as a source, which a restore lacks.
+pub fn source_holds_volume(decision: &Decision, map_marked: u64) -> bool {
+    map_marked == 0
+        && matches!(
+            decision,
+            Decision::Resume
+                | Decision::Resync {
+                    all: false,
+                    checksum: false
+                }
+        )
 }
 
 impl Restore {
     /// A restore of everything, for a new local copy of `size` bytes.
     pub fn everything(path: PathBuf, size: u64) -> Restore {
-        let extents = size.div_ceil(EXTENT);
+        Self::everything_by(path, size, EXTENT)
+    }
+
+    /// The same with `extent` bytes per bit (a power of two).
+    pub fn everything_by(path: PathBuf, size: u64, extent: u64) -> Restore {
+        assert!(extent.is_power_of_two(), "an extent is a power of two");
+        let extents = size.div_ceil(extent);
         let mut missing = vec![u64::MAX; extents.div_ceil(64) as usize];
         if !extents.is_multiple_of(64) {
             if let Some(last) = missing.last_mut() {
                 *last = (1u64 << (extents % 64)) - 1;
             }
         }
-        Self::with(path, size, extents, missing, extents)
+        Self::with(path, size, extent, missing, extents)
     }
 
-    fn with(path: PathBuf, size: u64, extents: u64, missing: Vec<u64>, count: u64) -> Restore {
+    fn with(path: PathBuf, size: u64, extent: u64, missing: Vec<u64>, count: u64) -> Restore {
         Restore {
             path,
             size,
-            extents,
+            extent,
+            extents: size.div_ceil(extent),
             inner: Mutex::new(Inner {
                 missing,
                 missing_count: count,
@@ -109,6 +142,7 @@ impl Restore {
             missing_at_start: count,
             restored_bytes: AtomicU64::new(0),
             on_demand_bytes: AtomicU64::new(0),
+            source: AtomicU8::new(SOURCE_UNKNOWN),
         }
     }
 
@@ -116,19 +150,24 @@ impl Restore {
     /// be read whole restores everything again: the replica holds the
     /// volume, so fetching an extent twice costs only time.
     pub fn open(path: PathBuf, size: u64) -> io::Result<Option<Restore>> {
+        Self::open_by(path, size, EXTENT)
+    }
+
+    /// The same with `extent` bytes per bit.
+    pub fn open_by(path: PathBuf, size: u64, extent: u64) -> io::Result<Option<Restore>> {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let extents = size.div_ceil(EXTENT);
+        let extents = size.div_ceil(extent);
         let words = extents.div_ceil(64) as usize;
         let parsed = (|| {
             if bytes.len() != HEADER + words * 8 || &bytes[..8] != MAGIC {
                 return None;
             }
             let u = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
-            if u(8) != size || u(16) != EXTENT {
+            if u(8) != size || u(16) != extent {
                 return None;
             }
             let count = u(24);
@@ -144,14 +183,14 @@ impl Restore {
             (ones == count && count <= extents).then_some((missing, count))
         })();
         Ok(Some(match parsed {
-            Some((missing, count)) => Self::with(path, size, extents, missing, count),
+            Some((missing, count)) => Self::with(path, size, extent, missing, count),
             None => {
                 tracing::warn!(
                     "the restore map {} is damaged or from another volume: every extent is \
                      restored from the remote again",
                     path.display()
                 );
-                Self::everything(path, size)
+                Self::everything_by(path, size, extent)
             }
         }))
     }
@@ -167,7 +206,7 @@ impl Restore {
 
     fn extents_of(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
         let end = offset.saturating_add(len).min(self.size);
-        (offset / EXTENT)..end.div_ceil(EXTENT)
+        (offset / self.extent)..end.div_ceil(self.extent)
     }
 
     /// Whether any of `offset..offset+len` is not local yet.
@@ -187,8 +226,8 @@ impl Restore {
         let mut out: Vec<(u64, u64, bool)> = Vec::new();
         let mut at = offset;
         while at < end {
-            let e = at / EXTENT;
-            let stop = ((e + 1) * EXTENT).min(end);
+            let e = at / self.extent;
+            let stop = ((e + 1) * self.extent).min(end);
             let local = !inner.is_missing(e);
             match out.last_mut() {
                 Some(last) if last.2 == local => last.1 += stop - at,
@@ -199,6 +238,24 @@ impl Restore {
         out
     }
 
+    /// Records what a connect decided (see [`source_holds_volume`]).
+    pub fn set_source(&self, ok: bool) {
+        let v = if ok { SOURCE_OK } else { SOURCE_REFUSED };
+        self.source.store(v, Ordering::Release);
+    }
+
+    /// Whether the remote may be read from: a connect said it holds the
+    /// volume. Checked after each read, whose connection was accepted
+    /// before it was published.
+    pub fn source_ok(&self) -> bool {
+        self.source.load(Ordering::Acquire) == SOURCE_OK
+    }
+
+    /// Extents not local yet.
+    pub fn missing_extents(&self) -> u64 {
+        self.lock().missing_count
+    }
+
     /// Counts a host read the remote served.
     pub fn served_from_remote(&self, bytes: u64) {
         self.on_demand_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -206,7 +263,7 @@ impl Restore {
 
     /// The next missing extent that no fetch holds, registered as being
     /// fetched; `None` when every missing extent is being fetched.
-    fn next_extent(&self) -> Option<u64> {
+    pub fn next_extent(&self) -> Option<u64> {
         let mut inner = self.lock();
         if inner.missing_count == 0 {
             return None;
@@ -237,20 +294,29 @@ impl Restore {
     /// Writes `data` (extent `e` as the remote holds it) into `disk`,
     /// unless a host write reached the extent locally since its fetch
     /// began: then nothing is written and `false` says to fetch it again.
-    fn install(&self, e: u64, data: &[u8], disk: &dyn Replica) -> io::Result<bool> {
+    pub fn install(&self, e: u64, data: &[u8], disk: &dyn Replica) -> io::Result<bool> {
         let mut inner = self.lock();
-        let touched = inner.fetching.remove(&e).unwrap_or(true);
+        let touched = inner.fetching.remove(&e).unwrap_or(true)
+            && !dtu_proto::planted::active(dtu_proto::planted::Bug::RestoreOverWrite);
         if touched || !inner.is_missing(e) {
             return Ok(!touched);
         }
-        disk.write_at(e * EXTENT, data)?;
+        disk.write_at(e * self.extent, data)?;
         inner.clear(e);
         self.restored_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(true)
     }
 
-    fn abandon(&self, e: u64) {
+    /// Where extent `e` lies: offset and length.
+    pub fn extent_range(&self, e: u64) -> (u64, u32) {
+        let offset = e * self.extent;
+        // An extent is at most 1 MiB: the length fits a u32.
+        (offset, self.extent.min(self.size - offset) as u32)
+    }
+
+    /// A fetch of extent `e` that failed: it is fetched again later.
+    pub fn abandon(&self, e: u64) {
         self.lock().fetching.remove(&e);
     }
 
@@ -266,7 +332,7 @@ impl Restore {
 
     /// Saves the map (call after the local copy is synced); once every
     /// extent is local, removes it.
-    fn save(&self) -> io::Result<()> {
+    pub fn save(&self) -> io::Result<()> {
         let (missing, count) = {
             let inner = self.lock();
             (inner.missing.clone(), inner.missing_count)
@@ -283,7 +349,7 @@ impl Restore {
         let mut bytes = Vec::with_capacity(HEADER + missing.len() * 8);
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&self.size.to_le_bytes());
-        bytes.extend_from_slice(&EXTENT.to_le_bytes());
+        bytes.extend_from_slice(&self.extent.to_le_bytes());
         bytes.extend_from_slice(&count.to_le_bytes());
         let body: Vec<u8> = missing.iter().flat_map(|w| w.to_le_bytes()).collect();
         bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
@@ -307,7 +373,7 @@ impl Restore {
     pub fn progress(&self) -> crate::status::Progress {
         let total = self.size;
         let missing = self.lock().missing_count;
-        let done_bytes = total.saturating_sub(missing.saturating_mul(EXTENT).min(total));
+        let done_bytes = total.saturating_sub(missing.saturating_mul(self.extent).min(total));
         let elapsed = self.started.elapsed().as_secs_f64();
         let copied = self.restored_bytes.load(Ordering::Relaxed) as f64;
         let rate = if elapsed > 0.0 { copied / elapsed } else { 0.0 };
@@ -421,7 +487,7 @@ pub(crate) async fn run(
     }
     tracing::info!(
         "restoring {} of the local copy from the remote in the background",
-        crate::units::format_bytes(restore.missing_at_start * EXTENT)
+        crate::units::format_bytes(restore.missing_at_start * restore.extent)
     );
     let mut fetches = tokio::task::JoinSet::new();
     let mut last_save = Instant::now();
@@ -434,10 +500,8 @@ pub(crate) async fn run(
             let Some(e) = restore.next_extent() else {
                 break;
             };
-            let (core, size) = (core.clone(), restore.size);
+            let (core, (offset, len)) = (core.clone(), restore.extent_range(e));
             fetches.spawn(async move {
-                let offset = e * EXTENT;
-                let len = EXTENT.min(size - offset) as u32;
                 // Registered as fetching before this seq is taken: a host
                 // write after it is seen by the install.
                 let after = core.lock().sender.highest_seq();
@@ -458,6 +522,14 @@ pub(crate) async fn run(
             }
         };
         match fetched {
+            Ok(_) if !restore.source_ok() => {
+                restore.abandon(e);
+                tracing::error!(
+                    "the restore stops: the remote does not hold this volume (see the decision \
+                     in `dtu status`)"
+                );
+                break;
+            }
             Ok(data) => {
                 failures = 0;
                 let (r, d) = (restore.clone(), disk.clone());

@@ -503,6 +503,7 @@ fn accept_decision(
     // Writing ahead stops: host writes go back to the journal, so none may
     // be half way through the ahead path.
     let _gate = leaving_ahead.then(|| core.gate.write().unwrap_or_else(|e| e.into_inner()));
+    let mut restore_failed = None;
     let (meta, changed, line) = {
         let mut st = core.lock();
         let st = &mut *st;
@@ -545,8 +546,27 @@ fn accept_decision(
         .map_err(|e| SessionEnd::Protocol(format!("changed-block map: {e}")))?;
 
         st.decision = Some(line.clone());
+        if let Some(r) = &core.restore {
+            let marked = core.map.as_ref().map_or(0, |m| m.marked_bytes());
+            let ok = super::restore::source_holds_volume(&accepted.decision, marked);
+            r.set_source(ok);
+            if !ok && !r.done() {
+                let why = format!(
+                    "the local copy is being restored from the remote, but the remote does not \
+                     hold this volume ({line}): the restore cannot go on and the missing extents \
+                     have no source. Nothing more is answered; recover the old disk, or start \
+                     over from the replica (dtu promote on the remote)"
+                );
+                tracing::error!("{why}");
+                restore_failed = Some(why);
+            }
+        }
         (st.meta, changed, line)
     };
+    if let Some(why) = restore_failed {
+        core.fail(why.clone());
+        return Err(SessionEnd::Refused(why));
+    }
     if changed {
         core.nvbuf
             .set_meta(&meta.encode())

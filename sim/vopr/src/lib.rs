@@ -38,7 +38,13 @@
 //!     between the undo journal's save and the replica's sync, retention
 //!     drops under a small size limit, and at the end of some runs a
 //!     rollback (some cut short by a crash and finished by the restart)
-//!     leaves the replica equal to that volume, in a generation of its own.
+//!     leaves the replica equal to that volume, in a generation of its own;
+//! (j) a primary restarted on an empty local disk restores it from the
+//!     remote through dtu's restore map ([`Restore`], [`RestoringDisk`]):
+//!     a host read during the restore never returns data older than the
+//!     last answered write to it, a restore begins only where the remote
+//!     holds the volume, and once it completes (across crashes, which
+//!     resume it from its map) the local copy equals the replica (f).
 //!
 //! A violation names the seed, the step, the invariant and the last events;
 //! the same seed replays the same run, which a hash of the event trace
@@ -62,6 +68,7 @@ use dtu::primary::local::{release_point, LocalCopy};
 use dtu::primary::meta::PrimaryMeta;
 use dtu::primary::mode::{self, Mode};
 use dtu::primary::replay;
+use dtu::primary::restore::{Restore, RestoringDisk};
 use dtu::primary::sync::{self, Event as SyncEvent, Prepared, SyncEngine, Work};
 use dtu::remote::accept::accept_primary;
 use dtu::remote::applier::Applied;
@@ -90,6 +97,10 @@ const CHUNK: usize = 8 << 10;
 const LOCAL_SYNC: Duration = Duration::from_millis(5);
 /// How often the simulated remote syncs its state file (the real one: 1 s).
 const STATE_SYNC_STEPS: u64 = 250;
+/// The restore map's extent in the simulator: 16 of them in the volume.
+const RESTORE_EXTENT: u64 = 8 << 10;
+/// Extents a restore fetches at once (the real one: 4).
+const RESTORE_PARALLEL: usize = 4;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +132,13 @@ pub struct Outcome {
     pub views_checked: u64,
     pub checkpoints_dropped: u64,
     pub rollbacks: u64,
+    /// Restores of a lost local copy begun, extents installed, installs
+    /// refused because a host write reached the extent during its fetch,
+    /// and host reads checked during a restore.
+    pub restores: u64,
+    pub restore_installs: u64,
+    pub restore_refetches: u64,
+    pub restore_reads: u64,
 }
 
 /// An invariant that failed.
@@ -286,6 +304,21 @@ struct RemoteNode {
     decoding: Vec<Write>,
 }
 
+/// A restore of the primary's local copy from the remote (its disk was
+/// lost at a restart): dtu's restore map over the local copy's disk, and
+/// the fetches the simulator plays the rebuild's tasks for.
+struct SimRestore {
+    restore: Arc<Restore>,
+    disk: MemReplica,
+    /// Extent, the seq the remote must have applied before it is read,
+    /// and its bytes once read.
+    fetches: Vec<(u64, Seq, Option<Vec<u8>>)>,
+}
+
+/// The local copy's image a restarting primary starts on, and the restore
+/// that fills it, if its disk was lost.
+type LocalStart = (Option<Vec<u8>>, Option<Arc<Restore>>);
+
 /// What a crashed primary leaves on its disks.
 struct PrimaryDisks {
     nvbuf: Vec<u8>,
@@ -337,6 +370,8 @@ struct World {
     expected_upto: Seq,
     primary: Option<PrimaryNode>,
     remote: Option<RemoteNode>,
+    /// A restore of the primary's local copy under way (with the primary).
+    restore: Option<SimRestore>,
     primary_disks: Option<PrimaryDisks>,
     remote_disks: Option<RemoteDisks>,
     /// Changes on every machine crash of the remote.
@@ -493,6 +528,7 @@ impl World {
             expected: Vec::new(),
             expected_upto: 0,
             primary: None,
+            restore: None,
             remote: None,
             primary_disks: None,
             remote_disks: Some(RemoteDisks {
@@ -540,6 +576,10 @@ impl World {
                 views_checked: 0,
                 checkpoints_dropped: 0,
                 rollbacks: 0,
+                restores: 0,
+                restore_installs: 0,
+                restore_refetches: 0,
+                restore_reads: 0,
             },
             rng,
         };
@@ -557,7 +597,7 @@ impl World {
             .expect("a new nvbuf takes its metadata");
         let local = with_local.then(|| w.base.clone());
         let map = with_local.then(Vec::new);
-        let p = w.new_primary(nv, Recovery::default(), local, map)?;
+        let p = w.new_primary(nv, Recovery::default(), local, map, None)?;
         w.primary = Some(p);
         w.restart_remote()?;
         Ok(w)
@@ -603,6 +643,7 @@ impl World {
         recovery: Recovery,
         local_image: Option<Vec<u8>>,
         map_image: Option<Vec<u8>>,
+        restore: Option<Arc<Restore>>,
     ) -> Result<PrimaryNode, Violation> {
         let now = self.now();
         let meta = PrimaryMeta::decode(&nvbuf.meta())
@@ -627,7 +668,15 @@ impl World {
         let (local, local_disk) = match local_image {
             Some(img) => {
                 let disk = MemReplica::from_image(img, 1);
-                let local = Arc::new(LocalCopy::new(Arc::new(disk.clone()), carried_over));
+                // As `Primary::start` wraps it while a restore runs.
+                let under: Arc<dyn Replica> = match restore {
+                    Some(r) if !r.done() => Arc::new(RestoringDisk {
+                        inner: Arc::new(disk.clone()),
+                        restore: r,
+                    }),
+                    _ => Arc::new(disk.clone()),
+                };
+                let local = Arc::new(LocalCopy::new(under, carried_over));
                 replay::into_local(&recovery, &local, Some(&self.key)).map_err(|e| {
                     self.fail("f (local copy)", format!("replay into the local copy: {e}"))
                 })?;
@@ -732,6 +781,7 @@ impl World {
                 return Err(v);
             }
             self.primary_step()?;
+            self.restore_step()?;
             self.deliver()?;
             self.remote_step()?;
             self.connect_step()?;
@@ -784,6 +834,7 @@ impl World {
                     && !p.sync.running()
                     && p.batch.is_empty()
                     && r.state.lock().expect("state").inconsistencies().is_empty()
+                    && self.restore.is_none()
             }
             _ => false,
         }
@@ -952,6 +1003,8 @@ impl World {
             p.waiting.len()
         ));
         self.primary_disks = Some(PrimaryDisks { nvbuf, local, map });
+        // The rebuild's fetches die with the process; its map file stays.
+        self.restore = None;
         self.disconnect();
     }
 
@@ -1049,7 +1102,15 @@ impl World {
                 ),
             ));
         }
-        let p = self.new_primary(nv, rec, disks.local, disks.map)?;
+        let (local, restore) = self.maybe_restore(&nv, disks.local, disks.map.as_deref())?;
+        let p = self.new_primary(nv, rec, local, disks.map, restore.clone())?;
+        if let (Some(r), Some(disk)) = (restore, &p.local_disk) {
+            self.restore = Some(SimRestore {
+                restore: r,
+                disk: disk.clone(),
+                fetches: Vec::new(),
+            });
+        }
         self.primary = Some(p);
         Ok(())
     }
@@ -1377,6 +1438,211 @@ impl World {
         Ok(())
     }
 
+    /// At a restart with a local copy, sometimes its disk is lost: the
+    /// primary starts on an empty one and restores it from the remote (as
+    /// `--restore-from-remote`), only where `Primary::start` would allow it
+    /// (nothing marked in the map, not ahead) and the remote holds the
+    /// volume. A restore a crash interrupted goes on from its map file.
+    fn maybe_restore(
+        &mut self,
+        nv: &Nvbuf<MemStore>,
+        local: Option<Vec<u8>>,
+        map: Option<&[u8]>,
+    ) -> Result<LocalStart, Violation> {
+        let Some(img) = local else {
+            return Ok((None, None));
+        };
+        let path = self.undo_dir.path().join("local.restore");
+        match Restore::open_by(path.clone(), VOLUME as u64, RESTORE_EXTENT) {
+            Err(e) => Err(self.fail(
+                "j (restore)",
+                format!("the restore map does not reopen: {e}"),
+            )),
+            Ok(Some(r)) => {
+                let p = r.progress();
+                self.event(format!(
+                    "the restore goes on: {} of {} bytes local",
+                    p.done_bytes, p.total_bytes
+                ));
+                Ok((Some(img), Some(Arc::new(r))))
+            }
+            Ok(None) => {
+                if !self.faults_allowed() || !self.rng.gen_bool(0.3) {
+                    return Ok((Some(img), None));
+                }
+                let Ok(meta) = PrimaryMeta::decode(&nv.meta()) else {
+                    return Ok((Some(img), None));
+                };
+                let marked = match map {
+                    Some(m) if !m.is_empty() => ChangeMap::open(
+                        MemMapStore::from_image(m.to_vec()),
+                        VOLUME_ID,
+                        VOLUME as u64,
+                    )
+                    .map_or(1, |x| x.0.marked_bytes()),
+                    _ => 1,
+                };
+                let holds = self.remote.as_ref().is_some_and(|r| {
+                    let st = r.state.lock().expect("state");
+                    st.inconsistencies().is_empty() && st.gens().current == meta.gens.current
+                });
+                if meta.ahead || marked > 0 || !holds {
+                    return Ok((Some(img), None));
+                }
+                let r = Restore::everything_by(path, VOLUME as u64, RESTORE_EXTENT);
+                r.save().map_err(|e| {
+                    self.fail("j (restore)", format!("saving the restore map: {e}"))
+                })?;
+                self.out.restores += 1;
+                self.event(
+                    "the primary's local disk is lost: it starts on an empty one and restores it \
+                     from the remote"
+                        .into(),
+                );
+                Ok((Some(vec![0; VOLUME]), Some(Arc::new(r))))
+            }
+        }
+    }
+
+    /// The restore's rebuild, played as its tasks do: fetch extents from
+    /// the remote once it has applied every seq submitted before the fetch
+    /// began, install them (refused if a host write reached the extent
+    /// meanwhile), save the map after syncing the local copy; and host reads
+    /// during the restore, checked by invariant (j): a read never returns
+    /// data older than the last answered write to it.
+    fn restore_step(&mut self) -> Result<(), Violation> {
+        let Some(mut sr) = self.restore.take() else {
+            return Ok(());
+        };
+        let Some(p) = &self.primary else {
+            return Ok(());
+        };
+        let remote_ok =
+            self.connected && self.link_down_until <= self.step && sr.restore.source_ok();
+        let applied = self.remote.as_ref().map_or(0, |r| r.applier.applied());
+        if remote_ok && sr.fetches.len() < RESTORE_PARALLEL && self.rng.gen_bool(0.3) {
+            if let Some(e) = sr.restore.next_extent() {
+                sr.fetches.push((e, p.sender.highest_seq(), None));
+            }
+        }
+        let replica = self.remote.as_ref().map(|r| r.replica.working_image());
+        let mut i = 0;
+        while i < sr.fetches.len() {
+            let (e, after, data) = &mut sr.fetches[i];
+            let (off, len) = sr.restore.extent_range(*e);
+            if data.is_none() {
+                if !remote_ok {
+                    if self.rng.gen_bool(0.05) {
+                        sr.restore.abandon(*e);
+                        sr.fetches.swap_remove(i);
+                        continue;
+                    }
+                } else if applied >= *after && self.rng.gen_bool(0.3) {
+                    let img = replica.as_ref().expect("a remote to read");
+                    *data = Some(img[off as usize..off as usize + len as usize].to_vec());
+                }
+            } else if self.rng.gen_bool(0.3) {
+                let (e, _, data) = sr.fetches.swap_remove(i);
+                let data = data.expect("fetched");
+                match sr.restore.install(e, &data, &sr.disk) {
+                    Ok(true) => self.out.restore_installs += 1,
+                    Ok(false) => self.out.restore_refetches += 1,
+                    Err(err) => {
+                        return Err(
+                            self.fail("j (restore)", format!("installing extent {e}: {err}"))
+                        )
+                    }
+                }
+                continue;
+            }
+            i += 1;
+        }
+        if self.step.is_multiple_of(20) || sr.restore.missing_extents() == 0 {
+            if let Err(err) = sr.disk.sync().and_then(|()| sr.restore.save()) {
+                return Err(self.fail("j (restore)", format!("saving the restore map: {err}")));
+            }
+            if sr.restore.done() {
+                self.event("the restore is complete: the local copy is whole".into());
+                return Ok(());
+            }
+        }
+        if self.rng.gen_bool(0.05) {
+            self.check_restoring_read(&sr)?;
+        }
+        self.restore = Some(sr);
+        Ok(())
+    }
+
+    /// A host read of 4 KiB during the restore, as `Primary::read` serves
+    /// it: local extents once the local copy has applied every answered
+    /// operation, the others from the remote once it has applied every
+    /// submitted one. Each byte must hold the value of the last answered
+    /// write to it or of a later one.
+    fn check_restoring_read(&mut self, sr: &SimRestore) -> Result<(), Violation> {
+        let (Some(p), Some(r)) = (&self.primary, &self.remote) else {
+            return Ok(());
+        };
+        let Some(local) = &p.local else {
+            return Ok(());
+        };
+        let prog = p.sender.progress();
+        let (answered, highest) = (prog.answered, prog.highest);
+        let at = self.rng.gen_range(0..VOLUME / 4096) * 4096;
+        let mut got = Vec::with_capacity(4096);
+        for (o, n, is_local) in sr.restore.runs(at as u64, 4096) {
+            if is_local {
+                if local.applied() < answered {
+                    return Ok(());
+                }
+                let mut buf = vec![0u8; n as usize];
+                if let Err(e) = local.disk().read_at(o, &mut buf) {
+                    return Err(self.fail(
+                        "j (restore)",
+                        format!("a read of a restored extent at {o} failed: {e}"),
+                    ));
+                }
+                got.extend_from_slice(&buf);
+            } else {
+                if !self.connected || r.applier.applied() < highest {
+                    return Ok(());
+                }
+                got.extend_from_slice(&r.replica.working_image()[o as usize..(o + n) as usize]);
+            }
+        }
+        let want = volume_after(&self.base, &self.history, answered);
+        for (k, &b) in got.iter().enumerate() {
+            let pos = at + k;
+            if b == want[pos] {
+                continue;
+            }
+            let later = self
+                .history
+                .range((answered + 1, 0)..)
+                .any(|(_, op)| match op {
+                    HostOp::Write { offset, data } => {
+                        (*offset..offset + data.len()).contains(&pos) && data[pos - offset] == b
+                    }
+                    HostOp::Trim { offset, len } => {
+                        (*offset..offset + len).contains(&pos) && b == 0
+                    }
+                    HostOp::Image(img) => img[pos] == b,
+                    _ => false,
+                });
+            if !later {
+                return Err(self.fail(
+                    "j (restore)",
+                    format!(
+                        "a read during the restore returned {b:#04x} at byte {pos}, older than \
+                         the last answered write there ({:#04x}; answered through seq {answered})",
+                        want[pos]
+                    ),
+                ));
+            }
+        }
+        self.out.restore_reads += 1;
+        Ok(())
+    }
+
     fn disconnect(&mut self) {
         if self.connected {
             self.connected = false;
@@ -1482,6 +1748,20 @@ impl World {
         if !matches!(p.mode, Mode::Ahead { .. }) {
             p.unflushed.clear();
         }
+        if let Some(sr) = &self.restore {
+            // As the primary's session decides whether the restore may read.
+            let marked = p.map.as_ref().map_or(0, |m| m.marked_bytes());
+            let ok = dtu::primary::restore::source_holds_volume(&accepted.decision, marked);
+            sr.restore.set_source(ok);
+            if !ok {
+                return Err(self.fail(
+                    "j (restore)",
+                    format!(
+                        "a restore began from a remote that does not hold the volume: {explained}"
+                    ),
+                ));
+            }
+        }
         if let Some(pos) = rebase {
             self.expected_upto = pos;
             self.expected = volume_after(&self.base, &self.history, pos);
@@ -1524,7 +1804,11 @@ impl World {
         if pick < 0.005 {
             // An operator's online verify (only one at a time, in journal
             // mode with a map).
-            if p.map.is_some() && matches!(p.mode, Mode::Journal) && !p.sync.verifying() {
+            if p.map.is_some()
+                && matches!(p.mode, Mode::Journal)
+                && !p.sync.verifying()
+                && self.restore.is_none()
+            {
                 p.sync.start_verify(0, VOLUME as u64, false, now);
                 self.event("verify starts".into());
             }
@@ -1692,7 +1976,8 @@ impl World {
             let due = self
                 .overflow_after
                 .is_some_and(|after| self.step - since >= after);
-            if due && matches!(p.mode, Mode::Journal) {
+            // A restoring primary stalls instead (`Primary::start`).
+            if due && matches!(p.mode, Mode::Journal) && self.restore.is_none() {
                 if let (Some(map), Some(local)) = (&p.map, &p.local) {
                     // Every record of every seq so far reaches the appender
                     // first; sync work still being read is void.
@@ -2087,7 +2372,7 @@ pub fn summary(o: &Outcome) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "seed {}: {} steps, {} writes, {} trims, {} checkpoints, {} answers, {} primary crashes, {} remote crashes, {} outages, {} nacks, local copy {}, initial {}, {} folds, {} writes ahead, {} syncs, {} verifies, {} views checked, {} checkpoints dropped, {} rollbacks, trace {}",
+        "seed {}: {} steps, {} writes, {} trims, {} checkpoints, {} answers, {} primary crashes, {} remote crashes, {} outages, {} nacks, local copy {}, initial {}, {} folds, {} writes ahead, {} syncs, {} verifies, {} views checked, {} checkpoints dropped, {} rollbacks, {} restores ({} installs, {} refetched, {} reads checked), trace {}",
         o.seed,
         o.steps,
         o.writes,
@@ -2107,6 +2392,10 @@ pub fn summary(o: &Outcome) -> String {
         o.views_checked,
         o.checkpoints_dropped,
         o.rollbacks,
+        o.restores,
+        o.restore_installs,
+        o.restore_refetches,
+        o.restore_reads,
         o.trace_hash
     );
     s

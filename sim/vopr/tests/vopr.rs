@@ -8,6 +8,7 @@ use dtu_vopr::{run, summary, Options};
 #[test]
 fn two_hundred_seeds_keep_every_invariant() {
     let (mut crashes, mut trims, mut checkpoints, mut local) = (0, 0, 0, 0);
+    let (mut restores, mut reads) = (0, 0);
     for seed in 0..200 {
         match run(seed, Options::default()) {
             Ok(o) => {
@@ -15,6 +16,8 @@ fn two_hundred_seeds_keep_every_invariant() {
                 trims += o.trims;
                 checkpoints += o.checkpoints;
                 local += u64::from(o.local_copy);
+                restores += o.restores;
+                reads += o.restore_reads;
             }
             Err(v) => panic!("{v}"),
         }
@@ -26,6 +29,10 @@ fn two_hundred_seeds_keep_every_invariant() {
     assert!(
         trims > 200 && checkpoints > 100,
         "{trims} trims, {checkpoints} checkpoints"
+    );
+    assert!(
+        restores > 20 && reads > 100,
+        "{restores} restores of a lost local copy, {reads} reads checked during them"
     );
     assert!(
         (50..150).contains(&local),

@@ -41,11 +41,16 @@ fn main() -> std::process::ExitCode {
     };
     let started = std::time::Instant::now();
     let mut crashes = (0, 0);
+    let mut restores = (0, 0, 0, 0);
     for seed in &seeds {
         match run(*seed, opts.clone()) {
             Ok(o) => {
                 crashes.0 += o.primary_crashes;
                 crashes.1 += o.remote_crashes;
+                restores.0 += o.restores;
+                restores.1 += o.restore_installs;
+                restores.2 += o.restore_refetches;
+                restores.3 += o.restore_reads;
                 if a.seed.is_some() || a.verbose {
                     println!("{}", summary(&o));
                 }
@@ -57,11 +62,17 @@ fn main() -> std::process::ExitCode {
         }
     }
     println!(
-        "{} seeds passed in {:.1}s ({} primary crashes, {} remote crashes in all)",
+        "{} seeds passed in {:.1}s ({} primary crashes, {} remote crashes in all; {} restores \
+         of a lost local copy: {} extents installed, {} refetched after a host write, {} reads \
+         checked)",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         crashes.0,
-        crashes.1
+        crashes.1,
+        restores.0,
+        restores.1,
+        restores.2,
+        restores.3
     );
     std::process::ExitCode::SUCCESS
 }
