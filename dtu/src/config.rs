@@ -457,6 +457,18 @@ pub enum SplitBrainPolicy {
     Disconnect,
     /// The remote's changes are discarded: it is resynced from the primary.
     DiscardRemote,
+    /// The remote's changes are discarded if it changed no more bytes than
+    /// the primary did since the split; otherwise refused.
+    DiscardLeastChanges,
+    /// The remote's changes are discarded if it changed nothing on its own;
+    /// otherwise refused.
+    DiscardZeroChanges,
+}
+
+impl SplitBrainPolicy {
+    /// Every policy, as the config spells it.
+    pub const NAMES: &'static str =
+        "disconnect, discard-remote, discard-least-changes or discard-zero-changes";
 }
 
 impl std::str::FromStr for SplitBrainPolicy {
@@ -465,7 +477,9 @@ impl std::str::FromStr for SplitBrainPolicy {
         match s {
             "disconnect" => Ok(SplitBrainPolicy::Disconnect),
             "discard-remote" => Ok(SplitBrainPolicy::DiscardRemote),
-            other => Err(format!("{other:?}: expected disconnect or discard-remote")),
+            "discard-least-changes" => Ok(SplitBrainPolicy::DiscardLeastChanges),
+            "discard-zero-changes" => Ok(SplitBrainPolicy::DiscardZeroChanges),
+            other => Err(format!("{other:?}: expected {}", SplitBrainPolicy::NAMES)),
         }
     }
 }

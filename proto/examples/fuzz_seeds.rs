@@ -29,6 +29,7 @@ fn main() -> std::io::Result<()> {
             map_base: 0,
             resume_from: 0,
             decision: 0,
+            changed_bytes: 0,
         }),
         Frame::Flush(Flush { seq: 4, epoch: 1 }),
         Frame::Trim(Trim {

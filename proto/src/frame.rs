@@ -122,6 +122,12 @@ pub struct Hello {
     /// From the remote: what the pair does now ([`DecisionCode`]; 0 from
     /// the primary).
     pub decision: u8,
+    /// Bytes this side changed on its own: from the primary, what its
+    /// changed-block map marks and its nvbuf holds; from the remote, the
+    /// ranges a demoted
+    /// primary's replica lists as its divergence. Split-brain policies
+    /// compare them.
+    pub changed_bytes: u64,
 }
 
 /// [`Decision`] as a byte in the remote's Hello.
@@ -473,7 +479,8 @@ pub enum Frame {
     Extents(Extents),
 }
 
-const HELLO_LEN: usize = 1 + 1 + 16 + 8 + 4 + 4 + 4 + 8 + 8 + 8 + 4 + 8 * (1 + HISTORY) + 8 + 8 + 1;
+const HELLO_LEN: usize =
+    1 + 1 + 16 + 8 + 4 + 4 + 4 + 8 + 8 + 8 + 4 + 8 * (1 + HISTORY) + 8 + 8 + 1 + 8;
 const WRITE_FIXED: usize = 8 + 4 + 4 + 4 + 8 + 1 + 4 + 4 + 4;
 const FLUSH_LEN: usize = 8 + 4;
 const TRIM_LEN: usize = 8 + 4 + 8 + 8;
@@ -588,6 +595,7 @@ impl Frame {
                 out.put_u64(h.map_base);
                 out.put_u64(h.resume_from);
                 out.put_u8(h.decision);
+                out.put_u64(h.changed_bytes);
             }
             Frame::Write(w) => {
                 out.put_u64(w.id.seq);
@@ -909,6 +917,7 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 map_base: b.u64()?,
                 resume_from: b.u64()?,
                 decision: b.u8()?,
+                changed_bytes: b.u64()?,
             };
             if hello.flags & !hello_flags::KNOWN != 0 {
                 return Err(b.malformed("unknown hello flags"));

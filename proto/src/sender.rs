@@ -706,6 +706,16 @@ impl Sender {
             .any(|(i, op)| self.base + i as Seq > seq && op.kind == kind)
     }
 
+    /// Payload bytes of the operations the remote has not stored.
+    pub fn unstored_bytes(&self) -> u64 {
+        self.ops
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.base + *i as Seq > self.stored_upto)
+            .map(|(_, op)| op.bytes)
+            .sum()
+    }
+
     /// The lowest seq this sender may still send: everything below is stored.
     pub fn base(&self) -> Seq {
         self.base

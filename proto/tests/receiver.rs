@@ -27,6 +27,7 @@ fn hello(role: Role, epoch: u32, stored_seq: u64) -> Hello {
         map_base: 0,
         resume_from: 0,
         decision: 0,
+        changed_bytes: 0,
     }
 }
 

@@ -51,13 +51,14 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<u64>(),
             any::<u64>(),
             any::<u8>(),
+            any::<u64>(),
         ),
     )
         .prop_map(
             |(
                 (version, role, volume_id, volume_size, block_size, features, epoch, stored_seq),
                 (highest_seq, key_fingerprint, flags),
-                (current, history, map_base, resume_from, decision),
+                (current, history, map_base, resume_from, decision, changed_bytes),
             )| {
                 Frame::Hello(Hello {
                     version,
@@ -75,6 +76,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     map_base,
                     resume_from,
                     decision,
+                    changed_bytes,
                 })
             },
         );

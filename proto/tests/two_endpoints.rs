@@ -76,6 +76,7 @@ fn hello(role: Role) -> Hello {
         map_base: 0,
         resume_from: 0,
         decision: 0,
+        changed_bytes: 0,
     }
 }
 

@@ -405,6 +405,26 @@ fn disaster_drill_promote_fail_back_and_split_brain() {
         "{refused}"
     );
 
+    // A policy that resolves only when the remote changed nothing: both
+    // sides wrote, so it refuses and says why.
+    pair.remote.take().unwrap().stop(Duration::from_secs(10));
+    let b_cfg = pair.path("remote.toml");
+    let b_text = std::fs::read_to_string(&b_cfg).unwrap();
+    assert!(
+        b_text.trim_end().ends_with("primary = \"promoted.toml\""),
+        "{b_text}"
+    );
+    std::fs::write(
+        &b_cfg,
+        format!("{b_text}split_brain = \"discard-zero-changes\"\n"),
+    )
+    .unwrap();
+    pair.start_remote(&[]);
+    wait_until("B's policy to refuse", Duration::from_secs(60), || {
+        status(&b_ctl).is_some_and(|s| matches!(s, Status::Remote(r)
+            if r.decision.as_deref().is_some_and(|d| d.contains("discard-zero-changes: both sides changed"))))
+    });
+
     // B's data goes: restarted with --discard-my-data it is resynced.
     pair.remote.take().unwrap().stop(Duration::from_secs(10));
     pair.start_remote(&["--discard-my-data"]);

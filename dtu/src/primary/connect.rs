@@ -86,6 +86,7 @@ pub fn hello(volume: &Volume, epoch: Epoch, carried_over: Seq, compress: bool) -
         map_base: 0,
         resume_from: 0,
         decision: 0,
+        changed_bytes: 0,
     }
 }
 
@@ -99,6 +100,10 @@ pub struct Offer<'a> {
     pub meta: &'a PrimaryMeta,
     pub has_local: bool,
     pub initial: InitialSync,
+    /// Bytes this primary holds that the remote may lack: what the
+    /// changed-block map marks and the payload of the operations the
+    /// remote has not stored.
+    pub changed_bytes: u64,
 }
 
 /// The Hello offered at one connect: how far the stream reaches, the
@@ -110,6 +115,7 @@ pub fn offer(template: &Hello, o: &Offer<'_>) -> Hello {
     h.resume_from = o.resume_from;
     h.gens = o.meta.gens;
     h.map_base = o.meta.map_base;
+    h.changed_bytes = o.changed_bytes;
     if o.meta.unreported_loss.is_some() {
         h.flags |= hello_flags::LOST_WRITES;
     }

@@ -193,6 +193,8 @@ async fn session_inner(
                 meta: &st.meta,
                 has_local: core.local.is_some(),
                 initial: p.initial,
+                changed_bytes: core.map.as_ref().map_or(0, |m| m.marked_bytes())
+                    + st.sender.unstored_bytes(),
             },
         )
     };

@@ -90,14 +90,45 @@ fn keep_divergence_record(state: &VolumeState) -> String {
 }
 
 /// Who resolves a split brain in the primary's favour, if anyone: the
-/// operator's word (`--discard-my-data`) or the remote's policy.
-fn split_brain_resolved_by(state: &VolumeState, policy: SplitBrainPolicy) -> Option<&'static str> {
+/// operator's word (`--discard-my-data`) or the remote's policy, given the
+/// bytes each side changed on its own since the split (`None`: this
+/// replica's record of them cannot be read). `Err` says why the policy
+/// does not resolve it.
+fn split_brain_resolved_by(
+    state: &VolumeState,
+    policy: SplitBrainPolicy,
+    primary_changed: u64,
+    remote_changed: Option<u64>,
+) -> Result<String, String> {
+    let swap = "to keep this remote's data instead, demote the primary's site with \
+                --discard-my-data and promote this one: a resync flows from the primary";
     if state.discard_my_data() {
-        Some("the operator (--discard-my-data)")
-    } else if policy == SplitBrainPolicy::DiscardRemote {
-        Some("roles.split_brain = discard-remote")
-    } else {
-        None
+        return Ok("the operator (--discard-my-data)".into());
+    }
+    match (policy, remote_changed) {
+        (SplitBrainPolicy::Disconnect, _) => Err(String::new()),
+        (SplitBrainPolicy::DiscardRemote, _) => Ok("roles.split_brain = discard-remote".into()),
+        (SplitBrainPolicy::DiscardLeastChanges, Some(r)) if r <= primary_changed => Ok(format!(
+            "roles.split_brain = discard-least-changes (this remote changed {r} bytes, the \
+             primary {primary_changed})"
+        )),
+        (SplitBrainPolicy::DiscardLeastChanges, Some(r)) => Err(format!(
+            "; discard-least-changes keeps this remote: it changed more ({r} bytes) than the \
+             primary ({primary_changed}); {swap}"
+        )),
+        (SplitBrainPolicy::DiscardZeroChanges, Some(0)) => {
+            Ok("roles.split_brain = discard-zero-changes (this remote changed nothing)".into())
+        }
+        (SplitBrainPolicy::DiscardZeroChanges, Some(r)) if primary_changed == 0 => Err(format!(
+            "; discard-zero-changes: the primary changed nothing and this remote {r} bytes; {swap}"
+        )),
+        (SplitBrainPolicy::DiscardZeroChanges, Some(r)) => Err(format!(
+            "; discard-zero-changes: both sides changed data (primary {primary_changed} bytes, \
+             this remote {r})"
+        )),
+        (_, None) => Err(format!(
+            "; {policy:?} needs this replica's record of its own changes, which cannot be read"
+        )),
     }
 }
 
@@ -145,12 +176,18 @@ pub fn accept_primary(
     let continuing = rv.syncing_to(pv.gens.current);
     let mut extents = None;
     let mut resolved = None;
+    let own = divergent_ranges(state, ours.volume_size);
+    let own_bytes = own.as_ref().map(|r| r.iter().map(|x| x.1).sum::<u64>());
     if decision == Decision::Refuse(Refusal::SplitBrain) {
-        resolved = split_brain_resolved_by(state, split_brain);
+        match split_brain_resolved_by(state, split_brain, theirs.changed_bytes, own_bytes) {
+            Ok(by) => resolved = Some(by),
+            Err(why) => explained.push_str(&why),
+        }
         if resolved.is_none() {
             explained.push_str(
                 ". To keep the primary's data: demote the remote's site with \
-                 --discard-my-data, or set roles.split_brain = \"discard-remote\" on the remote",
+                 --discard-my-data, or set roles.split_brain on the remote (discard-remote, \
+                 discard-least-changes, discard-zero-changes)",
             );
         }
     }
@@ -169,7 +206,7 @@ pub fn accept_primary(
         // compared.
         let map_covers =
             pv.map_base != 0 && (pv.map_base == rv.gens.current || rv.gens.passed(pv.map_base));
-        let ranges = divergent_ranges(state, ours.volume_size).filter(|_| map_covers);
+        let ranges = own.clone().filter(|_| map_covers);
         let kept = keep_divergence_record(state);
         let (what, how) = match ranges {
             Some(r) => {
@@ -197,7 +234,7 @@ pub fn accept_primary(
                 "checksum sync of every extent, sending only the blocks that differ".to_string(),
             ),
         };
-        explained = match resolved {
+        explained = match &resolved {
             Some(by) => format!(
                 "split brain (primary {:016x}, remote {:016x} both changed since a generation \
                  they share) resolved by {by}: this remote's changes are discarded{kept}; {how}",
@@ -269,6 +306,7 @@ pub fn accept_primary(
     // The remote's Hello carries its sync target (as it was when deciding)
     // where the primary's carries its map base.
     reply.map_base = rv.sync_target;
+    reply.changed_bytes = own_bytes.unwrap_or(0);
     reply.decision = DecisionCode::encode(&decision);
     if extents.is_some() {
         reply.flags |= hello_flags::EXTENTS_FOLLOW;
@@ -280,4 +318,40 @@ pub fn accept_primary(
         rebase,
         extents,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::FileReplica;
+
+    #[test]
+    fn each_split_brain_policy_resolves_or_refuses_as_documented() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = FileReplica::open(&dir.path().join("r"), 1 << 20).unwrap();
+        let (mut state, _) =
+            VolumeState::open(&dir.path().join("r.state"), [1; 16], &replica, false).unwrap();
+        use SplitBrainPolicy::*;
+        let by =
+            |s: &VolumeState, p, primary, remote| split_brain_resolved_by(s, p, primary, remote);
+        assert!(by(&state, Disconnect, 0, Some(0)).is_err());
+        assert!(by(&state, DiscardRemote, 0, Some(9)).is_ok());
+        // Least changes: the remote goes when it changed no more.
+        assert!(by(&state, DiscardLeastChanges, 100, Some(100)).is_ok());
+        let kept = by(&state, DiscardLeastChanges, 100, Some(101)).unwrap_err();
+        assert!(
+            kept.contains("changed more") && kept.contains("promote this one"),
+            "{kept}"
+        );
+        // Zero changes: only a remote that changed nothing goes.
+        assert!(by(&state, DiscardZeroChanges, 5, Some(0)).is_ok());
+        let none = by(&state, DiscardZeroChanges, 0, Some(7)).unwrap_err();
+        assert!(none.contains("the primary changed nothing"), "{none}");
+        assert!(by(&state, DiscardZeroChanges, 5, Some(7)).is_err());
+        // Without this replica's record, the counting policies refuse.
+        assert!(by(&state, DiscardLeastChanges, 100, None).is_err());
+        // The operator's word wins over any policy.
+        state.set_discard_my_data().unwrap();
+        assert!(by(&state, Disconnect, 0, None).is_ok());
+    }
 }

@@ -68,6 +68,7 @@ pub fn hello(volume: &Volume, epoch_seen: Epoch, stored: Seq) -> Hello {
         map_base: 0,
         resume_from: 0,
         decision: 0,
+        changed_bytes: 0,
     }
 }
 

@@ -1675,6 +1675,8 @@ impl World {
                 meta: &p.meta,
                 has_local: p.local.is_some(),
                 initial: self.initial,
+                changed_bytes: p.map.as_ref().map_or(0, |m| m.marked_bytes())
+                    + p.sender.unstored_bytes(),
             },
         );
         let fresh = self.rng.gen::<u64>() | 1;
