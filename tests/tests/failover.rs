@@ -692,6 +692,35 @@ fn instant_restore_of_a_lost_primary_disk() {
     let local = std::fs::read(pair.path("primary.img")).unwrap();
     assert!(local == want, "the restored local copy lacks data");
 
+    // A restore killed half way goes on from its map, without the flag.
+    std::fs::remove_file(pair.path("primary.img")).unwrap();
+    std::fs::File::create(pair.path("primary.img")).unwrap();
+    pair.start_primary(&["--restore-from-remote"]);
+    wait_for(
+        &a_ctl,
+        "a quarter restored",
+        Duration::from_secs(120),
+        |s| matches!(s, Status::Primary(p) if p.mirror.restore.done_bytes >= SIZE / 4),
+    );
+    pair.primary.take().unwrap().kill();
+    assert!(pair.path("primary.img.restore").exists());
+    pair.start_primary(&[]);
+    let p = as_primary(&a_ctl);
+    assert!(
+        p.mirror.restore.active && p.mirror.restore.done_bytes > 0,
+        "the restore did not go on from its map: {:?}",
+        p.mirror.restore
+    );
+    wait_for(
+        &a_ctl,
+        "the resumed restore",
+        Duration::from_secs(180),
+        |s| matches!(s, Status::Primary(p) if !p.mirror.restore.active),
+    );
+    wait_for(&a_ctl, "A in sync", Duration::from_secs(60), in_sync);
+    pair.primary.take().unwrap().stop(Duration::from_secs(10));
+    assert_same(&pair.path("primary.img"), &pair.path("replica.img"));
+
     // Once more with no host reads: the rebuild alone against the line.
     std::fs::remove_file(pair.path("primary.img")).unwrap();
     std::fs::File::create(pair.path("primary.img")).unwrap();
