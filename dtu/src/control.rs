@@ -88,6 +88,9 @@ pub enum Request {
         #[serde(default)]
         repair: bool,
     },
+    /// At a running remote: asks its connected primary to hand its role
+    /// over (`dtu switchover` at the remote's site).
+    Switchover,
     /// Promotes a running remote: its replica becomes this site's
     /// primary volume (`dtu promote`).
     Promote {
@@ -159,7 +162,9 @@ impl Request {
     /// The checks of [`Request::parse`] on a request built in code.
     pub fn check(&self) -> Result<(), RequestError> {
         match self {
-            Request::Status | Request::Checkpoints | Request::Unexport => Ok(()),
+            Request::Status | Request::Checkpoints | Request::Unexport | Request::Switchover => {
+                Ok(())
+            }
             Request::Export { as_of, tcp, unix } => {
                 if as_of.len() > MAX_LABEL + 64 {
                     return Err(RequestError::AsOfTooLong(as_of.len()));

@@ -96,6 +96,7 @@ fn main() -> std::io::Result<()> {
             ranges: vec![(0, 65536), (1 << 30, 4096)],
             last: true,
         }),
+        Frame::HandoverRequest,
     ];
     let plain: Vec<u8> = (0..3000u32).map(|i| (i / 7) as u8).collect();
     for (seq, compress, seal, zero) in [

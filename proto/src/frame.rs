@@ -477,6 +477,10 @@ pub enum Frame {
     DigestRequest(DigestRequest),
     DigestResponse(DigestResponse),
     Extents(Extents),
+    /// From the remote on the control stream (`dtu switchover` at the
+    /// remote's site): the primary is asked to drain, hand its role over
+    /// and become this site's remote. It has no body.
+    HandoverRequest,
 }
 
 const HELLO_LEN: usize =
@@ -496,7 +500,7 @@ const READ_REQUEST_LEN: usize = 8 + 8 + 4 + 8 + 1;
 const READ_RESPONSE_FIXED: usize = 8 + 1;
 const EXTENTS_FIXED: usize = 4 + 1;
 /// The highest frame kind code this version knows.
-const LAST_KIND: u8 = 15;
+const LAST_KIND: u8 = 16;
 
 impl Frame {
     fn kind_code(&self) -> u8 {
@@ -516,6 +520,7 @@ impl Frame {
             Frame::DigestRequest(_) => 13,
             Frame::DigestResponse(_) => 14,
             Frame::Extents(_) => 15,
+            Frame::HandoverRequest => 16,
         }
     }
 
@@ -541,6 +546,7 @@ impl Frame {
             Frame::DigestRequest(_) => DIGEST_REQUEST_LEN,
             Frame::DigestResponse(r) => DIGEST_RESPONSE_FIXED + r.digests.len() * DIGEST_LEN,
             Frame::Extents(e) => EXTENTS_FIXED + 16 * e.ranges.len().min(MAX_EXTENTS_PER_FRAME),
+            Frame::HandoverRequest => 0,
         }
     }
 
@@ -689,6 +695,7 @@ impl Frame {
                 }
                 out.put_u8(u8::from(e.last));
             }
+            Frame::HandoverRequest => {}
         }
     }
 
@@ -729,6 +736,7 @@ fn kind_name(code: u8) -> &'static str {
         13 => "DigestRequest",
         14 => "DigestResponse",
         15 => "Extents",
+        16 => "HandoverRequest",
         _ => "unknown",
     }
 }
@@ -1189,6 +1197,10 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
             };
             b.done()?;
             Frame::Extents(Extents { ranges, last })
+        }
+        16 => {
+            b.done()?;
+            Frame::HandoverRequest
         }
         other => return Err(FrameError::UnknownKind(other)),
     };

@@ -136,6 +136,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             .prop_map(|(seq, digests)| Frame::DigestResponse(DigestResponse { seq, digests })),
         (proptest::collection::vec((0..u64::MAX / 2, 1..u64::MAX / 2), 0..100), any::<bool>())
             .prop_map(|(ranges, last)| Frame::Extents(Extents { ranges, last })),
+        Just(Frame::HandoverRequest),
         (prop_oneof![Just(AckKind::Received), Just(AckKind::Stored)], any::<u64>())
             .prop_map(|(kind, upto)| Frame::Ack(Ack { kind, upto })),
         (any::<u64>(), any::<u32>(), prop_oneof![Just(NackReason::Checksum), Just(NackReason::Decode)])

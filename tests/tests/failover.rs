@@ -515,9 +515,10 @@ fn a_planned_switchover_loses_nothing_and_a_failing_fence_aborts_the_promotion()
 
     // And back in one command on B's site: B drains, becomes A's remote,
     // and its goodbye makes A promote itself.
+    // Asked of B's remote config while B runs as the primary: refused.
     let out = dtu(&["switchover"], &pair.path("remote.toml"));
     assert!(
-        !out.status.success() && text(&out).contains("is a remote's config"),
+        !out.status.success() && text(&out).contains("switchover refused, nothing changed"),
         "{}",
         text(&out)
     );
@@ -545,9 +546,43 @@ fn a_planned_switchover_loses_nothing_and_a_failing_fence_aborts_the_promotion()
         read[32 << 20..(32 << 20) + 4096].iter().all(|&b| b == 0x33),
         "A lost B's write in the switchover back"
     );
+
+    // And over again from the remote's site: B asks A to hand over.
+    let out = ok(
+        dtu(&["switchover"], &pair.path("remote.toml")),
+        "dtu switchover at the remote",
+    );
+    eprintln!("{out}");
+    assert!(out.contains("switchover complete"), "{out}");
+    wait_for(
+        &b_ctl,
+        "B mirroring to A once more",
+        Duration::from_secs(60),
+        in_sync,
+    );
+    let b = as_primary(&b_ctl);
+    let wire = b.quic.udp_tx_bytes + b.quic.udp_rx_bytes;
+    assert!(
+        wire < 256 << 10,
+        "the switchover asked by the remote sent {wire} bytes"
+    );
+    qemu_writes(&pair.path("promoted.nbd.sock"), &[(48 << 20, 0x55)]);
+    wait_for(
+        &b_ctl,
+        "B's last write on A",
+        Duration::from_secs(60),
+        in_sync,
+    );
     pair.primary.take().unwrap().stop(Duration::from_secs(10));
     pair.remote.take().unwrap().stop(Duration::from_secs(10));
     assert_same(&pair.path("primary.img"), &pair.path("replica.img"));
+    let a_img = std::fs::read(pair.path("primary.img")).unwrap();
+    for (off, pat) in [(32usize << 20, 0x33u8), (40 << 20, 0x44), (48 << 20, 0x55)] {
+        assert!(
+            a_img[off..off + 65536].iter().all(|&b| b == pat),
+            "a write at {off} was lost"
+        );
+    }
 }
 
 /// Instant restore: site A's disk is replaced by an empty file; started

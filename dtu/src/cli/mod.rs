@@ -64,8 +64,8 @@ pub enum Command {
     /// site's local copy becomes the replica of its remote role
     /// (roles.remote). Also run on a stopped primary after a failover.
     Demote(role::DemoteArgs),
-    /// A planned switchover, run on the primary's site: once the remote has
-    /// stored everything this site becomes its remote and the other site
+    /// A planned switchover, run on either site: once the remote has stored
+    /// everything the primary's site becomes its remote and the other site
     /// promotes itself (no resync, nothing lost).
     Switchover(role::SwitchoverArgs),
     /// Follow a running sync, verify and restore with progress bars (rate,

@@ -65,12 +65,14 @@ pub struct DemoteArgs {
 /// `dtu switchover`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SwitchoverArgs {
-    /// The running primary's config file (its `roles.remote` names the
-    /// remote role this site takes).
+    /// This site's config: the running primary's (its `roles.remote` names
+    /// the remote role this site takes) or the running remote's (its
+    /// `roles.primary` names the role this site takes; the primary is asked
+    /// to hand over and drains for up to 60 s).
     #[arg(long, short)]
     pub config: PathBuf,
-    /// How long the primary waits for the remote to store the last
-    /// records before it gives up and keeps its role, e.g. 60s.
+    /// At the primary's site: how long it waits for the remote to store
+    /// the last records before it gives up and keeps its role, e.g. 60s.
     #[arg(long, default_value = "60s")]
     pub wait: String,
     /// How long to wait for the other site's new primary to connect to
@@ -205,7 +207,16 @@ pub struct PrimaryControl {
     pub next: tokio::sync::mpsc::UnboundedSender<Next>,
 }
 
+/// How long a primary asked by its remote to hand over waits for the
+/// remote to store the last records.
+const ASKED_HANDOVER_WAIT: Duration = Duration::from_secs(60);
+
 impl PrimaryControl {
+    /// The switchover the remote asked for: as `dtu switchover` here.
+    pub fn hand_over_on_request(&self) -> Result<String> {
+        self.demote(false, false, ASKED_HANDOVER_WAIT, true)
+    }
+
     fn demote(&self, force: bool, discard: bool, wait: Duration, handover: bool) -> Result<String> {
         if handover && (force || discard) {
             bail!("a switchover loses nothing: it is never forced and discards nothing");
@@ -446,17 +457,10 @@ pub fn demote(a: DemoteArgs) -> Result<()> {
 pub fn switchover(a: SwitchoverArgs) -> Result<()> {
     let cfg = match PrimaryConfig::load(&a.config) {
         Ok(c) => c,
-        Err(pe) => {
-            if RemoteConfig::load(&a.config).is_ok() {
-                bail!(
-                    "{} is a remote's config: run `dtu switchover` on the primary's site (the \
-                     remote cannot stop its primary), or `dtu demote` there and then `dtu \
-                     promote` here",
-                    a.config.display()
-                );
-            }
-            return Err(pe.into());
-        }
+        Err(pe) => match RemoteConfig::load(&a.config) {
+            Ok(rcfg) => return switchover_at_remote(&a, &rcfg),
+            Err(_) => return Err(pe.into()),
+        },
     };
     let rpath = other_role(&cfg.roles, &a.config, "remote")?;
     let rcfg = RemoteConfig::load(&rpath)?;
@@ -524,4 +528,42 @@ pub fn switchover(a: SwitchoverArgs) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `dtu switchover` at the remote's site: asks the connected primary to
+/// hand over, then waits until this site runs its primary role.
+fn switchover_at_remote(a: &SwitchoverArgs, cfg: &RemoteConfig) -> Result<()> {
+    let (ppath, pcfg) = promoted_config(cfg, &a.config)?;
+    let wait =
+        crate::units::parse_duration_within(&a.wait, Duration::ZERO, control::MAX_DEMOTE_WAIT)
+            .map_err(|e| anyhow!("--wait: {e}"))?;
+    if !is_running(&cfg.control) {
+        bail!(
+            "the remote is not running (no answer on {}): a switchover hands over a running pair",
+            cfg.control.display()
+        );
+    }
+    match control::request(&cfg.control, &Request::Switchover)? {
+        Response::Ok { message } => println!("{message}"),
+        Response::Error { message } => bail!("switchover refused, nothing changed: {message}"),
+        _ => bail!("unexpected answer to the switchover"),
+    }
+    // The primary drains for up to a minute, then this site promotes.
+    let limit = ASKED_HANDOVER_WAIT + wait + cfg.roles.fence_timeout + Duration::from_secs(30);
+    let took = wait_for_role(&pcfg.control, true, limit).map_err(|e| {
+        anyhow!(
+            "{e:#}. If the primary could not drain it keeps its role (see its log); if it handed \
+             over and this site's promotion failed, both sites are remotes and nothing is lost: \
+             run `dtu promote -c {}`",
+            a.config.display()
+        )
+    })?;
+    println!(
+        "switchover complete in {} ms: this site is the primary (from {}); its control socket \
+         is {}",
+        took.as_millis(),
+        ppath.display(),
+        pcfg.control.display()
+    );
+    Ok(())
 }

@@ -318,7 +318,20 @@ fn run_primary(path: &Path, a: Option<&PrimaryArgs>) -> Result<Next> {
         path: path.to_path_buf(),
         next: next_tx,
     });
+    let asked = control.clone();
     let result = rt.block_on(async {
+        // The remote's `dtu switchover` asks this primary to hand over.
+        let handover = tokio::spawn(async move {
+            asked.primary.handover_requested().await;
+            let c = asked.clone();
+            match tokio::task::spawn_blocking(move || c.hand_over_on_request()).await {
+                Ok(Ok(line)) => tracing::warn!("switchover asked by the remote: {line}"),
+                Ok(Err(e)) => tracing::error!(
+                    "the remote asked for a switchover, refused: {e:#}; this site keeps its role"
+                ),
+                Err(e) => tracing::error!("the switchover task failed: {e}"),
+            }
+        });
         let (mut tasks, stop) = serve_admin_and_nbd(
             control,
             cfg.control.clone(),
@@ -336,6 +349,7 @@ fn run_primary(path: &Path, a: Option<&PrimaryArgs>) -> Result<Next> {
         }
         eprintln!("primary running; control socket {}", cfg.control.display());
         let next = until_signal_or(&mut next_rx).await;
+        handover.abort();
         eprintln!("stopping the primary");
         let _ = stop.send(true);
         for t in &tasks {

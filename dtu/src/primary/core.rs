@@ -109,6 +109,8 @@ pub(crate) struct Core {
     /// A planned switchover: the session's goodbye asks the remote to
     /// promote.
     pub handover: AtomicBool,
+    /// The remote asked this primary to hand its role over.
+    pub handover_asked: Notify,
     /// A restore of the local copy from the remote, while one runs.
     pub restore: Option<Arc<super::restore::Restore>>,
 }
@@ -176,6 +178,7 @@ impl Core {
             folding: AtomicBool::new(false),
             demoting: AtomicBool::new(false),
             handover: AtomicBool::new(false),
+            handover_asked: Notify::new(),
             restore,
             lanes_wake: Notify::new(),
             control_wake: Notify::new(),

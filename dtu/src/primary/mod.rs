@@ -1046,6 +1046,13 @@ impl Primary {
         Status::Primary(Box::new(status::build(self)))
     }
 
+    /// Completes when the remote asks this primary to hand its role over
+    /// (`dtu switchover` at the remote's site); the caller drains and
+    /// demotes, as `dtu switchover` at this site does.
+    pub async fn handover_requested(&self) {
+        self.core.handover_asked.notified().await;
+    }
+
     /// A planned switchover: when this primary stops, its goodbye asks the
     /// remote to promote. Call after [`Primary::drain`] succeeded.
     pub fn hand_over_on_stop(&self) {
@@ -1279,6 +1286,12 @@ impl crate::control::Controlled for Primary {
             }
             Request::Promote { .. } => Response::Error {
                 message: "this is a primary already".into(),
+            },
+            Request::Switchover => Response::Error {
+                message: "a switchover at the primary's site is run by the dtu process (dtu \
+                          switchover); an embedding storage stack calls Primary::drain, \
+                          Primary::hand_over_on_stop and primary::role::demote_files"
+                    .into(),
             },
             Request::Demote { .. } => Response::Error {
                 message: "a demotion is run by the dtu process (dtu demote); an embedding \

@@ -371,6 +371,12 @@ async fn control_reader(core: &Core, frames: &mut FrameStream) -> Result<(), Ses
         match frames.next().await? {
             Some(Frame::Goodbye(g)) => return Err(SessionEnd::Goodbye(g.message)),
             Some(Frame::DigestResponse(r)) => core.on_digests(r.seq, &r.digests),
+            Some(Frame::HandoverRequest) => {
+                tracing::warn!(
+                    "the remote asks this primary to hand its role over (dtu switchover)"
+                );
+                core.handover_asked.notify_one();
+            }
             Some(f) => core
                 .event(|s, now| s.on_frame(&f, now))
                 .map_err(|e| SessionEnd::Protocol(e.to_string()))?,

@@ -219,6 +219,9 @@ pub(crate) struct RCore {
     /// session, told through `handover` once the session has ended.
     pub handover_pending: AtomicBool,
     pub handover: Notify,
+    /// `dtu switchover` here: the control stream asks the primary to hand
+    /// its role over.
+    pub ask_handover: AtomicBool,
 }
 
 impl RCore {
@@ -400,6 +403,7 @@ impl Remote {
             split_brain: opts.split_brain,
             handover_pending: AtomicBool::new(false),
             handover: Notify::new(),
+            ask_handover: AtomicBool::new(false),
         });
 
         let dcore = core.clone();
@@ -934,6 +938,12 @@ impl crate::control::Controlled for Remote {
                 message: "a promotion is run by the dtu process (dtu promote); an embedding \
                           storage stack calls Remote::promote and primary::role::prepare_promoted"
                     .into(),
+            },
+            Request::Switchover => match self.request_handover() {
+                Ok(message) => Response::Ok { message },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
             },
             other => Response::Error {
                 message: format!("{other:?} is for the primary; this is the remote"),

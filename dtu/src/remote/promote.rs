@@ -12,6 +12,7 @@
 //! The caller starts the primary role on the replica from those
 //! generations ([`crate::primary::role::prepare_promoted`]).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dtu_proto::generation::{Gen, Generations};
@@ -50,6 +51,11 @@ pub enum PromoteError {
     State(String),
     #[error("{0}")]
     Fenced(String),
+    #[error(
+        "no primary is connected: a switchover hands over a running pair. With the primary \
+         stopped, demote it on its site and run `dtu promote` here"
+    )]
+    NoPrimary,
 }
 
 /// What a promotion recorded.
@@ -207,6 +213,22 @@ impl Remote {
     /// session has ended. The caller promotes.
     pub async fn handover_requested(&self) {
         self.core.handover.notified().await;
+    }
+
+    /// Asks the connected primary to hand its role over (`dtu switchover`
+    /// at this site): it drains, demotes itself and its goodbye makes this
+    /// remote promote. Refused without a connected primary.
+    pub fn request_handover(&self) -> Result<String, PromoteError> {
+        let peer = self.core.lock().peer.clone();
+        let Some(peer) = peer else {
+            return Err(PromoteError::NoPrimary);
+        };
+        self.core.ask_handover.store(true, Ordering::SeqCst);
+        self.core.control_wake.notify_waiters();
+        Ok(format!(
+            "asked the primary at {peer} to hand its role over: it drains, then this site \
+             promotes itself"
+        ))
     }
 
     /// Whether the replica was promoted.

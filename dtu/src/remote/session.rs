@@ -267,6 +267,12 @@ async fn control_writer(
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        if core.ask_handover.swap(false, Ordering::SeqCst) {
+            transport::write_frame(send, &Frame::HandoverRequest)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!("asked the primary to hand its role over (dtu switchover)");
+        }
         if let Some(why) = failed {
             let g = Goodbye {
                 reason: GoodbyeReason::ProtocolError,
