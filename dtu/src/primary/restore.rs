@@ -7,7 +7,7 @@
 //! copy so that nothing reads an extent that is not there yet: host reads
 //! of such extents go to the remote ([`super::Primary::read`]), and a sync
 //! or verify that would read one fails instead of sending zeros. The
-//! background rebuild ([`run`]) copies the missing extents, a few at a time,
+//! background rebuild (`run`) copies the missing extents, a few at a time,
 //! and installs each only if no host write reached that extent locally
 //! after its fetch began (the fetch waits for every seq submitted before,
 //! so older data never lands over a newer write); otherwise it fetches the
