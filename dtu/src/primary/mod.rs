@@ -932,7 +932,8 @@ impl Primary {
         let mut out = bytes::BytesMut::with_capacity(len as usize);
         for (at, n, is_local) in restore.runs(offset, u64::from(len)) {
             // A run is at most `len` bytes: it fits a u32.
-            let n32 = u32::try_from(n).expect("a run of a u32 read");
+            let n32 = u32::try_from(n)
+                .map_err(|_| PrimaryError::Local(format!("a read run of {n} bytes")))?;
             if is_local {
                 let mut buf = vec![0u8; n as usize];
                 local

@@ -166,19 +166,19 @@ impl Restore {
             if bytes.len() != HEADER + words * 8 || &bytes[..8] != MAGIC {
                 return None;
             }
-            let u = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
-            if u(8) != size || u(16) != extent {
+            let u = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+            if u(8)? != size || u(16)? != extent {
                 return None;
             }
-            let count = u(24);
-            let crc = u32::from_le_bytes(bytes[32..36].try_into().expect("4"));
+            let count = u(24)?;
+            let crc = u32::from_le_bytes(bytes.get(32..36)?.try_into().ok()?);
             if crc32fast::hash(&bytes[HEADER..]) != crc {
                 return None;
             }
             let missing: Vec<u64> = bytes[HEADER..]
                 .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
-                .collect();
+                .map(|c| c.try_into().map(u64::from_le_bytes).ok())
+                .collect::<Option<_>>()?;
             let ones: u64 = missing.iter().map(|w| u64::from(w.count_ones())).sum();
             (ones == count && count <= extents).then_some((missing, count))
         })();
