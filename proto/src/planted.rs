@@ -24,17 +24,21 @@ pub enum Bug {
     /// A restore installs an extent it fetched although a host write
     /// reached that extent locally during the fetch.
     RestoreOverWrite,
+    /// After a failover, the new primary's resync leaves out the ranges
+    /// the old primary's replica lists as its own changes.
+    FailbackForgetsExtents,
 }
 
 impl Bug {
     /// Every plantable bug.
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::BufferedBeforeFlush,
         Bug::ReleaseOutOfOrder,
         Bug::ApplyTwice,
         Bug::ForgetTrimOnReplay,
         Bug::UndoSkipsTrim,
         Bug::RestoreOverWrite,
+        Bug::FailbackForgetsExtents,
     ];
 }
 

@@ -218,7 +218,8 @@ pub fn on_accepted<M: MapStore>(
                 meta.map_base = a.remote_gens.current;
                 changed = true;
             }
-            if !all {
+            let forget = dtu_proto::planted::active(dtu_proto::planted::Bug::FailbackForgetsExtents);
+            if !all && !forget {
                 let size = map.volume_size();
                 for &(off, len) in &a.extents {
                     let end = off.saturating_add(len).min(size);

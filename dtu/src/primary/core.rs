@@ -444,8 +444,7 @@ impl Core {
     pub fn persist_progress(&self) -> Result<(), crate::nvbuf::NvbufError> {
         let mut st = self.lock();
         let stored = st.sender.progress().remote_stored;
-        if stored > st.meta.stored_seq {
-            st.meta.stored_seq = stored;
+        if st.meta.note_stored(stored) {
             let meta = st.meta;
             drop(st);
             return self.nvbuf.set_meta(&meta.encode());

@@ -66,6 +66,16 @@ pub struct PrimaryMeta {
 }
 
 impl PrimaryMeta {
+    /// Notes that the remote stored every seq up to `stored`; whether that
+    /// moved [`PrimaryMeta::stored_seq`] (then the caller saves it).
+    pub fn note_stored(&mut self, stored: Seq) -> bool {
+        let moved = stored > self.stored_seq;
+        if moved {
+            self.stored_seq = stored;
+        }
+        moved
+    }
+
     pub fn decode(b: &[u8; META_LEN]) -> Result<PrimaryMeta, MetaVersion> {
         if b.iter().all(|&x| x == 0) {
             return Ok(PrimaryMeta::default());

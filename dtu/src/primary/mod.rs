@@ -1083,7 +1083,13 @@ impl Primary {
             let unstored = p.highest_seq.saturating_sub(p.remote_stored_seq);
             let out_of_sync = p.mirror.out_of_sync_bytes;
             let syncing = p.mirror.sync.target != 0;
-            if unstored == 0 && out_of_sync == 0 && !syncing && p.mirror.mode == "journal" {
+            let resync_pending = self.core.lock().meta.map_base != 0;
+            if unstored == 0
+                && out_of_sync == 0
+                && !syncing
+                && !resync_pending
+                && p.mirror.mode == "journal"
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline || p.failed.is_some() {
@@ -1091,6 +1097,7 @@ impl Primary {
                 return Err(role::Undrained {
                     unstored,
                     out_of_sync,
+                    resync_pending,
                     connection: p
                         .connection_detail
                         .unwrap_or_else(|| p.connection.to_string()),

@@ -7,7 +7,9 @@
 //! with the generations the promotion recorded and the map relative to the
 //! generation it left, so the old primary, once a remote of that
 //! generation, is resynced from the map and the journal alone. Demotion
-//! ([`demote_files`]): the primary's local copy becomes a remote's replica
+//! ([`demote_files`], over any storage [`divergence`] and
+//! [`record_demotion`], which the simulator runs): the primary's local
+//! copy becomes a remote's replica
 //! with the primary's generations. Whatever the old remote may lack (the
 //! nvbuf's records after the last seq known stored there, the extents
 //! marked in the map) is the
@@ -24,12 +26,14 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use dtu_proto::codec::Key;
 use dtu_proto::generation::{Gen, Generations};
 
-use crate::changemap::{ChangeMap, SparseFile};
+use crate::changemap::{ChangeMap, MapStore, SparseFile};
 use crate::config::{PrimaryConfig, RemoteConfig};
-use crate::nvbuf::{Nvbuf, NvbufConfig, NvbufError, OnLoss};
+use crate::nvbuf::{NvStore, Nvbuf, NvbufConfig, NvbufError, OnLoss, Recovery};
 use crate::replica::{FileReplica, Replica, ReplicaError, StateError, VolumeState};
 
 use super::local::LocalCopy;
@@ -40,13 +44,19 @@ use super::PrimaryOptions;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "the remote has not stored everything yet: {unstored} operations not stored, {out_of_sync} \
-     bytes marked in the changed-block map (link: {connection}); demoting now would leave them \
+     bytes marked in the changed-block map{} (link: {connection}); demoting now would leave them \
      on this side only. Wait for the link, or demote with --force (they become this side's \
-     divergence, discarded by the next resync)"
+     divergence, discarded by the next resync)",
+    if *.resync_pending { ", and the remote has not yet taken this side's generation" } else { "" }
 )]
 pub struct Undrained {
     pub unstored: u64,
     pub out_of_sync: u64,
+    /// The remote has not yet been resynced to this primary's generation
+    /// (a sync that finds nothing to copy still has to end): a promotion
+    /// of it now would start from the generation before and meet this
+    /// side as a split brain.
+    pub resync_pending: bool,
     pub connection: String,
 }
 
@@ -191,13 +201,19 @@ pub fn prepare_promoted(
     }
     let nc = NvbufConfig::new(cfg.volume.id).with_size(cfg.nvbuf_size);
     let (nv, _) = Nvbuf::open_or_create(path, &nc).map_err(nv_err)?;
-    let meta = PrimaryMeta {
+    nv.set_meta(&promoted_meta(gens, base).encode())
+        .map_err(nv_err)?;
+    Ok(())
+}
+
+/// A promoted side's first primary metadata: the promotion's generations,
+/// the map relative to the generation it left.
+pub fn promoted_meta(gens: Generations, base: Gen) -> PrimaryMeta {
+    PrimaryMeta {
         gens,
         map_base: base,
         ..PrimaryMeta::default()
-    };
-    nv.set_meta(&meta.encode()).map_err(nv_err)?;
-    Ok(())
+    }
 }
 
 /// What a demotion left.
@@ -250,7 +266,7 @@ pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<D
     // Whatever survives is listed; a damaged tail is divergence anyway.
     nc.on_loss = OnLoss::Salvage;
     let (nv, recovery) = Nvbuf::open_or_create(path, &nc).map_err(nv_err)?;
-    let mut meta = PrimaryMeta::decode(&nv.meta()).map_err(|source| RoleError::Meta {
+    let meta = PrimaryMeta::decode(&nv.meta()).map_err(|source| RoleError::Meta {
         path: path.clone(),
         source,
     })?;
@@ -269,8 +285,7 @@ pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<D
         for f in [state.to_path_buf(), divergence_record(state)] {
             let _ = std::fs::remove_file(f);
         }
-        meta.demoted = true;
-        nv.set_meta(&meta.encode()).map_err(nv_err)?;
+        mark_demoted(&nv, meta).map_err(nv_err)?;
         return Ok(Demoted {
             gens: Generations::default(),
             cut_off_bytes: 0,
@@ -279,29 +294,121 @@ pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<D
             already: false,
         });
     };
-    let disk: std::sync::Arc<dyn Replica> = std::sync::Arc::new(
-        FileReplica::open(local_path, p.volume.size).map_err(|source| RoleError::Volume {
-            path: local_path.clone(),
+    let disk: Arc<dyn Replica> =
+        Arc::new(
+            FileReplica::open(local_path, p.volume.size).map_err(|source| RoleError::Volume {
+                path: local_path.clone(),
+                source,
+            })?,
+        );
+    let map_file = map_path(path, p.mirror.map_path.as_deref());
+    let map = if meta.map_base != 0 && std::fs::metadata(&map_file).is_ok_and(|m| m.len() > 0) {
+        let map_err = |source| RoleError::Map {
+            path: map_file.clone(),
             source,
-        })?,
-    );
-    // The local copy gets what the nvbuf holds, as a primary's start would
-    // give it: the replica is then this side's volume as its host left it.
+        };
+        let store = SparseFile::open(&map_file).map_err(map_err)?;
+        Some(
+            ChangeMap::open(store, p.volume.id, p.volume.size)
+                .map_err(map_err)?
+                .0,
+        )
+    } else {
+        None
+    };
+    let key = p.volume.key.as_ref().map(Key::from_bytes);
+    let d = divergence(
+        &nv,
+        &recovery,
+        &meta,
+        disk.clone(),
+        map.as_ref(),
+        key.as_ref(),
+        rand::random(),
+    )
+        .map_err(|e| e.at(local_path))?;
+    match std::fs::remove_file(state) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(RoleError::Io {
+                what: "removing",
+                path: state.to_path_buf(),
+                source,
+            })
+        }
+    }
+    let (mut vs, _) = VolumeState::open(state, p.volume.id, disk.as_ref(), false)?;
+    let record = record_demotion(&mut vs, disk.as_ref(), &d, discard)?;
+    mark_demoted(&nv, meta).map_err(nv_err)?;
+    Ok(Demoted {
+        gens: d.gens,
+        cut_off_bytes: d.cut_off_bytes,
+        divergent: d.divergent,
+        record,
+        already: false,
+    })
+}
+
+/// What a demoted primary's volume holds that its peer may lack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divergence {
+    /// The replica's generations (a new one of its own if the host wrote
+    /// while cut off and no map already gave it one).
+    pub gens: Generations,
+    /// Bytes the host wrote while this primary was cut off.
+    pub cut_off_bytes: u64,
+    /// Extents (offset, length), sorted and merged.
+    pub divergent: Vec<(u64, u64)>,
+}
+
+/// Why [`divergence`] failed (the caller names its files).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DivergenceError {
+    #[error("replaying the nvbuf into the local copy: {0}")]
+    Replay(String),
+    #[error("syncing the local copy: {0}")]
+    Sync(#[source] std::io::Error),
+}
+
+impl DivergenceError {
+    fn at(self, local: &Path) -> RoleError {
+        match self {
+            DivergenceError::Replay(e) => RoleError::Replay(e),
+            DivergenceError::Sync(source) => RoleError::Io {
+                what: "syncing",
+                path: local.to_path_buf(),
+                source,
+            },
+        }
+    }
+}
+
+/// The core of a demotion, over any nvbuf store, volume and map (the
+/// files of [`demote_files`], the simulator's memory): the local copy
+/// `disk` gets what the nvbuf holds, as a primary's start would give it,
+/// and is synced; then what the peer may lack is listed. Records before
+/// the first one taken while cut off were in flight when the connection
+/// ended (like DRBD's activity log after a crash): the peer may lack them,
+/// and they are resynced from it. Records from it on, and a map of writes
+/// made ahead, are changes the host made while cut off: if the peer was
+/// promoted meanwhile, both sides wrote, and the replica takes the
+/// generation `fresh`.
+pub fn divergence<S: NvStore, M: MapStore>(
+    nv: &Nvbuf<S>,
+    recovery: &Recovery,
+    meta: &PrimaryMeta,
+    disk: Arc<dyn Replica>,
+    map: Option<&ChangeMap<M>>,
+    key: Option<&Key>,
+    fresh: Gen,
+) -> Result<Divergence, DivergenceError> {
     let carried = nv.next_seq().saturating_sub(1);
     let local = LocalCopy::new(disk.clone(), carried);
-    let key = p.volume.key.as_ref().map(dtu_proto::codec::Key::from_bytes);
-    super::replay::into_local(&recovery, &local, key.as_ref())
-        .map_err(|e| RoleError::Replay(e.to_string()))?;
-    disk.sync().map_err(|source| RoleError::Io {
-        what: "syncing",
-        path: local_path.clone(),
-        source,
-    })?;
-    // Records before the first one taken while cut off were in flight
-    // when the connection ended (like DRBD's activity log after a crash):
-    // the peer may lack them, and they are resynced from it. Records from
-    // it on, and a map of writes made ahead, are changes the host made
-    // while cut off: if the peer was promoted meanwhile, both sides wrote.
+    super::replay::into_local(recovery, &local, key)
+        .map_err(|e| DivergenceError::Replay(e.to_string()))?;
+    disk.sync().map_err(DivergenceError::Sync)?;
     let cut_off = meta.cut_off_since;
     let mut in_flight = Vec::new();
     let mut while_cut_off = Vec::new();
@@ -318,18 +425,7 @@ pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<D
             }
         }
     }
-    let map_file = map_path(path, p.mirror.map_path.as_deref());
-    if meta.map_base != 0 && std::fs::metadata(&map_file).is_ok_and(|m| m.len() > 0) {
-        let store = SparseFile::open(&map_file).map_err(|source| RoleError::Map {
-            path: map_file.clone(),
-            source,
-        })?;
-        let (map, _) = ChangeMap::open(store, p.volume.id, p.volume.size).map_err(|source| {
-            RoleError::Map {
-                path: map_file.clone(),
-                source,
-            }
-        })?;
+    if let Some(map) = map.filter(|_| meta.map_base != 0) {
         let mut at = 0;
         while let Some((off, len)) = map.next_marked(at) {
             while_cut_off.push((off, len));
@@ -346,44 +442,48 @@ pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<D
         // A generation of its own (a primary that went ahead has one
         // already): the next connect sees that both sides changed since
         // the one they share.
-        gens.advance(rand::random::<u64>() | 1);
+        gens.advance(fresh | 1);
     }
-    let record = divergence_record(state);
-    let record = if divergent.is_empty() {
-        let _ = std::fs::remove_file(&record);
-        None
-    } else {
-        write_record(&record, &gens, &divergent, cut_off_bytes)?;
-        Some(record)
-    };
-    match std::fs::remove_file(state) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(RoleError::Io {
-                what: "removing",
-                path: state.to_path_buf(),
-                source,
-            })
-        }
-    }
-    let (mut vs, _) = VolumeState::open(state, p.volume.id, disk.as_ref(), false)?;
-    let io = |source| RoleError::Io {
-        what: "writing the replica state",
-        path: state.to_path_buf(),
-        source,
-    };
-    vs.demoted(gens, record.is_some(), discard).map_err(io)?;
-    vs.close_clean(disk.as_ref()).map_err(io)?;
-    meta.demoted = true;
-    nv.set_meta(&meta.encode()).map_err(nv_err)?;
-    Ok(Demoted {
+    Ok(Divergence {
         gens,
         cut_off_bytes,
         divergent,
-        record,
-        already: false,
     })
+}
+
+/// Records a demotion in the replica's new state `vs` (opened empty for
+/// `disk`): the divergence record beside it when there is anything to
+/// list, then the demoted generations, durably. Returns the record's path.
+pub fn record_demotion(
+    vs: &mut VolumeState,
+    disk: &dyn Replica,
+    d: &Divergence,
+    discard: bool,
+) -> Result<Option<PathBuf>, RoleError> {
+    let state = vs.path().to_path_buf();
+    let record = divergence_record(&state);
+    let record = if d.divergent.is_empty() {
+        let _ = std::fs::remove_file(&record);
+        None
+    } else {
+        write_record(&record, &d.gens, &d.divergent, d.cut_off_bytes)?;
+        Some(record)
+    };
+    let io = |source| RoleError::Io {
+        what: "writing the replica state",
+        path: state.clone(),
+        source,
+    };
+    vs.demoted(d.gens, record.is_some(), discard).map_err(io)?;
+    vs.close_clean(disk).map_err(io)?;
+    Ok(record)
+}
+
+/// Marks the nvbuf demoted, last: a crash before leaves a primary's nvbuf
+/// and the demotion is done again.
+pub fn mark_demoted<S: NvStore>(nv: &Nvbuf<S>, mut meta: PrimaryMeta) -> Result<(), NvbufError> {
+    meta.demoted = true;
+    nv.set_meta(&meta.encode())
 }
 
 /// Joins touching and overlapping ranges of a sorted list.

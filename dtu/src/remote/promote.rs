@@ -164,7 +164,6 @@ impl Remote {
         st: &super::RState,
         force: bool,
     ) -> Result<Vec<String>, PromoteError> {
-        let mut overridden = Vec::new();
         match &st.hold {
             Hold::Trial(_) => return Err(PromoteError::TrialUnderWay),
             Hold::Promoted | Hold::Applying | Hold::RolledBack(_) => {}
@@ -172,40 +171,20 @@ impl Remote {
         if let Some(why) = &st.failed {
             return Err(PromoteError::Stopped(why.clone()));
         }
-        if let Some(peer) = &st.peer {
+        let peer = st.peer.as_ref().map(|peer| {
             let silent = st
                 .receiver
                 .peer_silent_for(std::time::Instant::now())
                 .unwrap_or(Duration::ZERO);
-            if silent >= SILENT {
-                // Its connection has not timed out yet, but it stopped
-                // talking: the site is gone, as far as this side can tell.
-                tracing::warn!(
-                    "the primary at {peer} has been silent for {:.1} s: taken as lost",
-                    silent.as_secs_f64()
-                );
-            } else if !force {
-                return Err(PromoteError::PrimaryConnected { peer: peer.clone() });
-            } else {
-                overridden.push(format!("the primary at {peer} was connected"));
-            }
-        }
-        let why: Vec<String> = self
+            (peer.as_str(), silent)
+        });
+        let inconsistencies = self
             .core
             .volume_state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .inconsistencies()
-            .iter()
-            .map(Inconsistency::to_string)
-            .collect();
-        if !why.is_empty() {
-            if !force {
-                return Err(PromoteError::Inconsistent(why));
-            }
-            overridden.extend(why);
-        }
-        Ok(overridden)
+            .inconsistencies();
+        promotion_refused(peer, &inconsistencies, force)
     }
 
     /// Completes when a primary hands its role over (`dtu switchover` on
@@ -235,4 +214,43 @@ impl Remote {
     pub fn promoted(&self) -> bool {
         matches!(self.core.lock().hold, Hold::Promoted)
     }
+}
+
+/// The checks every promotion makes, the remote's and the simulator's:
+/// `peer` is the connected primary and how long it has been silent,
+/// `inconsistencies` what the replica's state says of it. Returns what
+/// `force` overrode, in words.
+pub fn promotion_refused(
+    peer: Option<(&str, Duration)>,
+    inconsistencies: &[Inconsistency],
+    force: bool,
+) -> Result<Vec<String>, PromoteError> {
+    let mut overridden = Vec::new();
+    if let Some((peer, silent)) = peer {
+        if silent >= SILENT {
+            // Its connection has not timed out yet, but it stopped
+            // talking: the site is gone, as far as this side can tell.
+            tracing::warn!(
+                "the primary at {peer} has been silent for {:.1} s: taken as lost",
+                silent.as_secs_f64()
+            );
+        } else if !force {
+            return Err(PromoteError::PrimaryConnected {
+                peer: peer.to_string(),
+            });
+        } else {
+            overridden.push(format!("the primary at {peer} was connected"));
+        }
+    }
+    let why: Vec<String> = inconsistencies
+        .iter()
+        .map(Inconsistency::to_string)
+        .collect();
+    if !why.is_empty() {
+        if !force {
+            return Err(PromoteError::Inconsistent(why));
+        }
+        overridden.extend(why);
+    }
+    Ok(overridden)
 }

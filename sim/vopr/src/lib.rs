@@ -44,7 +44,19 @@
 //!     a host read during the restore never returns data older than the
 //!     last answered write to it, a restore begins only where the remote
 //!     holds the volume, and once it completes (across crashes, which
-//!     resume it from its map) the local copy equals the replica (f).
+//!     resume it from its map) the local copy equals the replica (f);
+//! (k) roles change through dtu's role functions, as `dtu switchover`,
+//!     `dtu promote` and `dtu demote` run them, while the faults go on: a
+//!     planned switchover (the host pauses, the pair drains, the remote is
+//!     promoted and the old primary demoted) loses no answered write and
+//!     leaves nothing to resync; a failover (the primary's site lost with
+//!     writes in flight) keeps every write answered at `remote-stored` on
+//!     the promoted replica, which is a state the host's volume passed
+//!     through; the old primary's site comes back as the remote with the
+//!     ranges it holds on its own listed, a split brain (it went ahead
+//!     while cut off) is refused until the operator discards its data, and
+//!     after the failback resync both sides equal the promoted side's
+//!     volume ((a) and (f)).
 //!
 //! A violation names the seed, the step, the invariant and the last events;
 //! the same seed replays the same run, which a hash of the event trace
@@ -69,10 +81,12 @@ use dtu::primary::meta::PrimaryMeta;
 use dtu::primary::mode::{self, Mode};
 use dtu::primary::replay;
 use dtu::primary::restore::{Restore, RestoringDisk};
+use dtu::primary::role;
 use dtu::primary::sync::{self, Event as SyncEvent, Prepared, SyncEngine, Work};
 use dtu::remote::accept::accept_primary;
 use dtu::remote::applier::Applied;
 use dtu::remote::applier::Applier;
+use dtu::remote::promote::promotion_refused;
 use dtu::remote::rollback;
 use dtu::remote::undo::{AsOf, UndoOptions, UndoState};
 use dtu::replica::{MemReplica, MemStateStore, OpenState, Replica, VolumeState};
@@ -139,6 +153,13 @@ pub struct Outcome {
     pub restore_installs: u64,
     pub restore_refetches: u64,
     pub restore_reads: u64,
+    /// Planned switchovers and failovers done, bytes the old primary's
+    /// replica listed as its own changes at a failover (resynced from the
+    /// promoted side), and split brains the operator resolved.
+    pub switchovers: u64,
+    pub failovers: u64,
+    pub failback_bytes: u64,
+    pub split_brains: u64,
 }
 
 /// An invariant that failed.
@@ -376,8 +397,24 @@ struct World {
     remote_disks: Option<RemoteDisks>,
     /// Changes on every machine crash of the remote.
     remote_boot: u64,
-    /// The remote's undo journal and catalog: real files, in this directory.
-    undo_dir: tempfile::TempDir,
+    /// Each site's files that dtu keeps as real files (the remote's undo
+    /// journal and catalog, the replica state's divergence record, the
+    /// primary's restore map), one directory per site: the roles move
+    /// between them at a switchover or failover.
+    site_dirs: [tempfile::TempDir; 2],
+    /// Which site runs the remote role.
+    remote_site: usize,
+    /// Role changes still to come: the step, and whether it is a planned
+    /// switchover (else a failover after the primary's site is lost).
+    role_changes: Vec<(u64, bool)>,
+    /// A planned switchover waits for the pair to drain: the host pauses.
+    handing_over: bool,
+    /// A failover left the old primary's replica with changes of its own
+    /// (ahead of the promoted side): the next connect may see a split
+    /// brain, which the operator resolves with --discard-my-data.
+    after_failover: bool,
+    /// The highest seq answered at `remote-stored` in this generation.
+    acked_remote: Seq,
     /// The journal's size limit: small, so that retention drops checkpoints.
     undo_max: u64,
     /// Checkpoints the replica applied, and whether it was consistent then
@@ -455,6 +492,17 @@ fn unwrap_packet(v: &[u8]) -> Option<Frame> {
     Some(f)
 }
 
+/// A site's directory for the files dtu keeps as real files.
+fn site_dir(seed: u64) -> Result<tempfile::TempDir, Violation> {
+    tempfile::tempdir().map_err(|e| Violation {
+        seed,
+        step: 0,
+        invariant: "setup",
+        detail: format!("no directory for a site's files: {e}"),
+        trace: Vec::new(),
+    })
+}
+
 fn boot_id(n: u64) -> [u8; 36] {
     let mut id = [b'-'; 36];
     let s = format!("vopr-boot-{n:020}");
@@ -502,6 +550,12 @@ impl World {
             .then(|| Duration::from_millis(rng.gen_range(200..3000)));
         let key_bytes = [seed as u8; 32];
         let undo_max = rng.gen_range(64u64..1024) << 10;
+        // A third of the runs change roles once or twice while the faults
+        // go on: planned switchovers and failovers after a lost site.
+        let mut role_changes: Vec<(u64, bool)> = (0..[0, 0, 1, 2][rng.gen_range(0..4)])
+            .map(|_| (rng.gen_range(1000..opts.steps.max(1001)), rng.gen_bool(0.5)))
+            .collect();
+        role_changes.sort_unstable();
         let t0 = Instant::now();
         let mut w = World {
             seed,
@@ -537,13 +591,12 @@ impl World {
                 replica_at: 0,
             }),
             remote_boot: 0,
-            undo_dir: tempfile::tempdir().map_err(|e| Violation {
-                seed,
-                step: 0,
-                invariant: "setup",
-                detail: format!("no directory for the undo journal: {e}"),
-                trace: Vec::new(),
-            })?,
+            site_dirs: [site_dir(seed)?, site_dir(seed)?],
+            remote_site: 1,
+            role_changes,
+            handing_over: false,
+            after_failover: false,
+            acked_remote: 0,
             undo_max,
             views: BTreeMap::new(),
             connected: false,
@@ -580,6 +633,10 @@ impl World {
                 restore_installs: 0,
                 restore_refetches: 0,
                 restore_reads: 0,
+                switchovers: 0,
+                failovers: 0,
+                failback_bytes: 0,
+                split_brains: 0,
             },
             rng,
         };
@@ -746,6 +803,13 @@ impl World {
         })
     }
 
+    /// The remote's replica state, beside its divergence record.
+    fn state_path(&self) -> std::path::PathBuf {
+        self.site_dirs[self.remote_site]
+            .path()
+            .join("replica.state")
+    }
+
     fn faults_allowed(&self) -> bool {
         self.step < self.opts.steps
     }
@@ -766,8 +830,10 @@ impl World {
             }
             if self.faults_allowed() {
                 self.inject_faults()?;
+                self.role_change_step()?;
                 self.host_step();
             } else {
+                self.handing_over = false;
                 // Healing: everything comes back and the link is clean.
                 self.link_down_until = 0;
                 if self.primary.is_none() {
@@ -787,6 +853,9 @@ impl World {
             self.connect_step()?;
             if self.step.is_multiple_of(500) {
                 self.check_views()?;
+            }
+            if self.step.is_multiple_of(1000) {
+                self.persist_progress()?;
             }
             if !self.faults_allowed() && self.drained() {
                 return self.finish();
@@ -1168,7 +1237,7 @@ impl World {
                 volume_id: VOLUME_ID,
                 boot_id: boot_id(self.remote_boot),
                 adopt: false,
-                path: std::path::Path::new("sim-replica.state"),
+                path: &self.state_path(),
             },
         )
         .map_err(|e| {
@@ -1186,6 +1255,9 @@ impl World {
         // replica is marked consistent.
         self.expected_upto = disks.replica_at;
         self.expected = volume_after(&self.base, &self.history, disks.replica_at);
+        // A demoted primary's replica holds changes of its own until the
+        // first resync: it is no prefix of this primary's stream.
+        let diverged = state.diverged();
         if resume.inconsistent.is_empty() && disks.replica_at != resume.stored {
             return Err(self.fail(
                 "b (prefix)",
@@ -1195,7 +1267,7 @@ impl World {
                 ),
             ));
         }
-        if resume.inconsistent.is_empty() {
+        if resume.inconsistent.is_empty() && !diverged {
             let replica_now = replica.working_image();
             if replica_now != self.expected {
                 return Err(self.fail(
@@ -1233,7 +1305,7 @@ impl World {
     /// does (reconciling them after a crash).
     fn open_undo(&mut self) -> Result<Arc<Mutex<UndoState>>, Violation> {
         let opts = UndoOptions {
-            dir: self.undo_dir.path().to_path_buf(),
+            dir: self.site_dirs[self.remote_site].path().join("undo"),
             max_bytes: self.undo_max,
             max_age: None,
         };
@@ -1382,7 +1454,7 @@ impl World {
                 volume_id: VOLUME_ID,
                 boot_id: boot_id(self.remote_boot + 1),
                 adopt: false,
-                path: std::path::Path::new("sim-replica.state"),
+                path: &self.state_path(),
             },
         )
         .map_err(|e| {
@@ -1452,7 +1524,9 @@ impl World {
         let Some(img) = local else {
             return Ok((None, None));
         };
-        let path = self.undo_dir.path().join("local.restore");
+        let path = self.site_dirs[1 - self.remote_site]
+            .path()
+            .join("local.restore");
         match Restore::open_by(path.clone(), VOLUME as u64, RESTORE_EXTENT) {
             Err(e) => Err(self.fail(
                 "j (restore)",
@@ -1643,6 +1717,262 @@ impl World {
         Ok(())
     }
 
+    /// Starts the role change due at this step: a planned switchover
+    /// pauses the host until the pair drains (as `dtu switchover` drains
+    /// before its goodbye); a failover needs both sites up and a replica
+    /// the promotion accepts, else it waits.
+    fn role_change_step(&mut self) -> Result<(), Violation> {
+        if self.handing_over {
+            // `dtu switchover` hands over a connected pair: the goodbye
+            // that makes the remote promote crosses the session.
+            if self.connected && self.drained() {
+                self.handing_over = false;
+                self.change_roles(true)?;
+            }
+            return Ok(());
+        }
+        let Some(&(at, planned)) = self.role_changes.first() else {
+            return Ok(());
+        };
+        if self.step < at {
+            return Ok(());
+        }
+        if planned {
+            self.role_changes.remove(0);
+            self.handing_over = true;
+            self.event("switchover: the host pauses while the primary drains".into());
+            return Ok(());
+        }
+        let ready = self.primary.is_some()
+            && self.restore.is_none()
+            && self.remote.as_ref().is_some_and(|r| {
+                let st = r.state.lock().expect("state");
+                st.inconsistencies().is_empty() && !st.diverged()
+            });
+        if ready {
+            self.role_changes.remove(0);
+            self.change_roles(false)?;
+        } else {
+            self.role_changes[0].0 = self.step + 200;
+        }
+        Ok(())
+    }
+
+    /// The remote's site takes the primary role and the primary's site
+    /// the remote role, through dtu's role functions: the promotion's
+    /// checks and state ([`promotion_refused`], `VolumeState::promote`,
+    /// [`role::promoted_meta`]) and the demotion's divergence record
+    /// ([`role::divergence`], [`role::record_demotion`]). `planned`: the
+    /// pair drained and the primary stops; else the primary's machine
+    /// crashes or its process dies with writes in flight (a lost site),
+    /// and its site comes back later as the remote. Invariant (k): a
+    /// switchover loses no answered write, a failover none answered at
+    /// `remote-stored`, and the promoted replica is a state the host's
+    /// volume passed through; after the failback resync both sides are
+    /// equal ((a) and (f) at the end).
+    fn change_roles(&mut self, planned: bool) -> Result<(), Violation> {
+        let inconsistencies = {
+            let r = self.remote.as_ref().expect("remote up");
+            let st = r.state.lock().expect("state");
+            st.inconsistencies()
+        };
+        // The old primary's session has ended (its goodbye, or its loss).
+        if let Err(e) = promotion_refused(None, &inconsistencies, false) {
+            return Err(self.fail("k (role change)", format!("promotion refused: {e}")));
+        }
+        let machine = !planned && self.rng.gen_bool(0.5);
+        if planned {
+            // A clean stop saves how far the remote stored.
+            self.persist_progress()?;
+        }
+        self.crash_primary(machine);
+        let mut r = self.remote.take().expect("remote up");
+        let synced = match r.applier.sync() {
+            Ok(_) => r.applier.synced(),
+            Err(e) => {
+                let detail = e.to_string();
+                return Err(self.fail("k (role change)", format!("syncing the replica: {detail}")));
+            }
+        };
+        let fresh = self.rng.gen::<u64>() | 1;
+        let promoted = r.state.lock().expect("state").promote(fresh);
+        let (gens, base) = match promoted {
+            Ok(x) => x,
+            Err(e) => {
+                let detail = e.to_string();
+                return Err(self.fail("k (role change)", format!("promoting: {detail}")));
+            }
+        };
+        let image = r.replica.working_image();
+        drop(r);
+        // (k): what the promoted side starts from.
+        let want = if planned {
+            volume_now(&self.base, &self.history)
+        } else {
+            if synced < self.acked_remote {
+                return Err(self.fail(
+                    "k (role change)",
+                    format!(
+                        "seq {} was answered at remote-stored but the promoted replica holds \
+                         only {synced}",
+                        self.acked_remote
+                    ),
+                ));
+            }
+            volume_after(&self.base, &self.history, synced)
+        };
+        if let Some(i) = image.iter().zip(&want).position(|(a, b)| a != b) {
+            return Err(self.fail(
+                "k (role change)",
+                format!(
+                    "the promoted replica (at seq {synced}) differs from the host's volume at \
+                     byte {i}{}",
+                    if planned { " after a planned switchover" } else { "" }
+                ),
+            ));
+        }
+        let lost = self.history.keys().next_back().map_or(0, |k| k.0);
+        self.event(format!(
+            "{}: the remote's site is promoted at seq {synced} (the old primary reached {lost}), \
+             generation {:016x} after {base:016x}",
+            if planned { "switchover" } else { "failover" },
+            gens.current
+        ));
+        // The promoted side's host starts from its replica.
+        self.base = image.clone();
+        self.history.clear();
+        self.acked_durable = 0;
+        self.acked_remote = 0;
+        self.expected = self.base.clone();
+        self.expected_upto = 0;
+        self.views.clear();
+        self.digests_consistent.clear();
+        self.initial = InitialSync::Full;
+        self.remote_site = 1 - self.remote_site;
+        let nv = Nvbuf::create_in(
+            MemStore::new(NVBUF),
+            &NvbufConfig::new(VOLUME_ID).with_size(NVBUF as u64),
+        )
+        .expect("create the nvbuf");
+        if let Err(e) = nv.set_meta(&role::promoted_meta(gens, base).encode()) {
+            return Err(self.fail("k (role change)", format!("the new primary's metadata: {e}")));
+        }
+        let p = self.new_primary(nv, Recovery::default(), Some(image), Some(Vec::new()), None)?;
+        self.primary = Some(p);
+        // The old primary's site, demoted: its local copy is the replica.
+        let disks = self.primary_disks.take().expect("the old primary's disks");
+        let demoted = self.demote(disks, planned)?;
+        self.remote_disks = Some(demoted);
+        if planned {
+            self.out.switchovers += 1;
+            self.restart_remote()?;
+        } else {
+            self.out.failovers += 1;
+            self.after_failover = true;
+        }
+        Ok(())
+    }
+
+    /// Saves how far the remote stored, as the primary does once a second
+    /// and at a clean stop.
+    fn persist_progress(&mut self) -> Result<(), Violation> {
+        let Some(p) = &mut self.primary else {
+            return Ok(());
+        };
+        if p.meta.note_stored(p.sender.progress().remote_stored) {
+            if let Err(e) = p.nvbuf.set_meta(&p.meta.encode()) {
+                let detail = e.to_string();
+                return Err(self.fail("a (durability)", format!("primary metadata: {detail}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The old primary's files as its remote role's (what `dtu demote`
+    /// does to them), in the site's new remote directory.
+    fn demote(&mut self, disks: PrimaryDisks, planned: bool) -> Result<RemoteDisks, Violation> {
+        let (nv, rec) =
+            match Nvbuf::open_in_with(MemStore::from_image(disks.nvbuf), VOLUME_ID, OnLoss::Salvage)
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    return Err(self.fail("k (role change)", format!("demoting: the nvbuf: {e}")))
+                }
+            };
+        let meta = PrimaryMeta::decode(&nv.meta())
+            .map_err(|e| self.fail("k (role change)", format!("demoting: metadata: {e}")))?;
+        let Some(local) = disks.local else {
+            // No local copy: the remote role starts from an empty replica.
+            let _ = std::fs::remove_file(role::divergence_record(&self.state_path()));
+            role::mark_demoted(&nv, meta)
+                .map_err(|e| self.fail("k (role change)", format!("demoting: {e}")))?;
+            return Ok(RemoteDisks {
+                replica: vec![0; VOLUME],
+                state: Vec::new(),
+                replica_at: 0,
+            });
+        };
+        // The same disk the remote role opens (its identity is the replica's).
+        let disk = MemReplica::from_image(local, 7);
+        let map = match disks.map {
+            Some(img) if !img.is_empty() => Some(
+                ChangeMap::open(MemMapStore::from_image(img), VOLUME_ID, VOLUME as u64)
+                    .map_err(|e| self.fail("k (role change)", format!("demoting: the map: {e}")))?
+                    .0,
+            ),
+            _ => None,
+        };
+        let fresh = self.rng.gen::<u64>() | 1;
+        let d = role::divergence(
+            &nv,
+            &rec,
+            &meta,
+            Arc::new(disk.clone()),
+            map.as_ref(),
+            Some(&self.key),
+            fresh,
+        )
+        .map_err(|e| self.fail("k (role change)", format!("demoting: {e}")))?;
+        let state_store = MemStateStore::from_image(Vec::new());
+        let path = self.state_path();
+        let (mut vs, _) = VolumeState::open_in(
+            Box::new(state_store.clone()),
+            &disk,
+            OpenState {
+                volume_id: VOLUME_ID,
+                boot_id: boot_id(self.remote_boot),
+                adopt: false,
+                path: &path,
+            },
+        )
+        .map_err(|e| self.fail("k (role change)", format!("demoting: the state: {e}")))?;
+        if planned && !d.divergent.is_empty() {
+            return Err(self.fail(
+                "k (role change)",
+                format!(
+                    "a planned switchover left {} ranges to resync: a drained pair needs none",
+                    d.divergent.len()
+                ),
+            ));
+        }
+        role::record_demotion(&mut vs, &disk, &d, false)
+            .map_err(|e| self.fail("k (role change)", format!("demoting: {e}")))?;
+        role::mark_demoted(&nv, meta)
+            .map_err(|e| self.fail("k (role change)", format!("demoting: {e}")))?;
+        self.event(format!(
+            "the old primary's site is demoted: {} bytes of its own in {} ranges, {} of them \
+             written while cut off",
+            d.divergent.iter().map(|r| r.1).sum::<u64>(),
+            d.divergent.len(),
+            d.cut_off_bytes
+        ));
+        Ok(RemoteDisks {
+            replica: disk.durable_image(),
+            state: state_store.durable_image(),
+            replica_at: 0,
+        })
+    }
+
     fn disconnect(&mut self) {
         if self.connected {
             self.connected = false;
@@ -1694,6 +2024,20 @@ impl World {
         };
         let accepted = match accepted {
             Ok(a) => a,
+            Err(e) if self.after_failover && e.to_string().contains("split brain") => {
+                // The old primary's host wrote while cut off (it went
+                // ahead): both sides changed. The operator keeps the
+                // promoted side's data, as the refusal says how.
+                let detail = e.to_string();
+                let resolved = r.state.lock().expect("state").set_discard_my_data();
+                if let Err(e) = resolved {
+                    return Err(self.fail("k (role change)", format!("--discard-my-data: {e}")));
+                }
+                self.out.split_brains += 1;
+                self.event(format!("refused: {detail}; the operator discards the remote's data"));
+                self.disconnect();
+                return Ok(());
+            }
             Err(e) => {
                 let detail = e.to_string();
                 return Err(self.fail(
@@ -1711,7 +2055,8 @@ impl World {
         let explained = accepted.explained.clone();
         let rebase = accepted.rebase;
         let reply = accepted.reply;
-        let accepted = match connect::check_reply(&offer, &reply) {
+        let extents = accepted.extents;
+        let mut accepted = match connect::check_reply(&offer, &reply) {
             Ok(a) => a,
             Err(e) => {
                 let detail = e.to_string();
@@ -1721,6 +2066,16 @@ impl World {
                 ));
             }
         };
+        if accepted.extents_follow {
+            // The Extents frames that follow the answer, as the session
+            // reads them.
+            let ranges = extents.unwrap_or_default();
+            if ranges.len() > connect::MAX_EXTENTS {
+                return Err(self.fail("k (role change)", "too many extents".into()));
+            }
+            self.out.failback_bytes += ranges.iter().map(|r| r.1).sum::<u64>();
+            accepted.extents = ranges;
+        }
         p.sync.on_reconnect();
         let markers_pending = p.sender.holds_after(OpKind::Marker, accepted.remote_stored);
         let changed = connect::on_accepted(
@@ -1776,6 +2131,7 @@ impl World {
             ));
         }
         self.event(format!("decision: {explained}"));
+        self.after_failover = false;
         self.connected = true;
         self.event(format!(
             "connected; remote stored through {}",
@@ -1793,6 +2149,9 @@ impl World {
     }
 
     fn host_step(&mut self) {
+        if self.handing_over {
+            return;
+        }
         let Some(p) = &mut self.primary else {
             return;
         };
@@ -2136,6 +2495,7 @@ impl World {
                 self.acked_durable = self.acked_durable.max(c.seq);
             }
             if c.trigger == Trigger::RemoteStored {
+                self.acked_remote = self.acked_remote.max(c.seq);
                 let synced = self.remote.as_ref().map_or(
                     self.remote_disks.as_ref().map_or(0, |d| d.replica_at),
                     |r| r.applier.synced(),
@@ -2374,7 +2734,7 @@ pub fn summary(o: &Outcome) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "seed {}: {} steps, {} writes, {} trims, {} checkpoints, {} answers, {} primary crashes, {} remote crashes, {} outages, {} nacks, local copy {}, initial {}, {} folds, {} writes ahead, {} syncs, {} verifies, {} views checked, {} checkpoints dropped, {} rollbacks, {} restores ({} installs, {} refetched, {} reads checked), trace {}",
+        "seed {}: {} steps, {} writes, {} trims, {} checkpoints, {} answers, {} primary crashes, {} remote crashes, {} outages, {} nacks, local copy {}, initial {}, {} folds, {} writes ahead, {} syncs, {} verifies, {} views checked, {} checkpoints dropped, {} rollbacks, {} restores ({} installs, {} refetched, {} reads checked), {} switchovers, {} failovers ({} bytes failed back, {} split brains resolved), trace {}",
         o.seed,
         o.steps,
         o.writes,
@@ -2398,6 +2758,10 @@ pub fn summary(o: &Outcome) -> String {
         o.restore_installs,
         o.restore_refetches,
         o.restore_reads,
+        o.switchovers,
+        o.failovers,
+        o.failback_bytes,
+        o.split_brains,
         o.trace_hash
     );
     s

@@ -9,6 +9,7 @@ use dtu_vopr::{run, summary, Options};
 fn two_hundred_seeds_keep_every_invariant() {
     let (mut crashes, mut trims, mut checkpoints, mut local) = (0, 0, 0, 0);
     let (mut restores, mut reads) = (0, 0);
+    let (mut switchovers, mut failovers, mut failed_back) = (0, 0, 0);
     for seed in 0..200 {
         match run(seed, Options::default()) {
             Ok(o) => {
@@ -18,6 +19,9 @@ fn two_hundred_seeds_keep_every_invariant() {
                 local += u64::from(o.local_copy);
                 restores += o.restores;
                 reads += o.restore_reads;
+                switchovers += o.switchovers;
+                failovers += o.failovers;
+                failed_back += o.failback_bytes;
             }
             Err(v) => panic!("{v}"),
         }
@@ -33,6 +37,10 @@ fn two_hundred_seeds_keep_every_invariant() {
     assert!(
         restores > 20 && reads > 100,
         "{restores} restores of a lost local copy, {reads} reads checked during them"
+    );
+    assert!(
+        switchovers > 20 && failovers > 20 && failed_back > 0,
+        "{switchovers} switchovers, {failovers} failovers, {failed_back} bytes failed back"
     );
     assert!(
         (50..150).contains(&local),

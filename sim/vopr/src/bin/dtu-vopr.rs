@@ -42,6 +42,7 @@ fn main() -> std::process::ExitCode {
     let started = std::time::Instant::now();
     let mut crashes = (0, 0);
     let mut restores = (0, 0, 0, 0);
+    let mut roles = (0, 0, 0, 0);
     for seed in &seeds {
         match run(*seed, opts.clone()) {
             Ok(o) => {
@@ -51,6 +52,10 @@ fn main() -> std::process::ExitCode {
                 restores.1 += o.restore_installs;
                 restores.2 += o.restore_refetches;
                 restores.3 += o.restore_reads;
+                roles.0 += o.switchovers;
+                roles.1 += o.failovers;
+                roles.2 += o.failback_bytes;
+                roles.3 += o.split_brains;
                 if a.seed.is_some() || a.verbose {
                     println!("{}", summary(&o));
                 }
@@ -64,7 +69,8 @@ fn main() -> std::process::ExitCode {
     println!(
         "{} seeds passed in {:.1}s ({} primary crashes, {} remote crashes in all; {} restores \
          of a lost local copy: {} extents installed, {} refetched after a host write, {} reads \
-         checked)",
+         checked; {} switchovers, {} failovers with {} bytes failed back, {} split brains \
+         resolved)",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         crashes.0,
@@ -72,7 +78,11 @@ fn main() -> std::process::ExitCode {
         restores.0,
         restores.1,
         restores.2,
-        restores.3
+        restores.3,
+        roles.0,
+        roles.1,
+        roles.2,
+        roles.3
     );
     std::process::ExitCode::SUCCESS
 }
