@@ -463,12 +463,31 @@ pub enum SplitBrainPolicy {
     /// The remote's changes are discarded if it changed nothing on its own;
     /// otherwise refused.
     DiscardZeroChanges,
+    /// The changes of the side that became primary more recently are
+    /// discarded: the remote's if its old primary is the younger,
+    /// otherwise refused (a resync flows only from the primary).
+    DiscardYoungerPrimary,
+    /// The changes of the side that became primary first are discarded:
+    /// the remote's if its old primary is the older, otherwise refused.
+    DiscardOlderPrimary,
 }
 
 impl SplitBrainPolicy {
     /// Every policy, as the config spells it.
-    pub const NAMES: &'static str =
-        "disconnect, discard-remote, discard-least-changes or discard-zero-changes";
+    pub const NAMES: &'static str = "disconnect, discard-remote, discard-least-changes, \
+         discard-zero-changes, discard-younger-primary or discard-older-primary";
+
+    /// The policy as the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitBrainPolicy::Disconnect => "disconnect",
+            SplitBrainPolicy::DiscardRemote => "discard-remote",
+            SplitBrainPolicy::DiscardLeastChanges => "discard-least-changes",
+            SplitBrainPolicy::DiscardZeroChanges => "discard-zero-changes",
+            SplitBrainPolicy::DiscardYoungerPrimary => "discard-younger-primary",
+            SplitBrainPolicy::DiscardOlderPrimary => "discard-older-primary",
+        }
+    }
 }
 
 impl std::str::FromStr for SplitBrainPolicy {
@@ -479,6 +498,8 @@ impl std::str::FromStr for SplitBrainPolicy {
             "discard-remote" => Ok(SplitBrainPolicy::DiscardRemote),
             "discard-least-changes" => Ok(SplitBrainPolicy::DiscardLeastChanges),
             "discard-zero-changes" => Ok(SplitBrainPolicy::DiscardZeroChanges),
+            "discard-younger-primary" => Ok(SplitBrainPolicy::DiscardYoungerPrimary),
+            "discard-older-primary" => Ok(SplitBrainPolicy::DiscardOlderPrimary),
             other => Err(format!("{other:?}: expected {}", SplitBrainPolicy::NAMES)),
         }
     }

@@ -30,6 +30,7 @@ fn main() -> std::io::Result<()> {
             resume_from: 0,
             decision: 0,
             changed_bytes: 0,
+            primary_since: 0,
         }),
         Frame::Flush(Flush { seq: 4, epoch: 1 }),
         Frame::Trim(Trim {

@@ -128,6 +128,12 @@ pub struct Hello {
     /// primary's replica lists as its divergence. Split-brain policies
     /// compare them.
     pub changed_bytes: u64,
+    /// When (Unix seconds) the primary this side speaks for became primary:
+    /// from the primary, its own role's start (its first start or its
+    /// promotion); from the remote, that of the demoted primary whose
+    /// changes its replica lists (0: not known). The younger/older-primary
+    /// split-brain policies compare them.
+    pub primary_since: u64,
 }
 
 /// [`Decision`] as a byte in the remote's Hello.
@@ -484,7 +490,7 @@ pub enum Frame {
 }
 
 const HELLO_LEN: usize =
-    1 + 1 + 16 + 8 + 4 + 4 + 4 + 8 + 8 + 8 + 4 + 8 * (1 + HISTORY) + 8 + 8 + 1 + 8;
+    1 + 1 + 16 + 8 + 4 + 4 + 4 + 8 + 8 + 8 + 4 + 8 * (1 + HISTORY) + 8 + 8 + 1 + 8 + 8;
 const WRITE_FIXED: usize = 8 + 4 + 4 + 4 + 8 + 1 + 4 + 4 + 4;
 const FLUSH_LEN: usize = 8 + 4;
 const TRIM_LEN: usize = 8 + 4 + 8 + 8;
@@ -581,6 +587,7 @@ impl Frame {
         let crc = crc32fast::hash(&header[0..12]);
         header[12..16].copy_from_slice(&crc.to_be_bytes());
         out.put_slice(&header);
+        let body_at = out.len();
         match self {
             Frame::Hello(h) => {
                 out.put_u8(h.version);
@@ -602,6 +609,7 @@ impl Frame {
                 out.put_u64(h.resume_from);
                 out.put_u8(h.decision);
                 out.put_u64(h.changed_bytes);
+                out.put_u64(h.primary_since);
             }
             Frame::Write(w) => {
                 out.put_u64(w.id.seq);
@@ -697,6 +705,14 @@ impl Frame {
             }
             Frame::HandoverRequest => {}
         }
+        // The header's length is what the peer reads: a body of another
+        // length would shift every frame after it.
+        assert_eq!(
+            out.len() - body_at,
+            body_len,
+            "{} frame body length",
+            self.kind_name()
+        );
     }
 
     /// The encoded frame as one buffer.
@@ -926,6 +942,7 @@ fn decode_body(kind: u8, bytes: Bytes) -> Result<Frame, FrameError> {
                 resume_from: b.u64()?,
                 decision: b.u8()?,
                 changed_bytes: b.u64()?,
+                primary_since: b.u64()?,
             };
             if hello.flags & !hello_flags::KNOWN != 0 {
                 return Err(b.malformed("unknown hello flags"));

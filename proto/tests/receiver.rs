@@ -28,6 +28,7 @@ fn hello(role: Role, epoch: u32, stored_seq: u64) -> Hello {
         resume_from: 0,
         decision: 0,
         changed_bytes: 0,
+        primary_since: 0,
     }
 }
 

@@ -44,6 +44,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<u64>(),
             any::<u64>(),
             0..=dtu_proto::frame::hello_flags::KNOWN,
+            any::<u64>(),
         ),
         (
             any::<u64>(),
@@ -57,7 +58,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         .prop_map(
             |(
                 (version, role, volume_id, volume_size, block_size, features, epoch, stored_seq),
-                (highest_seq, key_fingerprint, flags),
+                (highest_seq, key_fingerprint, flags, primary_since),
                 (current, history, map_base, resume_from, decision, changed_bytes),
             )| {
                 Frame::Hello(Hello {
@@ -77,6 +78,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                     resume_from,
                     decision,
                     changed_bytes,
+                    primary_since,
                 })
             },
         );

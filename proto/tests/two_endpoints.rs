@@ -77,6 +77,7 @@ fn hello(role: Role) -> Hello {
         resume_from: 0,
         decision: 0,
         changed_bytes: 0,
+        primary_since: 0,
     }
 }
 

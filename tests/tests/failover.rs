@@ -9,8 +9,10 @@
 //! resynced with the changed blocks only (wire bytes measured) until it
 //! equals B byte for byte. Then a split brain on purpose: both sides write
 //! while cut off (A promoted again with B unreachable, B demoted with
-//! `--force`); the connect is refused with the decision in one line, and
-//! `--discard-my-data` on B resolves it, keeping a record of what B lost.
+//! `--force`); the connect is refused with the decision in one line, the
+//! `discard-zero-changes` and `discard-younger-primary` policies refuse and
+//! say why, and `--discard-my-data` on B resolves it, keeping a record of
+//! what B lost.
 
 use std::path::Path;
 use std::process::Command;
@@ -424,6 +426,22 @@ fn disaster_drill_promote_fail_back_and_split_brain() {
         status(&b_ctl).is_some_and(|s| matches!(s, Status::Remote(r)
             if r.decision.as_deref().is_some_and(|d| d.contains("discard-zero-changes: both sides changed"))))
     });
+
+    // Younger primary: A, promoted after B was, is the younger, so the
+    // policy would discard the primary's data: it refuses and says so
+    // (which needs both promotion times, from A's Hello and B's record).
+    pair.remote.take().unwrap().stop(Duration::from_secs(10));
+    std::fs::write(
+        &b_cfg,
+        format!("{b_text}split_brain = \"discard-younger-primary\"\n"),
+    )
+    .unwrap();
+    pair.start_remote(&[]);
+    wait_until("B's younger-primary policy to refuse", Duration::from_secs(60), || {
+        status(&b_ctl).is_some_and(|s| matches!(s, Status::Remote(r)
+            if r.decision.as_deref().is_some_and(|d| d.contains("the primary is the younger"))))
+    });
+    std::fs::write(&b_cfg, &b_text).unwrap();
 
     // B's data goes: restarted with --discard-my-data it is resynced.
     pair.remote.take().unwrap().stop(Duration::from_secs(10));

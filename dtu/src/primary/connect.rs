@@ -87,6 +87,7 @@ pub fn hello(volume: &Volume, epoch: Epoch, carried_over: Seq, compress: bool) -
         resume_from: 0,
         decision: 0,
         changed_bytes: 0,
+        primary_since: 0,
     }
 }
 
@@ -116,6 +117,7 @@ pub fn offer(template: &Hello, o: &Offer<'_>) -> Hello {
     h.gens = o.meta.gens;
     h.map_base = o.meta.map_base;
     h.changed_bytes = o.changed_bytes;
+    h.primary_since = o.meta.primary_since;
     if o.meta.unreported_loss.is_some() {
         h.flags |= hello_flags::LOST_WRITES;
     }

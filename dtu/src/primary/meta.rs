@@ -10,7 +10,7 @@
 //! lost epoch u32 | zero u32 | lost first seq u64 | lost last seq u64 (0:
 //! unknown) | current gen u64 | history gens [u64; 4] | map base u64 |
 //! verify cursor u64 | verify end u64 | cut off since seq u64 | stored seq
-//! u64`, the rest zero. Version 1 (the first
+//! u64 | primary since (Unix seconds) u64`, the rest zero. Version 1 (the first
 //! 32 bytes) is still read. An all-zero area (a new nvbuf) reads as "nothing
 //! yet": the primary then picks its first generation.
 
@@ -63,6 +63,10 @@ pub struct PrimaryMeta {
     /// a second and at a clean stop): the records after it are the ones a
     /// demotion lists as possibly missing on the other side.
     pub stored_seq: Seq,
+    /// When (Unix seconds) this side became primary: its first start or
+    /// its promotion (0: before this was kept). The younger/older-primary
+    /// split-brain policies compare it.
+    pub primary_since: u64,
 }
 
 impl PrimaryMeta {
@@ -107,6 +111,7 @@ impl PrimaryMeta {
             m.verify = (end != 0).then_some((cursor, end));
             m.cut_off_since = u64_at(at + 24);
             m.stored_seq = u64_at(at + 32);
+            m.primary_since = u64_at(at + 40);
         }
         Ok(m)
     }
@@ -140,6 +145,7 @@ impl PrimaryMeta {
         }
         b[at + 24..at + 32].copy_from_slice(&self.cut_off_since.to_le_bytes());
         b[at + 32..at + 40].copy_from_slice(&self.stored_seq.to_le_bytes());
+        b[at + 40..at + 48].copy_from_slice(&self.primary_since.to_le_bytes());
         b
     }
 }
@@ -169,6 +175,7 @@ mod tests {
             demoted: true,
             cut_off_since: 77,
             stored_seq: 1234,
+            primary_since: 1_764_000_000,
         };
         assert_eq!(PrimaryMeta::decode(&m.encode()), Ok(m));
         let mut b = m.encode();

@@ -231,6 +231,10 @@ impl Default for MirrorOptions {
 /// I/O timeout (30 s and more).
 pub const DEFAULT_OVERFLOW_AFTER: Duration = Duration::from_secs(5);
 
+/// How long a host read waits for the restore's fetch of an extent it
+/// needs before it fetches the bytes itself.
+const REBUILD_WAIT: Duration = Duration::from_secs(5);
+
 impl PrimaryOptions {
     pub fn from_config(c: &PrimaryConfig) -> Result<PrimaryOptions, PrimaryError> {
         let identity =
@@ -343,6 +347,7 @@ impl Primary {
         if meta.gens.current == 0 {
             // A new primary: its first generation.
             meta.gens = Generations::new(rand::random::<u64>() | 1);
+            meta.primary_since = crate::primary::role::unix_now();
             nvbuf.set_meta(&meta.encode()).map_err(|e| start_err(&e))?;
         }
         if let Some(loss) = &recovery.loss {
@@ -929,6 +934,28 @@ impl Primary {
         offset: u64,
         len: u32,
     ) -> Result<Bytes, PrimaryError> {
+        // What the rebuild is fetching is waited for rather than fetched
+        // again (a host reading through the volume then runs just behind
+        // the rebuild, which the read steers); a fetch that takes too long
+        // is overtaken.
+        let deadline = tokio::time::Instant::now() + self.read_timeout.min(REBUILD_WAIT);
+        loop {
+            let ended = restore.fetch_ended();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            match restore.read_state(offset, u64::from(len)) {
+                restore::ReadState::Local => break,
+                restore::ReadState::Missing => {
+                    restore.steer_to(offset, u64::from(len));
+                    break;
+                }
+                restore::ReadState::Fetching => {
+                    if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         let mut out = bytes::BytesMut::with_capacity(len as usize);
         for (at, n, is_local) in restore.runs(offset, u64::from(len)) {
             // A run is at most `len` bytes: it fits a u32.

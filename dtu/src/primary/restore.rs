@@ -84,6 +84,20 @@ pub struct Restore {
     /// What the last connect said of the remote as a source:
     /// [`SOURCE_UNKNOWN`], [`SOURCE_OK`] or [`SOURCE_REFUSED`].
     source: AtomicU8,
+    /// Woken when a fetch ends (installed, refused or abandoned): host
+    /// reads waiting on the rebuild's fetches look again.
+    fetch_ended: tokio::sync::Notify,
+}
+
+/// Where a host read's extents stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadState {
+    /// Every extent is local.
+    Local,
+    /// Some are not local, and the rebuild is fetching each of those.
+    Fetching,
+    /// Some are not local and no fetch holds them.
+    Missing,
 }
 
 const SOURCE_UNKNOWN: u8 = 0;
@@ -143,6 +157,7 @@ impl Restore {
             restored_bytes: AtomicU64::new(0),
             on_demand_bytes: AtomicU64::new(0),
             source: AtomicU8::new(SOURCE_UNKNOWN),
+            fetch_ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -256,6 +271,41 @@ impl Restore {
         self.lock().missing_count
     }
 
+    /// A host read of `offset..offset+len` found extents not local: the
+    /// rebuild goes on from the first of them, so a host reading through
+    /// the volume finds the extents ahead of it local or on their way (and
+    /// waits for those, [`Restore::read_state`]) instead of fetching them
+    /// a second time. Random reads only move where the rebuild's search
+    /// starts.
+    pub fn steer_to(&self, offset: u64, len: u64) {
+        let first = self.extents_of(offset, len).start;
+        self.lock().cursor = first % self.extents.max(1);
+    }
+
+    /// Where the extents of `offset..offset+len` stand.
+    pub fn read_state(&self, offset: u64, len: u64) -> ReadState {
+        if self.done() {
+            return ReadState::Local;
+        }
+        let inner = self.lock();
+        let mut state = ReadState::Local;
+        for e in self.extents_of(offset, len) {
+            if inner.is_missing(e) {
+                if !inner.fetching.contains_key(&e) {
+                    return ReadState::Missing;
+                }
+                state = ReadState::Fetching;
+            }
+        }
+        state
+    }
+
+    /// Completes when a fetch ends; create it before [`Restore::read_state`]
+    /// and `enable` it, so an end in between is not missed.
+    pub fn fetch_ended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.fetch_ended.notified()
+    }
+
     /// Counts a host read the remote served.
     pub fn served_from_remote(&self, bytes: u64) {
         self.on_demand_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -299,10 +349,17 @@ impl Restore {
         let touched = inner.fetching.remove(&e).unwrap_or(true)
             && !dtu_proto::planted::active(dtu_proto::planted::Bug::RestoreOverWrite);
         if touched || !inner.is_missing(e) {
+            drop(inner);
+            self.fetch_ended.notify_waiters();
             return Ok(!touched);
         }
-        disk.write_at(e * self.extent, data)?;
-        inner.clear(e);
+        let written = disk.write_at(e * self.extent, data);
+        if written.is_ok() {
+            inner.clear(e);
+        }
+        drop(inner);
+        self.fetch_ended.notify_waiters();
+        written?;
         self.restored_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(true)
@@ -318,6 +375,7 @@ impl Restore {
     /// A fetch of extent `e` that failed: it is fetched again later.
     pub fn abandon(&self, e: u64) {
         self.lock().fetching.remove(&e);
+        self.fetch_ended.notify_waiters();
     }
 
     /// Notes a local write to `offset..offset+len` (under the lock the

@@ -201,19 +201,28 @@ pub fn prepare_promoted(
     }
     let nc = NvbufConfig::new(cfg.volume.id).with_size(cfg.nvbuf_size);
     let (nv, _) = Nvbuf::open_or_create(path, &nc).map_err(nv_err)?;
-    nv.set_meta(&promoted_meta(gens, base).encode())
+    nv.set_meta(&promoted_meta(gens, base, unix_now()).encode())
         .map_err(nv_err)?;
     Ok(())
 }
 
 /// A promoted side's first primary metadata: the promotion's generations,
 /// the map relative to the generation it left.
-pub fn promoted_meta(gens: Generations, base: Gen) -> PrimaryMeta {
+/// `since` is the promotion's moment (Unix seconds).
+pub fn promoted_meta(gens: Generations, base: Gen, since: u64) -> PrimaryMeta {
     PrimaryMeta {
         gens,
         map_base: base,
+        primary_since: since,
         ..PrimaryMeta::default()
     }
+}
+
+/// Now, in Unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// What a demotion left.
@@ -360,6 +369,8 @@ pub struct Divergence {
     pub cut_off_bytes: u64,
     /// Extents (offset, length), sorted and merged.
     pub divergent: Vec<(u64, u64)>,
+    /// When this side became primary (Unix seconds, 0: not known).
+    pub primary_since: u64,
 }
 
 /// Why [`divergence`] failed (the caller names its files).
@@ -448,6 +459,7 @@ pub fn divergence<S: NvStore, M: MapStore>(
         gens,
         cut_off_bytes,
         divergent,
+        primary_since: meta.primary_since,
     })
 }
 
@@ -466,7 +478,7 @@ pub fn record_demotion(
         let _ = std::fs::remove_file(&record);
         None
     } else {
-        write_record(&record, &d.gens, &d.divergent, d.cut_off_bytes)?;
+        write_record(&record, d)?;
         Some(record)
     };
     let io = |source| RoleError::Io {
@@ -502,12 +514,7 @@ fn merge(sorted: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 
 /// Writes the divergence record: which extents this side changed that its
 /// peer may lack, so an operator can see what a resync discards.
-fn write_record(
-    path: &Path,
-    gens: &Generations,
-    ranges: &[(u64, u64)],
-    cut_off_bytes: u64,
-) -> Result<(), RoleError> {
+fn write_record(path: &Path, d: &Divergence) -> Result<(), RoleError> {
     let io = |source| RoleError::Io {
         what: "writing the divergence record",
         path: path.to_path_buf(),
@@ -517,14 +524,16 @@ fn write_record(
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     let mut text = format!(
         "# dtu divergence record: extents this side changed that its peer may lack.\n\
-         # Written when this primary was demoted, at {} (Unix seconds); generation {gens}.\n\
-         # Of them, {cut_off_bytes} bytes were written while it was cut off from the remote.\n\
+         # Written when this primary was demoted, at {} (Unix seconds); generation {}.\n\
+         # Of them, {} bytes were written while it was cut off from the remote.\n\
+         {PRIMARY_SINCE}{}\n\
          # A resync that discards this side's changes overwrites them. offset length (bytes)\n",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        unix_now(),
+        d.gens,
+        d.cut_off_bytes,
+        d.primary_since,
     );
-    for (o, l) in ranges {
+    for (o, l) in &d.divergent {
         text.push_str(&format!("{o} {l}\n"));
     }
     f.write_all(text.as_bytes()).map_err(io)?;
@@ -532,6 +541,10 @@ fn write_record(
     std::fs::rename(&tmp, path).map_err(io)?;
     Ok(())
 }
+
+/// The divergence record's line that says when the demoted side became
+/// primary (Unix seconds; a comment to anything that reads only ranges).
+pub const PRIMARY_SINCE: &str = "# primary since (Unix seconds): ";
 
 #[cfg(test)]
 mod tests {

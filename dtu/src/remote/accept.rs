@@ -89,25 +89,61 @@ fn keep_divergence_record(state: &VolumeState) -> String {
     }
 }
 
+/// What each side of a split brain says of itself.
+#[derive(Debug, Clone, Copy)]
+struct Sides {
+    /// Bytes each side changed on its own since the split (`None`: this
+    /// replica's record of them cannot be read).
+    primary_changed: u64,
+    remote_changed: Option<u64>,
+    /// When each side became primary (Unix seconds, 0: not known).
+    primary_since: u64,
+    remote_since: u64,
+}
+
 /// Who resolves a split brain in the primary's favour, if anyone: the
-/// operator's word (`--discard-my-data`) or the remote's policy, given the
-/// bytes each side changed on its own since the split (`None`: this
-/// replica's record of them cannot be read). `Err` says why the policy
-/// does not resolve it.
+/// operator's word (`--discard-my-data`) or the remote's policy, given
+/// what each side says of itself. `Err` says why the policy does not
+/// resolve it.
 fn split_brain_resolved_by(
     state: &VolumeState,
     policy: SplitBrainPolicy,
-    primary_changed: u64,
-    remote_changed: Option<u64>,
+    s: &Sides,
 ) -> Result<String, String> {
     let swap = "to keep this remote's data instead, demote the primary's site with \
                 --discard-my-data and promote this one: a resync flows from the primary";
     if state.discard_my_data() {
         return Ok("the operator (--discard-my-data)".into());
     }
-    match (policy, remote_changed) {
+    let primary_changed = s.primary_changed;
+    let (ps, rs) = (s.primary_since, s.remote_since);
+    let ages = format!(
+        "the primary became primary at {ps}, this remote's old primary at {rs} (Unix seconds)"
+    );
+    match (policy, s.remote_changed) {
         (SplitBrainPolicy::Disconnect, _) => Err(String::new()),
         (SplitBrainPolicy::DiscardRemote, _) => Ok("roles.split_brain = discard-remote".into()),
+        (SplitBrainPolicy::DiscardYoungerPrimary | SplitBrainPolicy::DiscardOlderPrimary, _)
+            if ps == 0 || rs == 0 || ps == rs =>
+        {
+            Err(format!(
+                "; {} needs to know which side became primary first, and {ages}",
+                policy.name()
+            ))
+        }
+        (SplitBrainPolicy::DiscardYoungerPrimary, _) if rs > ps => Ok(format!(
+            "roles.split_brain = discard-younger-primary ({ages}: this remote's is younger)"
+        )),
+        (SplitBrainPolicy::DiscardYoungerPrimary, _) => Err(format!(
+            "; discard-younger-primary keeps this remote: the primary is the younger ({ages}); \
+             {swap}"
+        )),
+        (SplitBrainPolicy::DiscardOlderPrimary, _) if rs < ps => Ok(format!(
+            "roles.split_brain = discard-older-primary ({ages}: this remote's is older)"
+        )),
+        (SplitBrainPolicy::DiscardOlderPrimary, _) => Err(format!(
+            "; discard-older-primary keeps this remote: the primary is the older ({ages}); {swap}"
+        )),
         (SplitBrainPolicy::DiscardLeastChanges, Some(r)) if r <= primary_changed => Ok(format!(
             "roles.split_brain = discard-least-changes (this remote changed {r} bytes, the \
              primary {primary_changed})"
@@ -127,16 +163,23 @@ fn split_brain_resolved_by(
              this remote {r})"
         )),
         (_, None) => Err(format!(
-            "; {policy:?} needs this replica's record of its own changes, which cannot be read"
+            "; {} needs this replica's record of its own changes, which cannot be read",
+            policy.name()
         )),
     }
 }
 
-/// The ranges the divergence record beside the state lists, if it can be
-/// read, holds at most [`MAX_DIVERGENT_RANGES`] and stays in the volume.
-fn divergent_ranges(state: &VolumeState, volume_size: u64) -> Option<Vec<(u64, u64)>> {
+/// What the divergence record beside the state says: the ranges, if it
+/// can be read, holds at most [`MAX_DIVERGENT_RANGES`] and stays in the
+/// volume, and when the demoted side became primary (0: not known).
+fn divergent_ranges(state: &VolumeState, volume_size: u64) -> Option<(Vec<(u64, u64)>, u64)> {
     let record = crate::primary::role::divergence_record(state.path());
     let text = std::fs::read_to_string(record).ok()?;
+    let since = text
+        .lines()
+        .find_map(|l| l.strip_prefix(crate::primary::role::PRIMARY_SINCE))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     let mut out = Vec::new();
     for line in text
         .lines()
@@ -149,7 +192,7 @@ fn divergent_ranges(state: &VolumeState, volume_size: u64) -> Option<Vec<(u64, u
         }
         out.push((o, l));
     }
-    Some(out)
+    Some((out, since))
 }
 
 /// Checks `theirs` against this remote's Hello template `ours`, decides,
@@ -176,10 +219,18 @@ pub fn accept_primary(
     let continuing = rv.syncing_to(pv.gens.current);
     let mut extents = None;
     let mut resolved = None;
-    let own = divergent_ranges(state, ours.volume_size);
+    let record = divergent_ranges(state, ours.volume_size);
+    let own_since = record.as_ref().map_or(0, |r| r.1);
+    let own = record.map(|r| r.0);
     let own_bytes = own.as_ref().map(|r| r.iter().map(|x| x.1).sum::<u64>());
     if decision == Decision::Refuse(Refusal::SplitBrain) {
-        match split_brain_resolved_by(state, split_brain, theirs.changed_bytes, own_bytes) {
+        let sides = Sides {
+            primary_changed: theirs.changed_bytes,
+            remote_changed: own_bytes,
+            primary_since: theirs.primary_since,
+            remote_since: own_since,
+        };
+        match split_brain_resolved_by(state, split_brain, &sides) {
             Ok(by) => resolved = Some(by),
             Err(why) => explained.push_str(&why),
         }
@@ -332,8 +383,36 @@ mod tests {
         let (mut state, _) =
             VolumeState::open(&dir.path().join("r.state"), [1; 16], &replica, false).unwrap();
         use SplitBrainPolicy::*;
-        let by =
-            |s: &VolumeState, p, primary, remote| split_brain_resolved_by(s, p, primary, remote);
+        let by = |s: &VolumeState, p, primary, remote| {
+            let sides = Sides {
+                primary_changed: primary,
+                remote_changed: remote,
+                primary_since: 0,
+                remote_since: 0,
+            };
+            split_brain_resolved_by(s, p, &sides)
+        };
+        // Younger and older: the side that became primary later is the
+        // younger (after a failover, the promoted one, now the primary).
+        let aged = |s: &VolumeState, p, primary_since, remote_since| {
+            let sides = Sides {
+                primary_changed: 1,
+                remote_changed: Some(1),
+                primary_since,
+                remote_since,
+            };
+            split_brain_resolved_by(s, p, &sides)
+        };
+        assert!(aged(&state, DiscardOlderPrimary, 2000, 1000).is_ok());
+        let younger = aged(&state, DiscardYoungerPrimary, 2000, 1000).unwrap_err();
+        assert!(
+            younger.contains("the primary is the younger") && younger.contains("promote this one"),
+            "{younger}"
+        );
+        assert!(aged(&state, DiscardYoungerPrimary, 1000, 2000).is_ok());
+        assert!(aged(&state, DiscardOlderPrimary, 1000, 2000).is_err());
+        let unknown = aged(&state, DiscardOlderPrimary, 2000, 0).unwrap_err();
+        assert!(unknown.contains("needs to know"), "{unknown}");
         assert!(by(&state, Disconnect, 0, Some(0)).is_err());
         assert!(by(&state, DiscardRemote, 0, Some(9)).is_ok());
         // Least changes: the remote goes when it changed no more.

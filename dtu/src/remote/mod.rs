@@ -69,6 +69,7 @@ pub fn hello(volume: &Volume, epoch_seen: Epoch, stored: Seq) -> Hello {
         resume_from: 0,
         decision: 0,
         changed_bytes: 0,
+        primary_since: 0,
     }
 }
 

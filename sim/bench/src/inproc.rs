@@ -47,6 +47,8 @@ pub struct PairConfig {
     pub local: Option<dtu_proto::generation::InitialSync>,
     /// `nvbuf.overflow` (the primary's default without it).
     pub overflow: Option<dtu::primary::Overflow>,
+    /// Start the primary restoring its local copy from the remote.
+    pub restore_from_remote: bool,
 }
 
 impl Default for PairConfig {
@@ -63,6 +65,7 @@ impl Default for PairConfig {
             congestion: None,
             local: None,
             overflow: None,
+            restore_from_remote: false,
         }
     }
 }
@@ -197,6 +200,7 @@ impl InprocPair {
         o.nvbuf_size = self.cfg.nvbuf_size;
         o.workers = self.cfg.workers;
         o.compress = self.cfg.compress;
+        o.restore_from_remote = self.cfg.restore_from_remote;
         self.primary = Some(Arc::new(Primary::start(o).map_err(BenchError::dtu)?));
         Ok(())
     }

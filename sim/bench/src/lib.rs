@@ -19,6 +19,7 @@ pub mod link_efficiency;
 pub mod plot;
 pub mod replay;
 pub mod report;
+pub mod restore;
 pub mod sync;
 pub mod throughput;
 pub mod tools;
@@ -159,6 +160,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "failover",
         about: "disaster drills: RTO from dtu promote to the first answered host write, failback wire bytes / changed bytes",
         run: failover::run,
+    },
+    Scenario {
+        name: "restore",
+        about: "instant restore of a lost primary disk over wan-100m-40ms: first read, read throughput during the rebuild, rebuild time / line time",
+        run: restore::run,
     },
     Scenario {
         name: "delay",

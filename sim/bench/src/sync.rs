@@ -30,7 +30,7 @@ const MIB: u64 = 1 << 20;
 /// Writes a `size` image to `path`: each 1 MiB extent random data with
 /// probability `data`, else zeros (every other one written, the rest holes).
 /// Returns the bytes of data.
-fn image(path: &std::path::Path, size: u64, data: f64, seed: u64) -> Result<u64> {
+pub(crate) fn image(path: &std::path::Path, size: u64, data: f64, seed: u64) -> Result<u64> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let f = std::fs::File::create(path).map_err(|e| BenchError::io("creating the image", e))?;
     f.set_len(size)
@@ -55,7 +55,7 @@ fn image(path: &std::path::Path, size: u64, data: f64, seed: u64) -> Result<u64>
 }
 
 /// Waits until the sync is over and the replica consistent; returns when.
-fn synced(pair: &InprocPair, limit: Duration) -> Result<Instant> {
+pub(crate) fn synced(pair: &InprocPair, limit: Duration) -> Result<Instant> {
     wait_for("the sync to complete", limit, || {
         let s = pair.status();
         let r = pair.remote_status();

@@ -1680,6 +1680,7 @@ impl World {
                 if !self.connected || r.applier.applied() < highest {
                     return Ok(());
                 }
+                sr.restore.steer_to(o, n);
                 got.extend_from_slice(&r.replica.working_image()[o as usize..(o + n) as usize]);
             }
         }
@@ -1854,7 +1855,7 @@ impl World {
             &NvbufConfig::new(VOLUME_ID).with_size(NVBUF as u64),
         )
         .expect("create the nvbuf");
-        if let Err(e) = nv.set_meta(&role::promoted_meta(gens, base).encode()) {
+        if let Err(e) = nv.set_meta(&role::promoted_meta(gens, base, 1 + self.vnow().as_secs()).encode()) {
             return Err(self.fail("k (role change)", format!("the new primary's metadata: {e}")));
         }
         let p = self.new_primary(nv, Recovery::default(), Some(image), Some(Vec::new()), None)?;
