@@ -437,10 +437,16 @@ fn disaster_drill_promote_fail_back_and_split_brain() {
     )
     .unwrap();
     pair.start_remote(&[]);
-    wait_until("B's younger-primary policy to refuse", Duration::from_secs(60), || {
-        status(&b_ctl).is_some_and(|s| matches!(s, Status::Remote(r)
-            if r.decision.as_deref().is_some_and(|d| d.contains("the primary is the younger"))))
-    });
+    wait_until(
+        "B's younger-primary policy to refuse",
+        Duration::from_secs(60),
+        || {
+            status(&b_ctl).is_some_and(|s| {
+                matches!(s, Status::Remote(r)
+            if r.decision.as_deref().is_some_and(|d| d.contains("the primary is the younger")))
+            })
+        },
+    );
     std::fs::write(&b_cfg, &b_text).unwrap();
 
     // B's data goes: restarted with --discard-my-data it is resynced.

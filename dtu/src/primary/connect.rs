@@ -220,7 +220,8 @@ pub fn on_accepted<M: MapStore>(
                 meta.map_base = a.remote_gens.current;
                 changed = true;
             }
-            let forget = dtu_proto::planted::active(dtu_proto::planted::Bug::FailbackForgetsExtents);
+            let forget =
+                dtu_proto::planted::active(dtu_proto::planted::Bug::FailbackForgetsExtents);
             if !all && !forget {
                 let size = map.volume_size();
                 for &(off, len) in &a.extents {

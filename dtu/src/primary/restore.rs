@@ -11,8 +11,12 @@
 //! and installs each only if no host write reached that extent locally
 //! after its fetch began (the fetch waits for every seq submitted before,
 //! so older data never lands over a newer write); otherwise it fetches the
-//! extent again. The map is saved after the local copy is synced, so a
-//! crash can only make an extent be fetched twice.
+//! extent again. A host read of an extent the rebuild is fetching waits
+//! for that fetch to end rather than fetch it a second time, and a read of
+//! an extent no fetch holds moves the rebuild there, so a host reading
+//! through the volume runs just behind the rebuild. The map is saved after
+//! the local copy is synced, so a crash can only make an extent be fetched
+//! twice.
 
 use std::collections::HashMap;
 use std::io::{self, Write as _};

@@ -303,13 +303,12 @@ pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<D
             already: false,
         });
     };
-    let disk: Arc<dyn Replica> =
-        Arc::new(
-            FileReplica::open(local_path, p.volume.size).map_err(|source| RoleError::Volume {
-                path: local_path.clone(),
-                source,
-            })?,
-        );
+    let disk: Arc<dyn Replica> = Arc::new(FileReplica::open(local_path, p.volume.size).map_err(
+        |source| RoleError::Volume {
+            path: local_path.clone(),
+            source,
+        },
+    )?);
     let map_file = map_path(path, p.mirror.map_path.as_deref());
     let map = if meta.map_base != 0 && std::fs::metadata(&map_file).is_ok_and(|m| m.len() > 0) {
         let map_err = |source| RoleError::Map {
@@ -335,7 +334,7 @@ pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<D
         key.as_ref(),
         rand::random(),
     )
-        .map_err(|e| e.at(local_path))?;
+    .map_err(|e| e.at(local_path))?;
     match std::fs::remove_file(state) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

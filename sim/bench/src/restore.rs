@@ -253,8 +253,8 @@ pub fn run(o: &Opts) -> Result<Report> {
          the primary's start (nvbuf, QUIC connect, the decision). The full read is 256 KiB \
          reads, 8 in flight, through Primary::read (what the NBD export calls); the rebuild \
          fetches 4 extents of 1 MiB at a time at a lower stream priority than host reads. A \
-         host read does not install what it fetched, so the rebuild fetches those extents \
-         again.",
+         host read of an extent the rebuild is fetching waits for it (up to 5 s); a read of an \
+         extent no fetch holds goes to the remote and steers the rebuild there.",
     );
     r.data = json!({
         "preset": PRESET, "volume_bytes": size, "data_bytes": data, "line_bps": line,

@@ -1828,7 +1828,11 @@ impl World {
                 format!(
                     "the promoted replica (at seq {synced}) differs from the host's volume at \
                      byte {i}{}",
-                    if planned { " after a planned switchover" } else { "" }
+                    if planned {
+                        " after a planned switchover"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -1855,8 +1859,13 @@ impl World {
             &NvbufConfig::new(VOLUME_ID).with_size(NVBUF as u64),
         )
         .expect("create the nvbuf");
-        if let Err(e) = nv.set_meta(&role::promoted_meta(gens, base, 1 + self.vnow().as_secs()).encode()) {
-            return Err(self.fail("k (role change)", format!("the new primary's metadata: {e}")));
+        if let Err(e) =
+            nv.set_meta(&role::promoted_meta(gens, base, 1 + self.vnow().as_secs()).encode())
+        {
+            return Err(self.fail(
+                "k (role change)",
+                format!("the new primary's metadata: {e}"),
+            ));
         }
         let p = self.new_primary(nv, Recovery::default(), Some(image), Some(Vec::new()), None)?;
         self.primary = Some(p);
@@ -1892,14 +1901,14 @@ impl World {
     /// The old primary's files as its remote role's (what `dtu demote`
     /// does to them), in the site's new remote directory.
     fn demote(&mut self, disks: PrimaryDisks, planned: bool) -> Result<RemoteDisks, Violation> {
-        let (nv, rec) =
-            match Nvbuf::open_in_with(MemStore::from_image(disks.nvbuf), VOLUME_ID, OnLoss::Salvage)
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    return Err(self.fail("k (role change)", format!("demoting: the nvbuf: {e}")))
-                }
-            };
+        let (nv, rec) = match Nvbuf::open_in_with(
+            MemStore::from_image(disks.nvbuf),
+            VOLUME_ID,
+            OnLoss::Salvage,
+        ) {
+            Ok(x) => x,
+            Err(e) => return Err(self.fail("k (role change)", format!("demoting: the nvbuf: {e}"))),
+        };
         let meta = PrimaryMeta::decode(&nv.meta())
             .map_err(|e| self.fail("k (role change)", format!("demoting: metadata: {e}")))?;
         let Some(local) = disks.local else {
@@ -2035,7 +2044,9 @@ impl World {
                     return Err(self.fail("k (role change)", format!("--discard-my-data: {e}")));
                 }
                 self.out.split_brains += 1;
-                self.event(format!("refused: {detail}; the operator discards the remote's data"));
+                self.event(format!(
+                    "refused: {detail}; the operator discards the remote's data"
+                ));
                 self.disconnect();
                 return Ok(());
             }
