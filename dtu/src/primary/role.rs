@@ -187,17 +187,7 @@ pub fn prepare_promoted(
         }
     }
     for p in [path, &map] {
-        match std::fs::remove_file(p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(RoleError::Io {
-                    what: "removing",
-                    path: p.clone(),
-                    source,
-                })
-            }
-        }
+        remove_if_present(p)?;
     }
     let nc = NvbufConfig::new(cfg.volume.id).with_size(cfg.nvbuf_size);
     let (nv, _) = Nvbuf::open_or_create(path, &nc).map_err(nv_err)?;
@@ -335,17 +325,7 @@ pub fn demote_files(p: &PrimaryOptions, state: &Path, discard: bool) -> Result<D
         rand::random(),
     )
     .map_err(|e| e.at(local_path))?;
-    match std::fs::remove_file(state) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(RoleError::Io {
-                what: "removing",
-                path: state.to_path_buf(),
-                source,
-            })
-        }
-    }
+    remove_if_present(state)?;
     let (mut vs, _) = VolumeState::open(state, p.volume.id, disk.as_ref(), false)?;
     let record = record_demotion(&mut vs, disk.as_ref(), &d, discard)?;
     mark_demoted(&nv, meta).map_err(nv_err)?;
@@ -495,6 +475,19 @@ pub fn record_demotion(
 pub fn mark_demoted<S: NvStore>(nv: &Nvbuf<S>, mut meta: PrimaryMeta) -> Result<(), NvbufError> {
     meta.demoted = true;
     nv.set_meta(&meta.encode())
+}
+
+/// Removes `path`; a file already gone is fine.
+fn remove_if_present(path: &Path) -> Result<(), RoleError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(RoleError::Io {
+            what: "removing",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Joins touching and overlapping ranges of a sorted list.
