@@ -8,6 +8,7 @@
 //! completed, frees nvbuf space the remote has stored, and wakes whoever has
 //! new work. Critical sections are short: no I/O happens under the lock.
 
+use super::error::Halt;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
@@ -55,7 +56,7 @@ pub(crate) struct State {
     pub link: LinkState,
     pub conn: Option<quinn::Connection>,
     /// Set when the pipeline failed for good (nvbuf I/O error).
-    pub failed: Option<String>,
+    pub failed: Option<Halt>,
     /// The deadline the timer task sleeps until.
     timer_armed: Option<Instant>,
     /// Journal or ahead (see [`super::mode`]).
@@ -463,7 +464,7 @@ impl Core {
     }
 
     /// The pipeline cannot go on: fail every waiting host operation.
-    pub fn fail(&self, why: String) {
+    pub fn fail(&self, why: Halt) {
         let mut st = self.lock();
         st.failed = Some(why.clone());
         let waiters: Vec<_> = st.waiters.drain(..).collect();

@@ -11,6 +11,7 @@
 //! ring is full. Every queue is bounded, so a slow link or a full nvbuf
 //! stalls the host's writes instead of growing memory.
 
+use super::error::Halt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -243,7 +244,7 @@ impl Ingest {
                     overflow,
                 ) {
                     tracing::error!("the appender failed, the primary stops accepting writes: {e}");
-                    app_core.fail(e.to_string());
+                    app_core.fail(Halt::Appender(std::sync::Arc::new(e)));
                 }
             })?;
         Ok(Ingest {
@@ -262,20 +263,16 @@ impl Ingest {
         epoch: Epoch,
         offset: u64,
         data: Bytes,
-    ) -> Result<(), String> {
+    ) -> Result<(), &'static str> {
         for job in encode_jobs(seq, epoch, offset, &data, self.settings.chunk_size) {
-            self.encode
-                .submit(job)
-                .map_err(|_| "the encode workers have stopped".to_string())?;
+            self.encode.submit(job).map_err(|_| "encode workers")?;
         }
         Ok(())
     }
 
     /// Queues a ready record (flush, trim, checkpoint).
-    pub fn submit_record(&self, rec: Record) -> Result<(), String> {
-        self.records
-            .send(rec)
-            .map_err(|_| "the appender has stopped".to_string())
+    pub fn submit_record(&self, rec: Record) -> Result<(), &'static str> {
+        self.records.send(rec).map_err(|_| "appender")
     }
 
     /// Waits for the appender to finish (after shutdown was flagged).

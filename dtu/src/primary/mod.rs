@@ -25,6 +25,7 @@
 pub mod appender;
 pub mod connect;
 mod core;
+mod error;
 mod export;
 mod host;
 pub mod ingest;
@@ -64,6 +65,7 @@ use crate::transport::{self, LinkTuning};
 
 use self::core::Core;
 pub use self::core::LinkState;
+pub use self::error::{Halt, PrimaryError, ReadUnavailable, StartError};
 pub use self::export::PrimaryExport;
 pub use self::host::HostSink;
 use self::ingest::{EncodeSettings, Ingest, Record};
@@ -87,38 +89,6 @@ pub struct Answer {
     /// Answered from the local copy and the changed-block map, not the
     /// journal: the primary was (or went) ahead.
     pub ahead: bool,
-}
-
-/// Why the primary refused or failed an operation.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PrimaryError {
-    #[error("range {offset}+{len} is outside the {size}-byte volume")]
-    OutOfRange { offset: u64, len: u64, size: u64 },
-    #[error("a write of {len} bytes is larger than the largest accepted, {max} bytes")]
-    WriteTooLarge { len: usize, max: usize },
-    #[error("the primary has stopped accepting writes: {0}")]
-    Failed(String),
-    #[error("the primary is shutting down")]
-    ShuttingDown,
-    #[error("read not possible: {0}")]
-    ReadUnavailable(String),
-    #[error("local image: {0}")]
-    Local(String),
-    #[error("cannot start the primary: {0}")]
-    Start(String),
-    #[error(
-        "the nvbuf has been full for {waited:?} and nvbuf.overflow = fail: writes are refused \
-         until the remote frees space"
-    )]
-    NvbufFull { waited: Duration },
-    #[error("{0} needs the journal, and the primary is ahead (writing to its local copy and map) until the remote is resynced")]
-    Ahead(&'static str),
-    #[error("{0} needs a local copy (nbd.local) to compare or copy from")]
-    NoLocalCopy(&'static str),
-    #[error("{0}")]
-    Busy(&'static str),
-    #[error("this primary is being demoted: the volume takes no more writes here")]
-    Demoting,
 }
 
 // Every write the NBD front end accepts must be one the primary accepts.
@@ -238,13 +208,11 @@ const REBUILD_WAIT: Duration = Duration::from_secs(5);
 impl PrimaryOptions {
     pub fn from_config(c: &PrimaryConfig) -> Result<PrimaryOptions, PrimaryError> {
         let identity =
-            Identity::load(&c.cert, &c.key).map_err(|e| PrimaryError::Start(e.to_string()))?;
-        let peer: Fingerprint =
-            c.peer_fingerprint
-                .parse()
-                .map_err(|e: crate::identity::IdentityError| {
-                    PrimaryError::Start(format!("identity.peer_fingerprint: {e}"))
-                })?;
+            Identity::load(&c.cert, &c.key).map_err(|e| StartError::Identity(Arc::new(e)))?;
+        let peer: Fingerprint = c
+            .peer_fingerprint
+            .parse()
+            .map_err(|e| StartError::PeerFingerprint(Arc::new(e)))?;
         Ok(PrimaryOptions {
             volume: c.volume.clone(),
             identity,
@@ -290,8 +258,8 @@ pub struct Primary {
 impl Primary {
     /// Starts a primary with its own async runtime.
     pub fn start(opts: PrimaryOptions) -> Result<Primary, PrimaryError> {
-        let rt = crate::runtime::own("dtu-primary-io")
-            .map_err(|e| PrimaryError::Start(format!("async runtime: {e}")))?;
+        let rt =
+            crate::runtime::own("dtu-primary-io").map_err(StartError::spawn("async runtime"))?;
         let handle = rt.handle().clone();
         let mut p = Self::start_on(opts, handle)?;
         p.runtime = Some(rt);
@@ -303,19 +271,18 @@ impl Primary {
         opts: PrimaryOptions,
         handle: tokio::runtime::Handle,
     ) -> Result<Primary, PrimaryError> {
-        let start_err = |e: &dyn std::fmt::Display| PrimaryError::Start(e.to_string());
         // Options filled in by an embedder get the bounds a config file has:
         // a chunk size outside them makes writes the remote refuses.
         let chunks = dtu_proto::MIN_CHUNK_SIZE..=dtu_proto::MAX_CHUNK_SIZE;
         if !chunks.contains(&opts.chunk_size) {
-            return Err(start_err(&format!(
-                "chunk size {} is not between {} and {} bytes",
-                opts.chunk_size,
-                chunks.start(),
-                chunks.end()
-            )));
+            return Err(StartError::ChunkSize {
+                size: opts.chunk_size,
+                min: *chunks.start(),
+                max: *chunks.end(),
+            }
+            .into());
         }
-        opts.policy.validate().map_err(|e| start_err(&e))?;
+        opts.policy.validate().map_err(StartError::from)?;
         let mut cfg = NvbufConfig::new(opts.volume.id).with_size(opts.nvbuf_size);
         cfg.on_loss = if opts.accept_nvbuf_loss {
             OnLoss::Salvage
@@ -324,31 +291,26 @@ impl Primary {
         };
         let (nvbuf, recovery) =
             Nvbuf::open_or_create(&opts.nvbuf_path, &cfg).map_err(|e| match e {
-                NvbufError::Lost { .. } => PrimaryError::Start(format!(
-                    "{e}. The host was told these writes were safe and the replica may lack \
-                     them. To keep the intact prefix and go on, start with \
-                     --accept-nvbuf-loss: the replica is then marked inconsistent until a \
-                     resync or verify proves it"
-                )),
-                e => start_err(&e),
+                NvbufError::Lost { .. } => StartError::NvbufLost(Arc::new(e)),
+                e => StartError::Nvbuf(Arc::new(e)),
             })?;
         if let Some(why) = &recovery.stopped {
             tracing::warn!("nvbuf recovery stopped at a torn record (an unflushed tail): {why}");
         }
-        let mut meta = PrimaryMeta::decode(&nvbuf.meta()).map_err(|e| start_err(&e))?;
+        let mut meta = PrimaryMeta::decode(&nvbuf.meta()).map_err(StartError::from)?;
         if meta.demoted {
-            return Err(PrimaryError::Start(format!(
-                "this site was demoted (dtu demote): its volume is a remote's replica now, \
-                 and {} keeps only what the demotion found. Run it as a remote (roles.remote), \
-                 or promote that remote to make this site a primary again",
-                opts.nvbuf_path.display()
-            )));
+            return Err(StartError::Demoted {
+                nvbuf: opts.nvbuf_path.clone(),
+            }
+            .into());
         }
         if meta.gens.current == 0 {
             // A new primary: its first generation.
             meta.gens = Generations::new(rand::random::<u64>() | 1);
             meta.primary_since = crate::primary::role::unix_now();
-            nvbuf.set_meta(&meta.encode()).map_err(|e| start_err(&e))?;
+            nvbuf
+                .set_meta(&meta.encode())
+                .map_err(|e| StartError::Nvbuf(Arc::new(e)))?;
         }
         if let Some(loss) = &recovery.loss {
             tracing::error!(
@@ -360,7 +322,9 @@ impl Primary {
                 first_seq: loss.first_seq,
                 last_seq: loss.last_seq,
             });
-            nvbuf.set_meta(&meta.encode()).map_err(|e| start_err(&e))?;
+            nvbuf
+                .set_meta(&meta.encode())
+                .map_err(|e| StartError::Nvbuf(Arc::new(e)))?;
         }
         let wanted = opts.nvbuf_size / crate::nvbuf::PAGE as u64 * crate::nvbuf::PAGE as u64;
         let nvbuf = if nvbuf.file_size() == wanted {
@@ -374,7 +338,7 @@ impl Primary {
             );
             nvbuf
                 .resize_empty(&opts.nvbuf_path, wanted)
-                .map_err(|e| start_err(&e))?
+                .map_err(|e| StartError::Nvbuf(Arc::new(e)))?
         } else {
             tracing::warn!(
                 "nvbuf {} is {} bytes but nvbuf.size asks for {wanted}: it still holds {} \
@@ -393,9 +357,12 @@ impl Primary {
         let restore = match &opts.local {
             Some(path) => {
                 let rpath = restore::map_path(path);
-                match restore::Restore::open(rpath.clone(), opts.volume.size)
-                    .map_err(|e| start_err(&format!("{}: {e}", rpath.display())))?
-                {
+                match restore::Restore::open(rpath.clone(), opts.volume.size).map_err(|e| {
+                    StartError::RestoreMap {
+                        path: rpath.clone(),
+                        source: Arc::new(e),
+                    }
+                })? {
                     Some(r) => {
                         tracing::warn!(
                             "a restore of the local copy from the remote is under way ({} left): \
@@ -412,11 +379,7 @@ impl Primary {
                     None => None,
                 }
             }
-            None if opts.restore_from_remote => {
-                return Err(start_err(
-                    &"--restore-from-remote needs a local copy (nbd.local) to restore into",
-                ))
-            }
+            None if opts.restore_from_remote => return Err(StartError::RestoreWithoutLocal.into()),
             None => None,
         };
         let restoring = restore.as_ref().is_some_and(|r| !r.done());
@@ -457,14 +420,14 @@ impl Primary {
         }
         // Recovered records are resent; no host waits for them any more.
         let recovered = replay::into_sender(&recovery, &mut sender, now)
-            .map_err(|e| start_err(&e))?
+            .map_err(|e| StartError::Replay(Arc::new(e)))?
             .ops;
         if sender.next_seq() != nvbuf.next_seq() {
-            return Err(PrimaryError::Start(format!(
-                "nvbuf recovery is inconsistent: records end at seq {}, nvbuf expects seq {} next",
-                sender.next_seq(),
-                nvbuf.next_seq()
-            )));
+            return Err(StartError::Inconsistent {
+                records: sender.next_seq(),
+                nvbuf: nvbuf.next_seq(),
+            }
+            .into());
         }
         if recovered > 0 {
             tracing::info!(
@@ -478,8 +441,10 @@ impl Primary {
         let mut restore_into: Option<Arc<dyn Replica>> = None;
         let local = match &opts.local {
             Some(path) => {
-                let file: Arc<dyn Replica> =
-                    Arc::new(FileReplica::open(path, opts.volume.size).map_err(|e| start_err(&e))?);
+                let file: Arc<dyn Replica> = Arc::new(
+                    FileReplica::open(path, opts.volume.size)
+                        .map_err(|e| StartError::LocalCopy(Arc::new(e)))?,
+                );
                 let disk: Arc<dyn Replica> = match &restore {
                     Some(r) if !r.done() => {
                         restore_into = Some(file.clone());
@@ -491,26 +456,25 @@ impl Primary {
                     _ => file,
                 };
                 let local = Arc::new(LocalCopy::new(disk, carried_over));
-                replay::into_local(&recovery, &local, key.as_ref()).map_err(|e| start_err(&e))?;
+                replay::into_local(&recovery, &local, key.as_ref())
+                    .map_err(|e| StartError::Replay(Arc::new(e)))?;
                 Some(local)
             }
             None => None,
         };
         if overflow == Overflow::Bitmap && local.is_none() {
-            return Err(start_err(
-                &"nvbuf.overflow = bitmap needs a local copy (nbd.local) to write ahead to; \
-                  without one, choose stall or fail",
-            ));
+            return Err(StartError::BitmapWithoutLocal.into());
         }
         let map = match &local {
             Some(_) => Some(Arc::new(
-                open_map(&opts, &mut meta).map_err(|e| start_err(&e))?,
+                open_map(&opts, &mut meta).map_err(|e| StartError::ChangeMap(Arc::new(e)))?,
             )),
             None => None,
         };
         let mut mode = Mode::Journal;
         if let (Some(map), false) = (&map, meta.ahead) {
-            let cleared = mode::clear_replayed(&nvbuf, map).map_err(|e| start_err(&e))?;
+            let cleared = mode::clear_replayed(&nvbuf, map)
+                .map_err(|e| StartError::ChangeMap(Arc::new(e)))?;
             if cleared > 0 {
                 tracing::info!(
                     "{} of the changed-block map reach the replica with the nvbuf's replay",
@@ -520,14 +484,12 @@ impl Primary {
         }
         if meta.ahead {
             let (Some(map), Some(_)) = (&map, &local) else {
-                return Err(start_err(
-                    &"the primary stopped while ahead (writes in its local copy and map only) \
-                      but has no local copy now: start it with its nbd.local",
-                ));
+                return Err(StartError::AheadWithoutLocal.into());
             };
             // A crash in the middle of a fold leaves records in the nvbuf:
             // the replay put them in the local copy; the map gets them now.
-            mode::resume_ahead(&nvbuf, map, &mut sender, now).map_err(|e| start_err(&e))?;
+            mode::resume_ahead(&nvbuf, map, &mut sender, now)
+                .map_err(|e| StartError::Fold(Arc::new(e)))?;
             mode = Mode::Ahead { since: now };
             tracing::warn!(
                 "the primary was ahead when it stopped: it goes on writing to its local copy \
@@ -541,16 +503,12 @@ impl Primary {
                 // disk held, or the restore would bring back older data.
                 let marked = map.as_ref().map_or(0, |m| m.marked_bytes());
                 if meta.ahead || marked > 0 {
-                    return Err(start_err(&format!(
-                        "--restore-from-remote refused: the changed-block map marks {} that \
-                         the remote does not hold (they were only on the lost local disk); a \
-                         restore would bring back older data there. Recover the old disk, or \
-                         start without --restore-from-remote and resync",
-                        crate::units::format_bytes(marked)
-                    )));
+                    return Err(StartError::RestoreOverMarked { marked }.into());
                 }
-                r.create()
-                    .map_err(|e| start_err(&format!("saving the restore map: {e}")))?;
+                r.create().map_err(|e| StartError::RestoreMap {
+                    path: restore::map_path(path),
+                    source: Arc::new(e),
+                })?;
                 tracing::warn!(
                     "restoring the local copy {} from the remote: reads of what is not local \
                      yet go to the remote; the rest is copied in the background",
@@ -589,7 +547,7 @@ impl Primary {
             local.clone(),
             (overflow, opts.mirror.overflow_after),
         )
-        .map_err(|e| start_err(&e))?;
+        .map_err(StartError::spawn("the pipeline threads"))?;
 
         let bind: SocketAddr = if opts.remote.is_ipv6() {
             "[::]:0".parse().expect("literal")
@@ -599,7 +557,7 @@ impl Primary {
         let endpoint = {
             let _guard = handle.enter();
             transport::client_endpoint(bind, &opts.identity, &opts.peer, &opts.tuning)
-                .map_err(|e| start_err(&e))?
+                .map_err(|e| StartError::Transport(Arc::new(e)))?
         };
         let hello = connect::hello(&opts.volume, epoch, carried_over, opts.compress);
         let params = session::SessionParams {
@@ -641,7 +599,7 @@ impl Primary {
             volume_size: opts.volume.size,
         }
         .spawn()
-        .map_err(|e| start_err(&e))?;
+        .map_err(StartError::spawn("the sync thread"))?;
         Ok(Primary {
             core,
             ingest,
@@ -686,7 +644,7 @@ impl Primary {
     fn ahead(&self, f: impl FnOnce() -> Result<(), FoldError>) -> Result<Pending, PrimaryError> {
         let started = Instant::now();
         if let Err(e) = f() {
-            let why = format!("writing ahead: {e}");
+            let why = Halt::Ahead(Arc::new(e));
             tracing::error!("{why}; the primary stops accepting writes");
             self.core.fail(why.clone());
             return Err(PrimaryError::Failed(why));
@@ -757,7 +715,7 @@ impl Primary {
         self.core.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.ingest
             .submit_write(seq, self.epoch, offset, data)
-            .map_err(PrimaryError::Failed)?;
+            .map_err(|what| PrimaryError::Failed(Halt::Stopped(what)))?;
         Ok(Pending { rx })
     }
 
@@ -783,7 +741,7 @@ impl Primary {
                 0,
                 &frame,
             ))
-            .map_err(PrimaryError::Failed)?;
+            .map_err(|what| PrimaryError::Failed(Halt::Stopped(what)))?;
         Ok(Pending { rx })
     }
 
@@ -813,7 +771,7 @@ impl Primary {
                 len,
                 &frame,
             ))
-            .map_err(PrimaryError::Failed)?;
+            .map_err(|what| PrimaryError::Failed(Halt::Stopped(what)))?;
         Ok(Pending { rx })
     }
 
@@ -884,7 +842,7 @@ impl Primary {
                 0,
                 &frame,
             ))
-            .map_err(PrimaryError::Failed)?;
+            .map_err(|what| PrimaryError::Failed(Halt::Stopped(what)))?;
         Ok(Pending { rx })
     }
 
@@ -897,10 +855,12 @@ impl Primary {
             // Every write answered before this read must be visible in it.
             let answered = self.core.lock().sender.progress().answered;
             if !local.wait_applied(answered, self.read_timeout).await {
-                return Err(PrimaryError::ReadUnavailable(format!(
-                    "the local copy did not reach seq {answered} within {:?}",
-                    self.read_timeout
-                )));
+                return Err(PrimaryError::ReadUnavailable(
+                    ReadUnavailable::LocalBehind {
+                        seq: answered,
+                        waited: self.read_timeout,
+                    },
+                ));
             }
             if let Some(r) = self.core.restore.as_ref().filter(|r| !r.done()) {
                 return self.read_restoring(local, r, offset, len).await;
@@ -909,7 +869,7 @@ impl Primary {
             local
                 .disk()
                 .read_at(offset, &mut buf)
-                .map_err(|e| PrimaryError::Local(e.to_string()))?;
+                .map_err(|e| PrimaryError::Local(Arc::new(e)))?;
             return Ok(Bytes::from(buf));
         }
         let after = self.core.lock().sender.highest_seq();
@@ -958,15 +918,15 @@ impl Primary {
         }
         let mut out = bytes::BytesMut::with_capacity(len as usize);
         for (at, n, is_local) in restore.runs(offset, u64::from(len)) {
-            // A run is at most `len` bytes: it fits a u32.
-            let n32 = u32::try_from(n)
-                .map_err(|_| PrimaryError::Local(format!("a read run of {n} bytes")))?;
+            // A run lies within the read: it fits a u32.
+            debug_assert!(n <= u64::from(len), "run of {n} bytes in a read of {len}");
+            let n32 = n.min(u64::from(len)) as u32;
             if is_local {
                 let mut buf = vec![0u8; n as usize];
                 local
                     .disk()
                     .read_at(at, &mut buf)
-                    .map_err(|e| PrimaryError::Local(e.to_string()))?;
+                    .map_err(|e| PrimaryError::Local(Arc::new(e)))?;
                 out.extend_from_slice(&buf);
             } else {
                 let after = self.core.lock().sender.highest_seq();
@@ -980,11 +940,7 @@ impl Primary {
                 )
                 .await?;
                 if !restore.source_ok() {
-                    return Err(PrimaryError::ReadUnavailable(
-                        "the remote does not hold this volume, and the local copy is not \
-                         restored there: see the decision in `dtu status`"
-                            .into(),
-                    ));
+                    return Err(PrimaryError::ReadUnavailable(ReadUnavailable::NoSource));
                 }
                 restore.served_from_remote(n);
                 out.extend_from_slice(&data);
@@ -1028,7 +984,7 @@ impl Primary {
         }
         self.core
             .update_meta(|m| m.verify = Some((start, end)))
-            .map_err(|e| PrimaryError::Failed(format!("recording the verify: {e}")))?;
+            .map_err(PrimaryError::from)?;
         self.core.wake_sync();
         Ok(())
     }
@@ -1220,12 +1176,6 @@ fn open_map(
 impl Drop for Primary {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-impl From<NvbufError> for PrimaryError {
-    fn from(e: NvbufError) -> Self {
-        PrimaryError::Failed(e.to_string())
     }
 }
 

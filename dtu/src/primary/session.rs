@@ -8,6 +8,7 @@
 //! connection from the remote's last stored seq; the host keeps writing into
 //! the nvbuf meanwhile.
 
+use super::error::{Halt, ReadUnavailable};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -449,9 +450,7 @@ pub(crate) async fn read_remote(
                 return Err(PrimaryError::ShuttingDown);
             }
             if tokio::time::timeout_at(deadline, n).await.is_err() {
-                return Err(PrimaryError::ReadUnavailable(
-                    "the link to the remote is down".into(),
-                ));
+                return Err(PrimaryError::ReadUnavailable(ReadUnavailable::LinkDown));
             }
         };
         let req = ReadRequest {
@@ -463,9 +462,7 @@ pub(crate) async fn read_remote(
         };
         let data = tokio::time::timeout_at(deadline, read_once(&conn, req))
             .await
-            .map_err(|_| {
-                PrimaryError::ReadUnavailable("the remote did not answer in time".into())
-            })??;
+            .map_err(|_| PrimaryError::ReadUnavailable(ReadUnavailable::TimedOut))??;
         out.extend_from_slice(&data);
         at += piece;
     }
@@ -473,26 +470,29 @@ pub(crate) async fn read_remote(
 }
 
 async fn read_once(conn: &quinn::Connection, req: ReadRequest) -> Result<Bytes, PrimaryError> {
-    let unavailable = |e: &dyn std::fmt::Display| PrimaryError::ReadUnavailable(e.to_string());
-    let (mut send, recv) = conn.open_bi().await.map_err(|e| unavailable(&e))?;
+    fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> PrimaryError {
+        PrimaryError::ReadUnavailable(ReadUnavailable::Stream(std::sync::Arc::new(e)))
+    }
+    let (mut send, recv) = conn.open_bi().await.map_err(unavailable)?;
     transport::write_frame(&mut send, &Frame::ReadRequest(req))
         .await
-        .map_err(|e| unavailable(&e))?;
+        .map_err(unavailable)?;
     let _ = send.finish();
     let mut frames = FrameStream::new(recv);
-    match frames.next().await.map_err(|e| unavailable(&e))? {
+    match frames.next().await.map_err(unavailable)? {
         Some(Frame::ReadResponse(r))
             if r.status == ReadStatus::Ok && r.data.len() == req.length as usize =>
         {
             Ok(r.data)
         }
-        Some(Frame::ReadResponse(r)) => Err(PrimaryError::ReadUnavailable(format!(
-            "remote could not read {}+{}: {:?}",
-            req.offset, req.length, r.status
-        ))),
-        _ => Err(PrimaryError::ReadUnavailable(
-            "remote closed the read stream".into(),
-        )),
+        Some(Frame::ReadResponse(r)) => {
+            Err(PrimaryError::ReadUnavailable(ReadUnavailable::Refused {
+                offset: req.offset,
+                length: req.length,
+                status: r.status,
+            }))
+        }
+        _ => Err(PrimaryError::ReadUnavailable(ReadUnavailable::Closed)),
     }
 }
 
@@ -559,12 +559,9 @@ fn accept_decision(
             let ok = super::restore::source_holds_volume(&accepted.decision, marked);
             r.set_source(ok);
             if !ok && !r.done() {
-                let why = format!(
-                    "the local copy is being restored from the remote, but the remote does not \
-                     hold this volume ({line}): the restore cannot go on and the missing extents \
-                     have no source. Nothing more is answered; recover the old disk, or start \
-                     over from the replica (dtu promote on the remote)"
-                );
+                let why = Halt::RestoreWithoutSource {
+                    decision: line.clone(),
+                };
                 tracing::error!("{why}");
                 restore_failed = Some(why);
             }
@@ -573,7 +570,7 @@ fn accept_decision(
     };
     if let Some(why) = restore_failed {
         core.fail(why.clone());
-        return Err(SessionEnd::Refused(why));
+        return Err(SessionEnd::Refused(why.to_string()));
     }
     if changed {
         core.nvbuf

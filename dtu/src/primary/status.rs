@@ -56,7 +56,7 @@ pub(super) fn build(p: &Primary) -> PrimaryStatus {
             s.oldest_unstored()
                 .map(|t| now.saturating_duration_since(t)),
             st.link.clone(),
-            st.failed.clone(),
+            st.failed.as_ref().map(ToString::to_string),
             mirror,
             s.degraded(now),
         )

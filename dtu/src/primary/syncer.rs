@@ -6,6 +6,7 @@
 //! to the encoders and the appender. Pacing: the engine's own in-flight
 //! bound, the sender's queue (host writes first), and `sync.rate_max`.
 
+use super::error::Halt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,7 +172,10 @@ impl Syncer {
                             }
                         }
                         Err(e) => {
-                            let why = format!("sync: reading the local copy for seq {seq}: {e}");
+                            let why = Halt::SyncRead {
+                                seq: *seq,
+                                source: std::sync::Arc::new(e),
+                            };
                             tracing::error!("{why}");
                             core.fail(why);
                             return;

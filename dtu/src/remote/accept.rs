@@ -29,10 +29,13 @@ use crate::replica::VolumeState;
 pub enum AcceptError {
     #[error(transparent)]
     Refused(#[from] HandshakeError),
-    /// The generations say the pair must not mirror; the message is the
-    /// one-line decision.
-    #[error("{0}")]
-    Decision(String),
+    /// The generations say the pair must not mirror: why, and the
+    /// one-line decision with what the operator can do.
+    #[error("{explained}")]
+    Decision {
+        refusal: dtu_proto::generation::Refusal,
+        explained: String,
+    },
     #[error("recording the primary in the replica's state file: {0}")]
     State(#[from] std::io::Error),
 }
@@ -302,7 +305,7 @@ pub fn accept_primary(
         decision = what;
     }
     let rebase = match decision {
-        Decision::Refuse(_) => return Err(AcceptError::Decision(explained)),
+        Decision::Refuse(refusal) => return Err(AcceptError::Decision { refusal, explained }),
         Decision::Resume => None,
         Decision::Resync { .. } | Decision::Adopt => {
             // A replica of this primary's own history (it knows the

@@ -162,8 +162,8 @@ async fn session_inner(
             Err(e) => {
                 st.refused += 1;
                 st.last_refusal = Some(e.to_string());
-                if let AcceptError::Decision(line) = &e {
-                    st.decision = Some(line.clone());
+                if let AcceptError::Decision { explained, .. } = &e {
+                    st.decision = Some(explained.clone());
                 }
                 Err(e)
             }
@@ -175,9 +175,9 @@ async fn session_inner(
             tracing::error!("refusing primary {}: {e}", conn.remote_address());
             let goodbye = match &e {
                 AcceptError::Refused(h) => Some(h.goodbye()),
-                AcceptError::Decision(line) => Some(Goodbye {
+                AcceptError::Decision { explained, .. } => Some(Goodbye {
                     reason: GoodbyeReason::Refused,
-                    message: line.clone(),
+                    message: explained.clone(),
                 }),
                 _ => None,
             };

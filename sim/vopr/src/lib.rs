@@ -83,7 +83,7 @@ use dtu::primary::replay;
 use dtu::primary::restore::{Restore, RestoringDisk};
 use dtu::primary::role;
 use dtu::primary::sync::{self, Event as SyncEvent, Prepared, SyncEngine, Work};
-use dtu::remote::accept::accept_primary;
+use dtu::remote::accept::{accept_primary, AcceptError};
 use dtu::remote::applier::Applied;
 use dtu::remote::applier::Applier;
 use dtu::remote::promote::promotion_refused;
@@ -94,7 +94,7 @@ use dtu_proto::codec::{decode_chunk, Key};
 use dtu_proto::frame::{
     self, Checkpoint, CheckpointKind, DigestResponse, Flush, Frame, Hello, Trim, Write,
 };
-use dtu_proto::generation::{Generations, InitialSync};
+use dtu_proto::generation::{Generations, InitialSync, Refusal};
 use dtu_proto::receiver::Inbound;
 use dtu_proto::sender::{OpKind, SenderConfig};
 use dtu_proto::{AckPolicy, Epoch, Receiver, Sender, Seq, Trigger};
@@ -2034,7 +2034,12 @@ impl World {
         };
         let accepted = match accepted {
             Ok(a) => a,
-            Err(e) if self.after_failover && e.to_string().contains("split brain") => {
+            Err(
+                e @ AcceptError::Decision {
+                    refusal: Refusal::SplitBrain,
+                    ..
+                },
+            ) if self.after_failover => {
                 // The old primary's host wrote while cut off (it went
                 // ahead): both sides changed. The operator keeps the
                 // promoted side's data, as the refusal says how.
