@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+// Only the library's curated surface (no `internals` feature needed).
 use dtu::config::Volume;
 use dtu::identity::Identity;
-use dtu::primary::{MirrorOptions, Primary, PrimaryOptions};
-use dtu::remote::{Remote, RemoteOptions};
-use dtu::replica::{MemReplica, Replica};
-use dtu::transport::LinkTuning;
-use dtu_proto::{AckPolicy, Trigger};
+use dtu::{
+    AckPolicy, InitialSync, LinkTuning, MemReplica, MirrorOptions, Primary, PrimaryOptions, Remote,
+    RemoteOptions, Replica, Trigger,
+};
 
 const SIZE: u64 = 16 << 20;
 
@@ -86,7 +86,7 @@ fn main() -> Result<()> {
             peer_lost: false,
             restore_from_remote: false,
             mirror: MirrorOptions {
-                initial_sync: dtu_proto::generation::InitialSync::AssumeInSync,
+                initial_sync: InitialSync::AssumeInSync,
                 ..MirrorOptions::default()
             },
         })

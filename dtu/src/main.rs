@@ -1,5 +1,5 @@
 //! The `dtu` command; see `dtu --help`.
 
 fn main() -> anyhow::Result<()> {
-    dtu::cli::main()
+    dtu::cli_main()
 }

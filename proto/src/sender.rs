@@ -71,7 +71,7 @@ impl Default for SenderConfig {
 
 /// A host operation answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Completion {
+pub struct Answer {
     pub seq: Seq,
     pub kind: OpKind,
     /// The stage that answered it.
@@ -163,7 +163,7 @@ pub struct Sender {
     inflight_bytes: u64,
     connected: bool,
     dirty: Option<f64>,
-    completions: VecDeque<Completion>,
+    answers: VecDeque<Answer>,
     transmits: VecDeque<Frame>,
     answer_timer: Option<Instant>,
     heartbeats: Heartbeats,
@@ -193,7 +193,7 @@ impl Sender {
             inflight_bytes: 0,
             connected: false,
             dirty: None,
-            completions: VecDeque::new(),
+            answers: VecDeque::new(),
             transmits: VecDeque::new(),
             answer_timer: None,
             stats: SenderStats::default(),
@@ -640,7 +640,7 @@ impl Sender {
                     break;
                 }
                 op.answered = true;
-                let done = Completion {
+                let done = Answer {
                     seq,
                     kind: op.kind,
                     trigger,
@@ -650,7 +650,7 @@ impl Sender {
                 self.stats.answered_by[trigger] += 1;
                 self.stats.answer_latency.record(done.latency);
                 self.stats.answer_latency_by_trigger[trigger].record(done.latency);
-                self.completions.push_back(done);
+                self.answers.push_back(done);
             }
             self.answered_upto = seq;
         }
@@ -673,7 +673,7 @@ impl Sender {
         for (i, op) in self.ops.iter_mut().enumerate() {
             let seq = self.base + i as Seq;
             if seq > self.answered_upto && !op.answered && !op.recovered {
-                let done = Completion {
+                let done = Answer {
                     seq,
                     kind: op.kind,
                     trigger: Trigger::Buffered,
@@ -682,7 +682,7 @@ impl Sender {
                 };
                 self.stats.folded += 1;
                 self.stats.answer_latency.record(done.latency);
-                self.completions.push_back(done);
+                self.answers.push_back(done);
             }
         }
         self.ops.clear();
@@ -723,8 +723,8 @@ impl Sender {
 
     /// The next answered host operation.
     #[must_use]
-    pub fn poll_completion(&mut self) -> Option<Completion> {
-        self.completions.pop_front()
+    pub fn poll_answer(&mut self) -> Option<Answer> {
+        self.answers.pop_front()
     }
 
     /// The next control frame to send (heartbeats and their replies).

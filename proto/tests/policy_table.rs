@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use dtu_proto::frame::{Ack, AckKind, Frame, Nack, NackReason};
 use dtu_proto::policy::MAX_DELAY;
-use dtu_proto::sender::{Completion, OpKind, Sender, SenderConfig};
+use dtu_proto::sender::{Answer, OpKind, Sender, SenderConfig};
 use dtu_proto::{AckPolicy, Trigger};
 use proptest::prelude::*;
 
@@ -26,13 +26,13 @@ fn sender(policy: AckPolicy, now: Instant) -> Sender {
 
 /// Walks one write through every stage; returns the stage after which it
 /// was answered and the answer.
-fn answered_at(s: &mut Sender, now: Instant) -> (Trigger, Completion) {
+fn answered_at(s: &mut Sender, now: Instant) -> (Trigger, Answer) {
     let seq = s.submit(OpKind::Write, 4096, now);
     let mut stage = Trigger::Received;
     loop {
-        if let Some(c) = s.poll_completion() {
+        if let Some(c) = s.poll_answer() {
             assert_eq!(c.seq, seq);
-            assert!(s.poll_completion().is_none(), "answered twice");
+            assert!(s.poll_answer().is_none(), "answered twice");
             return (stage, c);
         }
         stage = match stage {
@@ -142,13 +142,13 @@ fn delay_holds_the_answer_after_the_trigger() {
     let seq = s.submit(OpKind::Write, 10, t0);
     let t1 = t0 + Duration::from_millis(5);
     s.on_buffered(seq, t1);
-    assert!(s.poll_completion().is_none());
+    assert!(s.poll_answer().is_none());
     let due = s.poll_timeout().unwrap();
     assert!(due <= t1 + delay, "timer must cover the delay");
     s.handle_timeout(t1 + delay - Duration::from_millis(1));
-    assert!(s.poll_completion().is_none(), "answered before the delay");
+    assert!(s.poll_answer().is_none(), "answered before the delay");
     s.handle_timeout(t1 + delay);
-    let c = s.poll_completion().expect("answered after the delay");
+    let c = s.poll_answer().expect("answered after the delay");
     assert_eq!(c.trigger, Trigger::Buffered);
     assert_eq!(c.latency, Duration::from_millis(35));
 }
@@ -161,15 +161,15 @@ fn a_policy_change_applies_to_unanswered_writes() {
     let b = s.submit(OpKind::Write, 10, now);
     s.on_buffered(b, now);
     assert!(
-        s.poll_completion().is_none(),
+        s.poll_answer().is_none(),
         "below threshold: waits for remote-stored"
     );
     s.report_dirty(90.0, now);
     assert_eq!(
-        s.poll_completion().map(|c| (c.seq, c.trigger)),
+        s.poll_answer().map(|c| (c.seq, c.trigger)),
         Some((a, Trigger::Buffered))
     );
-    assert_eq!(s.poll_completion().map(|c| c.seq), Some(b));
+    assert_eq!(s.poll_answer().map(|c| c.seq), Some(b));
     assert!(s.spoofing_active());
     s.report_dirty(10.0, now);
     assert!(!s.spoofing_active());
@@ -198,9 +198,9 @@ fn a_flush_waits_for_every_earlier_write() {
     let third = s.poll_send(now).unwrap();
     s.on_sent(second, now);
     s.on_sent(third, now);
-    assert!(s.poll_completion().is_none());
+    assert!(s.poll_answer().is_none());
     s.on_sent(first, now);
-    let order: Vec<_> = std::iter::from_fn(|| s.poll_completion())
+    let order: Vec<_> = std::iter::from_fn(|| s.poll_answer())
         .map(|c| (c.seq, c.kind))
         .collect();
     assert_eq!(
@@ -301,7 +301,7 @@ fn recovered_operations_are_resent_but_not_answered() {
     s.on_connected(10, now).unwrap();
     assert_eq!(s.poll_send(now), Some(11));
     assert_eq!(s.poll_send(now), Some(12));
-    assert!(s.poll_completion().is_none());
+    assert!(s.poll_answer().is_none());
 }
 
 /// Any delay, however absurd (up to `Duration::MAX`, set through
@@ -332,11 +332,11 @@ fn delay_is_capped(delay: Duration, via_set_policy: bool, nanos: u64) -> Result<
         prop_assert!(due <= t + capped, "timer at {:?}", due - t);
         if !capped.is_zero() {
             s.handle_timeout(t + capped - Duration::from_nanos(1));
-            prop_assert!(s.poll_completion().is_none(), "answered before the delay");
+            prop_assert!(s.poll_answer().is_none(), "answered before the delay");
         }
         s.handle_timeout(t + capped);
         let c = s
-            .poll_completion()
+            .poll_answer()
             .expect("answered once the capped delay passed");
         prop_assert_eq!(c.seq, seq);
         prop_assert_eq!(c.latency, capped);

@@ -253,7 +253,7 @@ fn run(seed: u64, seal: bool) {
         while let Some(f) = down.due(now) {
             sender.on_frame(&f, at).unwrap();
         }
-        while let Some(c) = sender.poll_completion() {
+        while let Some(c) = sender.poll_answer() {
             answered += 1;
             assert_eq!(c.seq, answered, "answers come in seq order, once each");
         }

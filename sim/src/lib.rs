@@ -8,6 +8,7 @@
 
 pub mod host;
 pub mod link;
+#[cfg(feature = "plot")]
 pub mod plot;
 pub mod presets;
 pub mod relay;

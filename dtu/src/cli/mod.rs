@@ -4,6 +4,7 @@
 //! the command line.
 
 pub mod admin;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod init;
 pub mod role;
@@ -73,6 +74,7 @@ pub enum Command {
     Progress(admin::ProgressArgs),
     /// Run a primary and a remote over an emulated link with a bursty host
     /// workload, show live status, and verify the replica.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
 }
 
@@ -164,6 +166,7 @@ pub fn main() -> Result<()> {
             init_tracing(&cli.log);
             role::switchover(a)
         }
+        #[cfg(feature = "demo")]
         Command::Demo(a) => {
             init_tracing(if cli.log == "info" { "warn" } else { &cli.log });
             demo::run(a)

@@ -153,6 +153,7 @@ impl RemoteControl {
         let (ppath, pcfg) = promoted_config(&self.cfg, &self.path)?;
         let started = Instant::now();
         let p = self.remote.promote(force, || {
+            // `{:#}`: the hook's error with its causes, in one line.
             fence(&self.cfg.roles, "promote", &self.cfg.volume.id, &self.path)
                 .map_err(|e| format!("{e:#}"))
         })?;

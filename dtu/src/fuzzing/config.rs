@@ -327,7 +327,7 @@ fn check_sender(policy: AckPolicy) {
     let seq = s.submit(OpKind::Write, 4096, t0);
     s.on_buffered(seq, t0);
     s.handle_timeout(t0 + MAX_DELAY + Duration::from_millis(1));
-    let answered = s.poll_completion().is_some();
+    let answered = s.poll_answer().is_some();
     let spoofs = policy.spoofing && policy.trigger <= dtu_proto::Trigger::Buffered;
     assert!(
         answered || !spoofs,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
-use dtu_proto::sender::{Completion, OpKind, Sender};
+use dtu_proto::sender::{Answer as SenderAnswer, OpKind, Sender};
 use dtu_proto::Seq;
 use tokio::sync::{oneshot, Notify};
 
@@ -35,15 +35,21 @@ use super::{Answer, PrimaryError};
 pub enum LinkState {
     /// Trying to reach the remote; the last error if an attempt failed.
     Connecting {
+        /// Attempts since the link was last up.
         attempts: u64,
+        /// Why the last attempt failed.
         last_error: Option<String>,
     },
+    /// Connected and mirroring.
     Connected {
+        /// When the connection was made.
         since: Instant,
+        /// The remote's address.
         peer: String,
     },
     /// The remote refused this primary; retrying will not help by itself.
     Refused {
+        /// The remote's words.
         reason: String,
     },
 }
@@ -499,10 +505,10 @@ impl Core {
     }
 }
 
-/// Takes the sender's completions and pairs them with their waiters.
-fn drain(st: &mut State) -> Vec<(Waiter, Completion)> {
+/// Takes the sender's answers and pairs them with their waiters.
+fn drain(st: &mut State) -> Vec<(Waiter, SenderAnswer)> {
     let mut out = Vec::new();
-    while let Some(c) = st.sender.poll_completion() {
+    while let Some(c) = st.sender.poll_answer() {
         // Waiters are in seq order; recovered seqs have none.
         while st.waiters.front().is_some_and(|(s, _)| *s < c.seq) {
             st.waiters.pop_front();
@@ -515,7 +521,7 @@ fn drain(st: &mut State) -> Vec<(Waiter, Completion)> {
     out
 }
 
-fn answer(done: Vec<(Waiter, Completion)>) {
+fn answer(done: Vec<(Waiter, SenderAnswer)>) {
     for (w, c) in done {
         let _ = w.send(Ok(Answer {
             seq: c.seq,

@@ -27,6 +27,7 @@ pub mod connect;
 mod core;
 mod error;
 mod export;
+#[cfg(feature = "demo")]
 mod host;
 pub mod ingest;
 pub mod local;
@@ -67,6 +68,7 @@ use self::core::Core;
 pub use self::core::LinkState;
 pub use self::error::{Halt, PrimaryError, ReadUnavailable, StartError};
 pub use self::export::PrimaryExport;
+#[cfg(feature = "demo")]
 pub use self::host::HostSink;
 use self::ingest::{EncodeSettings, Ingest, Record};
 use self::local::LocalCopy;
@@ -123,18 +125,31 @@ impl Future for Pending {
 /// from a config file, embedders fill it in directly.
 #[derive(Clone)]
 pub struct PrimaryOptions {
+    /// The mirrored volume: its id, size, block size and sealing key.
     pub volume: Volume,
+    /// This side's certificate and key.
     pub identity: Identity,
+    /// The remote's certificate fingerprint; no other peer is accepted.
     pub peer: Fingerprint,
+    /// Where the remote listens.
     pub remote: SocketAddr,
+    /// The name the remote's certificate is checked against.
     pub server_name: String,
+    /// The link's rate, round trip and congestion controller.
     pub tuning: LinkTuning,
+    /// Parallel QUIC streams carrying records.
     pub lanes: usize,
+    /// The nvbuf file; made if missing, recovered if not.
     pub nvbuf_path: PathBuf,
+    /// Bytes of the nvbuf (rounded down to its page).
     pub nvbuf_size: u64,
+    /// Threads that compress, seal and checksum chunks.
     pub workers: usize,
+    /// Largest piece of a write in one record, in bytes.
     pub chunk_size: usize,
+    /// Compress chunks (snappy) before sealing them.
     pub compress: bool,
+    /// When host operations are answered.
     pub policy: AckPolicy,
     /// Keep a local copy of the volume and serve reads from it.
     pub local: Option<PathBuf>,
@@ -206,6 +221,7 @@ pub const DEFAULT_OVERFLOW_AFTER: Duration = Duration::from_secs(5);
 const REBUILD_WAIT: Duration = Duration::from_secs(5);
 
 impl PrimaryOptions {
+    /// The options a primary config file describes.
     pub fn from_config(c: &PrimaryConfig) -> Result<PrimaryOptions, PrimaryError> {
         let identity =
             Identity::load(&c.cert, &c.key).map_err(|e| StartError::Identity(Arc::new(e)))?;
@@ -1008,14 +1024,17 @@ impl Primary {
         self.core.event(|s, now| s.set_policy(policy, now));
     }
 
+    /// The acknowledgement policy in force.
     pub fn policy(&self) -> AckPolicy {
         self.core.lock().sender.policy()
     }
 
+    /// The mirrored volume's id.
     pub fn volume_id(&self) -> VolumeId {
         self.volume.id
     }
 
+    /// The mirrored volume's size in bytes.
     pub fn volume_size(&self) -> u64 {
         self.volume.size
     }

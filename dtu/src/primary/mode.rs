@@ -42,6 +42,7 @@ pub enum Overflow {
 }
 
 impl Overflow {
+    /// The policy's name in config files and the status.
     pub fn name(self) -> &'static str {
         match self {
             Overflow::Stall => "stall",

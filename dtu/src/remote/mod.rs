@@ -77,34 +77,53 @@ pub fn hello(volume: &Volume, epoch_seen: Epoch, stored: Seq) -> Hello {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RemoteError {
+    /// The certificate or key could not be read.
     #[error("cannot start the remote: its identity: {0}")]
     Identity(#[source] crate::identity::IdentityError),
+    /// `identity.peer_fingerprint` is not a fingerprint.
     #[error("cannot start the remote: identity.peer_fingerprint: {0}")]
     PeerFingerprint(#[source] crate::identity::IdentityError),
     #[error("cannot start the remote: {what}: {source}")]
+    /// A file, thread or runtime could not be made.
     Io {
+        /// What was being made.
         what: &'static str,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
+    /// The replica could not be opened.
     #[error("cannot start the remote: {0}")]
     Replica(#[from] crate::replica::ReplicaError),
     #[error(
         "cannot start the remote: the replica storage holds {storage} bytes, the volume {volume}"
     )]
-    StorageSize { storage: u64, volume: u64 },
+    /// The storage handed in is smaller or larger than the volume.
+    StorageSize {
+        /// Bytes the storage holds.
+        storage: u64,
+        /// Bytes of the volume.
+        volume: u64,
+    },
+    /// The replica's state file could not be read or written.
     #[error("cannot start the remote: {0}")]
     State(#[from] crate::replica::StateError),
     #[error("cannot start the remote: undo journal {dir}: {source}")]
+    /// The undo journal could not be opened.
     Undo {
+        /// The journal's directory.
         dir: PathBuf,
+        /// Why.
         #[source]
         source: crate::undo::UndoError,
     },
+    /// A rollback a stop interrupted could not be finished.
     #[error("cannot start the remote: finishing a rollback left under way: {0}")]
     Rollback(#[from] rollback::RollbackError),
+    /// The QUIC listener could not be made.
     #[error("cannot start the remote: {0}")]
     Listen(#[from] crate::transport::TransportError),
+    /// The replica was promoted: this site is a primary now.
     #[error(
         "cannot start the remote: its replica was promoted (generation {:016x}); it is a \
          primary's volume now. Run this site as a primary (roles.primary), or demote that \
@@ -117,13 +136,21 @@ pub enum RemoteError {
 /// Everything the remote needs.
 #[derive(Clone)]
 pub struct RemoteOptions {
+    /// The mirrored volume: its id, size, block size and sealing key.
     pub volume: Volume,
+    /// This side's certificate and key.
     pub identity: Identity,
+    /// The primary's certificate fingerprint; no other peer is accepted.
     pub peer: Fingerprint,
+    /// Where to listen for the primary.
     pub listen: SocketAddr,
+    /// The link's rate, round trip and congestion controller.
     pub tuning: LinkTuning,
+    /// The replica file or block device (unless `storage` is given).
     pub replica: PathBuf,
+    /// The replica's state file: its generation, position and consistency.
     pub state: PathBuf,
+    /// Threads that check, open and decompress records.
     pub workers: usize,
     /// Use a replica whose identity does not match its state file (another
     /// inode or size, or changed since a clean stop), marking it
@@ -147,6 +174,7 @@ pub struct RemoteOptions {
 }
 
 impl RemoteOptions {
+    /// The options a remote config file describes.
     pub fn from_config(c: &RemoteConfig) -> Result<RemoteOptions, RemoteError> {
         let identity = Identity::load(&c.cert, &c.key).map_err(RemoteError::Identity)?;
         let peer: Fingerprint = c
@@ -486,6 +514,7 @@ impl Remote {
         self.core.lock().receiver.stored_upto()
     }
 
+    /// The replica the remote applies to.
     pub fn replica(&self) -> Arc<dyn Replica> {
         self.core.replica.clone()
     }
@@ -795,6 +824,7 @@ impl Remote {
         Status::Remote(Box::new(status::build(self)))
     }
 
+    /// The async runtime the network tasks run on.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.handle
     }

@@ -76,16 +76,16 @@ impl Remote {
     /// the checks pass and before anything changes (the site's fencing
     /// hook); its error aborts the promotion. Idempotent: a replica
     /// already promoted answers its promotion again.
-    pub fn promote(
+    pub fn promote<E: std::fmt::Display>(
         &self,
         force: bool,
-        fence: impl FnOnce() -> Result<(), String>,
+        fence: impl FnOnce() -> Result<(), E>,
     ) -> Result<Promotion, PromoteError> {
         if let Some(done) = self.already_promoted() {
             return Ok(done);
         }
         self.promotion_checks(&self.core.lock(), force)?;
-        fence().map_err(PromoteError::Fenced)?;
+        fence().map_err(|e| PromoteError::Fenced(e.to_string()))?;
         let overridden = {
             let mut st = self.core.lock();
             // Checked again: a primary may have connected while the hook ran.

@@ -180,6 +180,7 @@ pub struct Committed {
 /// Why a rollback cannot be done.
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
+    /// The undo journal could not be read or written.
     #[error(transparent)]
     Undo(#[from] UndoError),
     #[error("rolling the replica back: {what}: {source}")]
@@ -195,34 +196,53 @@ pub enum RollbackError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HistoryError {
+    /// The remote keeps no undo journal.
     #[error("this remote keeps no undo journal (undo.enabled = false)")]
     NoJournal,
+    /// The undo journal could not be read or written.
     #[error(transparent)]
     Undo(#[from] UndoError),
+    /// Retention dropped the checkpoint's era.
     #[error("the checkpoint of undo era {0} is no longer held (retention dropped it)")]
     NoLongerHeld(u64),
+    /// The as-of view could not be served.
     #[error(transparent)]
     View(#[from] super::view::ViewError),
+    /// No as-of view is served.
     #[error("no as-of view is served")]
     NoView,
+    /// The view is a rollback trial's.
     #[error("the view belongs to the rollback trial to checkpoint {0}: commit or abandon it")]
     ViewOfTrial(Box<Entry>),
     #[error("no rollback trial is under way{}", if *.needs_to { ": name the checkpoint (--to)" } else { "" })]
-    NoTrial { needs_to: bool },
+    /// No rollback trial is under way.
+    NoTrial {
+        /// The request must name a checkpoint.
+        needs_to: bool,
+    },
+    /// A rollback trial is under way.
     #[error("a rollback trial to checkpoint {0} is under way: commit or abandon it first")]
     TrialUnderWay(Box<Entry>),
     #[error("the trial under way is of checkpoint {trial}, not {asked}: commit it without --to, or abandon it and try {asked}")]
+    /// The trial under way is of another checkpoint.
     OtherTrial {
+        /// The trial's checkpoint.
         trial: Box<Entry>,
+        /// The checkpoint asked for.
         asked: Box<Entry>,
     },
+    /// The replica was rolled back and waits for the pair.
     #[error("the replica was rolled back to checkpoint {0}; it waits for the pair to be brought back into line")]
     RolledBack(Box<Entry>),
+    /// The remote stopped applying.
     #[error("the remote stopped applying: {0}")]
     Stopped(String),
     #[error("the rollback to checkpoint {checkpoint} failed part way: {source}; the replica is inconsistent and the remote stops applying (a restart finishes the rollback if its marker was written)")]
+    /// The rollback failed part way; the replica is inconsistent.
     Failed {
+        /// The checkpoint rolled back to.
         checkpoint: Box<Entry>,
+        /// Why.
         #[source]
         source: RollbackError,
     },

@@ -42,11 +42,17 @@ impl UndoOptions {
 /// A checkpoint as `dtu checkpoints` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointInfo {
+    /// The seq the checkpoint follows: the replica as of it holds every
+    /// write up to it.
     pub seq: Seq,
     /// The primary's wall time, microseconds since the Unix epoch.
     pub time_us: u64,
+    /// Why it was taken: `manual`, `timer`, `shutdown`, `boot`, `install`
+    /// or `change`.
     pub kind: String,
+    /// The name it was given.
     pub label: String,
+    /// The undo era it opens.
     pub era: u64,
     /// Bytes of the undo segment of this checkpoint's era: the old
     /// contents saved from it until the next checkpoint.

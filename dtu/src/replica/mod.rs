@@ -26,8 +26,11 @@ pub use state::{
 /// One run of a volume range as the storage holds it: data, or a hole that reads as zeros.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
+    /// First byte.
     pub offset: u64,
+    /// Bytes.
     pub len: u64,
+    /// A hole: reads as zeros, holds nothing.
     pub hole: bool,
 }
 
@@ -88,15 +91,25 @@ pub struct FileReplica {
 /// Why a replica cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
+    /// The file or device could not be opened.
     #[error("cannot open replica {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
+    Open {
+        /// The replica.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
     #[error(
         "{path} holds {actual} bytes but the volume is {expected} bytes: it was truncated or is \
          the wrong file; dtu does not grow a file that holds data (an empty file is sized for you)"
     )]
+    /// The file holds data and is not the volume's size.
     Size {
+        /// The replica.
         path: PathBuf,
+        /// The volume's size.
         expected: u64,
+        /// The file's size.
         actual: u64,
     },
 }
@@ -155,6 +168,7 @@ impl FileReplica {
         })
     }
 
+    /// The replica's file or device.
     pub fn path(&self) -> &Path {
         &self.path
     }

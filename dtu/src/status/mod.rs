@@ -16,7 +16,9 @@ pub use self::prometheus::{encode_openmetrics, OPENMETRICS_CONTENT_TYPE};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "role", rename_all = "lowercase")]
 pub enum Status {
+    /// The primary DTU's status.
     Primary(Box<PrimaryStatus>),
+    /// The remote DTU's status.
     Remote(Box<RemoteStatus>),
 }
 
@@ -36,6 +38,7 @@ pub enum ConnectionState {
 }
 
 impl ConnectionState {
+    /// Every state, in the order the Prometheus exposition lists them.
     pub const ALL: [ConnectionState; 4] = [
         ConnectionState::Connecting,
         ConnectionState::Connected,
@@ -43,6 +46,7 @@ impl ConnectionState {
         ConnectionState::Waiting,
     ];
 
+    /// The lowercase word the status shows (and serializes) for the state.
     pub fn name(self) -> &'static str {
         match self {
             ConnectionState::Connecting => "connecting",
@@ -62,10 +66,15 @@ impl std::fmt::Display for ConnectionState {
 /// One value per acknowledgement trigger, named as the triggers are.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct ByTrigger<T> {
+    /// The value at `received`: the write is in the primary DTU's memory.
     pub received: T,
+    /// The value at `buffered`: the write is durable in the primary's nvbuf.
     pub buffered: T,
+    /// The value at `sent`: the write is handed to the link.
     pub sent: T,
+    /// The value at `remote-received`: the remote DTU has the write in memory.
     pub remote_received: T,
+    /// The value at `remote-stored`: written and synced on the replica.
     pub remote_stored: T,
 }
 
@@ -109,11 +118,17 @@ pub const LATENCY_BUCKETS_S: [f64; 22] = [
 /// and counts at the fixed bounds of [`LATENCY_BUCKETS_S`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LatencyStats {
+    /// Values recorded since start.
     pub count: u64,
+    /// Sum of every value recorded, seconds.
     pub sum_s: f64,
+    /// Median, milliseconds; `None` before the first value.
     pub p50_ms: Option<f64>,
+    /// 90th percentile, milliseconds; `None` before the first value.
     pub p90_ms: Option<f64>,
+    /// 99th percentile, milliseconds; `None` before the first value.
     pub p99_ms: Option<f64>,
+    /// Largest value recorded, milliseconds; `None` before the first value.
     pub max_ms: Option<f64>,
     /// Values above the histogram's highest trackable value (one hour),
     /// counted as one hour.
@@ -131,18 +146,30 @@ pub struct LatencyStats {
 pub struct QuicStatus {
     /// QUIC connections established with the peer since start.
     pub connections: u64,
+    /// QUIC packets sent to the peer.
     pub sent_packets: u64,
+    /// QUIC packets declared lost (QUIC resent their data; dtu did not see it).
     pub lost_packets: u64,
+    /// Bytes in the QUIC packets declared lost.
     pub lost_bytes: u64,
+    /// Times QUIC's congestion controller reduced its window.
     pub congestion_events: u64,
+    /// Times QUIC saw its larger packets vanish (an MTU black hole) and went
+    /// back to the base MTU.
     pub black_holes_detected: u64,
+    /// UDP payload bytes QUIC sent to the peer, headers and resends included.
     pub udp_tx_bytes: u64,
+    /// UDP payload bytes QUIC received from the peer.
     pub udp_rx_bytes: u64,
+    /// UDP datagrams QUIC sent to the peer.
     pub udp_tx_datagrams: u64,
+    /// UDP datagrams QUIC received from the peer.
     pub udp_rx_datagrams: u64,
-    /// Of the current connection; `None` while there is none.
+    /// QUIC's path MTU now, bytes; `None` while no connection is up.
     pub path_mtu: Option<u16>,
+    /// QUIC's congestion window now, bytes; `None` while no connection is up.
     pub cwnd_bytes: Option<u64>,
+    /// QUIC's RTT estimate now, milliseconds; `None` while no connection is up.
     pub rtt_ms: Option<f64>,
 }
 
@@ -160,42 +187,76 @@ impl QuicStatus {
 /// The primary's status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PrimaryStatus {
+    /// The volume's id, 32 hex digits.
     pub volume: String,
+    /// The volume's size, bytes.
     pub volume_size: u64,
+    /// This primary's epoch: bumped and kept in the nvbuf at every start.
     pub epoch: u32,
+    /// Seconds since this DTU started.
     pub uptime_s: f64,
+    /// Where the link to the remote stands.
     pub connection: ConnectionState,
+    /// The remote's address while connected; `None` otherwise.
     pub peer: Option<String>,
+    /// How long the link is up, the attempt and last error, or the refusal.
     pub connection_detail: Option<String>,
+    /// dtu's smoothed heartbeat round trip, milliseconds; `None` until known.
     pub rtt_ms: Option<f64>,
+    /// What QUIC sends to the remote (UDP payload), bits per second, smoothed.
     pub link_throughput_bps: f64,
+    /// Host write payload accepted, bits per second, smoothed.
     pub host_throughput_bps: f64,
+    /// Lanes (QUIC streams carrying records) the primary opens to the remote.
     pub lanes: usize,
+    /// Threads that compress and seal host writes into records for the nvbuf.
     pub encode_workers: usize,
+    /// Payload bytes sent on the lanes and not yet stored by the remote.
     pub inflight_bytes: u64,
+    /// nvbuf bytes holding records not yet released (not yet remote-stored).
     pub buffered_bytes: u64,
+    /// Size of the nvbuf ring, bytes.
     pub nvbuf_capacity: u64,
+    /// `buffered_bytes` as a percentage of `nvbuf_capacity`.
     pub nvbuf_fill_pct: f64,
+    /// Writes waiting for nvbuf space right now (above 0: the nvbuf is full).
     pub nvbuf_waiting_writers: u64,
+    /// Times since start a write had to wait for nvbuf space.
     pub nvbuf_full_waits: u64,
+    /// Records made durable per nvbuf flush (group commit); 0 before any flush.
     pub records_per_flush: f64,
+    /// Age of the oldest operation the remote has not stored, seconds; `None`
+    /// when it has stored them all.
     pub oldest_unreplicated_s: Option<f64>,
+    /// The trigger configured, by name (`received` … `remote-stored`).
     pub trigger: String,
+    /// The trigger answering now: `remote-stored` unless spoofing is active;
+    /// `buffered (the link is down)` once the link has been down too long.
     pub effective_trigger: String,
+    /// Wait after the trigger before answering the host, milliseconds.
     pub delay_ms: f64,
+    /// The spoofing switch; off, every write waits for remote-stored.
     pub spoofing_enabled: bool,
+    /// Whether host writes are answered before remote-stored right now.
     pub spoofing_active: bool,
+    /// Host dirty cache share, percent, at or above which spoofing is in force.
     pub dirty_threshold_pct: f64,
+    /// The host's last reported dirty cache share, percent; `None` until then.
     pub dirty_pct: Option<f64>,
     /// Host operations answered per trigger.
     pub answered: AnsweredBy,
+    /// Host bytes written per encoded byte; 1.0 before anything is encoded.
     pub compression_ratio: f64,
     /// Seqs dtu sent again (after a nack or a reconnect); QUIC's own
     /// retransmissions are in `quic`.
     pub retransmits: u64,
+    /// Chunks the remote refused (checksum or decode) and asked for again.
     pub nacks: u64,
+    /// Host write operations accepted since start.
     pub writes: u64,
+    /// Host read operations served since start.
     pub reads: u64,
+    /// Payload bytes the host wrote since start.
     pub bytes_written: u64,
     /// Encoded (compressed, sealed) bytes appended to the nvbuf.
     #[serde(default)]
@@ -203,39 +264,59 @@ pub struct PrimaryStatus {
     /// Bytes dtu wrote to its lanes, resends included.
     #[serde(default)]
     pub lane_bytes: u64,
+    /// Highest seq assigned so far.
     pub highest_seq: u64,
+    /// Every seq up to this one is durable in the nvbuf.
     pub buffered_seq: u64,
+    /// Every seq up to this one is received by the remote.
     pub remote_received_seq: u64,
+    /// Every seq up to this one is stored on the replica.
     pub remote_stored_seq: u64,
+    /// Unreplicated operations found in the nvbuf at start and sent again.
     pub recovered_at_start: usize,
-    /// Primary→replica delay (submission to remote-stored), p50 and p99.
+    /// Median primary→replica delay (to remote-stored), milliseconds; `None`
+    /// before the first.
     pub replication_delay_p50_ms: Option<f64>,
+    /// 99th percentile of that delay, milliseconds; `None` before the first.
     pub replication_delay_p99_ms: Option<f64>,
-    /// Host ack latency, p50 and p99.
+    /// Median host ack latency (submission to answer), milliseconds; `None`
+    /// before the first.
     pub ack_latency_p50_ms: Option<f64>,
+    /// 99th percentile of that latency, milliseconds; `None` before the first.
     pub ack_latency_p99_ms: Option<f64>,
-    /// The whole distributions behind the four figures above.
+    /// Primary→replica delay, whole distribution since start.
     #[serde(default)]
     pub replication_delay: LatencyStats,
+    /// Host ack latency, whole distribution since start, all triggers together.
     #[serde(default)]
     pub ack_latency: LatencyStats,
+    /// Host ack latency since start, split by the trigger that answered.
     #[serde(default)]
     pub ack_latency_by_trigger: ByTrigger<LatencyStats>,
+    /// QUIC's own figures for the link to the remote.
     #[serde(default)]
     pub quic: QuicStatus,
+    /// Mode, generations, changed-block map, sync, verify and restore.
     #[serde(default)]
     pub mirror: MirrorStatus,
+    /// Why the primary stopped answering for good; `None` while it runs.
     pub failed: Option<String>,
 }
 
 /// Progress of long work, for the status.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
+    /// Whether the work is under way.
     pub active: bool,
+    /// Bytes done so far.
     pub done_bytes: u64,
+    /// Bytes the whole work covers.
     pub total_bytes: u64,
+    /// Bits per second: recent for sync and verify, average for a restore.
     pub rate_bps: f64,
+    /// Seconds left at that rate; `None` while the rate is zero.
     pub eta_s: Option<f64>,
+    /// Seconds since the work started.
     pub elapsed_s: f64,
 }
 
@@ -244,18 +325,25 @@ pub struct Progress {
 pub struct SyncStatus {
     /// Generation the running sync brings the replica to (0: none).
     pub target: u64,
+    /// Whether the sync compares digests first and sends only what differs.
     pub checksum: bool,
+    /// Progress of the running sync.
     pub sync: Progress,
+    /// Progress of the running online verify.
     pub verify: Progress,
+    /// Whether the verify marks the ranges that differ for a resync.
     pub verify_repair: bool,
     /// Mismatched ranges found by the last (or running) verify.
     pub mismatches: Vec<(u64, u64)>,
+    /// Bytes in those mismatched ranges.
     pub mismatched_bytes: u64,
     /// Seconds since the Unix epoch when the last verify finished.
     pub last_verify_unix: Option<u64>,
-    /// Bytes copied and blocks compared since start.
+    /// Bytes syncs copied to the replica since start.
     pub copied_bytes: u64,
+    /// Bytes compared by digest since start, by checksum syncs and verifies.
     pub compared_bytes: u64,
+    /// Bytes a checksum sync found equal and did not send, since start.
     pub skipped_bytes: u64,
 }
 
@@ -272,8 +360,9 @@ pub struct MirrorStatus {
     /// overflowed: writes go to the local copy and the changed-block map)
     /// or `full-failing` (it overflowed with `nvbuf.overflow = fail`).
     pub mode: String,
-    /// Current generation, hex, and the ones before it (newest first).
+    /// Current generation, 16 hex digits.
     pub generation: String,
+    /// Earlier generations, hex, newest first (at most four).
     pub generation_history: Vec<String>,
     /// What the last connect decided, and why, in one line.
     pub decision: Option<String>,
@@ -282,6 +371,7 @@ pub struct MirrorStatus {
     pub out_of_sync_bytes: u64,
     /// Whether the primary has a changed-block map (it needs a local copy).
     pub has_map: bool,
+    /// Sync and verify figures.
     pub sync: SyncStatus,
     /// The restore of a lost local copy from the remote
     /// (`--restore-from-remote`), while it runs.
@@ -295,45 +385,72 @@ pub struct MirrorStatus {
 /// The remote's status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RemoteStatus {
+    /// The volume's id, 32 hex digits.
     pub volume: String,
+    /// The volume's size, bytes.
     pub volume_size: u64,
+    /// Seconds since this DTU started.
     pub uptime_s: f64,
+    /// `connected` while a primary's session is up, else `waiting`.
     pub connection: ConnectionState,
+    /// The primary's address while connected; `None` otherwise.
     pub peer: Option<String>,
+    /// Epoch of the last primary this remote accepted (kept in its state).
     pub primary_epoch: u32,
+    /// dtu's smoothed heartbeat round trip, milliseconds; `None` until known.
     pub rtt_ms: Option<f64>,
+    /// Path of the replica.
     pub replica: String,
     /// False after a machine crash until the replay passes `inconsistent_until`.
     pub consistent: bool,
+    /// Seq a crash replay must apply again before the replica is consistent;
+    /// `None` without such a replay.
     pub inconsistent_until: Option<u64>,
     /// Why the replica cannot be trusted (empty when consistent).
     #[serde(default)]
     pub inconsistent_reasons: Vec<String>,
+    /// Every seq up to this one is received.
     pub received_seq: u64,
+    /// Every seq up to this one is written to the replica (maybe not synced).
     pub applied_seq: u64,
+    /// Every seq up to this one is written and synced on the replica.
     pub stored_seq: u64,
+    /// Decoded bytes waiting for an earlier seq before they can be applied.
     pub pending_bytes: u64,
+    /// Payload written to the replica, bits per second, smoothed.
     pub apply_throughput_bps: f64,
+    /// Threads that check, open and decompress records.
     pub decode_workers: usize,
+    /// Lanes the connected primary has open; 0 while none is connected.
     pub lanes: usize,
+    /// Chunks received and accepted since start, duplicates not counted.
     pub chunks: u64,
+    /// Chunks or operations received again and dropped, since start.
     pub duplicates: u64,
+    /// Chunks refused for a checksum mismatch (each one nacked), since start.
     pub checksum_failures: u64,
+    /// Chunks refused as undecodable (each one nacked), since start.
     pub decode_failures: u64,
+    /// Operations written to the replica since start.
     pub applied_ops: u64,
+    /// Payload bytes written to the replica since start.
     pub applied_bytes: u64,
     /// Payload bytes applied and synced on the replica.
     #[serde(default)]
     pub stored_bytes: u64,
+    /// Replica syncs since start (one per applied batch).
     pub syncs: u64,
+    /// Operations applied per replica sync; 0 before the first sync.
     pub ops_per_sync: f64,
+    /// Last checkpoint applied since start, with its seq; `None` before any.
     pub last_checkpoint: Option<String>,
-    /// Checkpoints the remote holds (its catalog), the oldest of them, and
-    /// the bytes its undo journal holds; `None` without an undo journal.
+    /// Checkpoints held (the catalog); `None` without an undo journal.
     #[serde(default)]
     pub checkpoints: Option<usize>,
+    /// The oldest checkpoint held (label, kind, time, seq); `None` when none.
     #[serde(default)]
     pub oldest_checkpoint: Option<String>,
+    /// Bytes the undo journal holds on disk; 0 without one.
     #[serde(default)]
     pub undo_bytes: u64,
     /// How far back the oldest checkpoint held reaches, seconds.
@@ -349,11 +466,14 @@ pub struct RemoteStatus {
     /// undo journal); `None` while it applies.
     #[serde(default)]
     pub failed: Option<String>,
+    /// Connection attempts refused since start (certificate or handshake).
     pub refused: u64,
+    /// The last refusal: who and why; `None` before any.
     pub last_refusal: Option<String>,
-    /// The replica's generation, hex, and the ones before it.
+    /// The replica's generation, 16 hex digits.
     #[serde(default)]
     pub generation: String,
+    /// Earlier generations, hex, newest first (at most four).
     #[serde(default)]
     pub generation_history: Vec<String>,
     /// The generation a sync under way brings the replica to.
@@ -362,6 +482,7 @@ pub struct RemoteStatus {
     /// What the last connect decided, and why.
     #[serde(default)]
     pub decision: Option<String>,
+    /// QUIC's own figures for the link to the primary.
     #[serde(default)]
     pub quic: QuicStatus,
 }

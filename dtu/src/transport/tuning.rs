@@ -66,6 +66,7 @@ pub struct LinkTuning {
     pub rate_bps: u64,
     /// Round-trip time of the link when idle.
     pub rtt: Duration,
+    /// The congestion controller.
     pub congestion: Congestion,
     /// Interval of QUIC keep-alive pings; they also keep NAT bindings open.
     pub keep_alive: Duration,

@@ -2497,7 +2497,7 @@ impl World {
         }
         // Answers: check (d) and record what the host now counts on.
         let mut answered = Vec::new();
-        while let Some(c) = p.sender.poll_completion() {
+        while let Some(c) = p.sender.poll_answer() {
             p.waiting.remove(&c.seq);
             answered.push(c);
         }
