@@ -26,9 +26,9 @@ pub const MAX_VOLUME_SIZE: u64 = 1 << 50;
 /// Largest nvbuf: 1 TiB. It is preallocated and memory-mapped; more than a
 /// terabyte of writes the remote has not stored is a misconfiguration.
 pub const MAX_NVBUF_SIZE: u64 = 1 << 40;
-/// Smallest and largest block size: the sector sizes of real disks (512 B)
-/// up to the largest page sizes (64 KiB).
+/// Smallest block size: the sector size of real disks (512 B).
 pub const MIN_BLOCK_SIZE: u32 = 512;
+/// Largest block size: the largest page sizes (64 KiB).
 pub const MAX_BLOCK_SIZE: u32 = 64 << 10;
 /// Most QUIC streams carrying writes; more lanes than this only add
 /// reordering at the remote.
@@ -40,17 +40,32 @@ pub const MAX_WORKERS: usize = 256;
 /// Why a config file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read: missing, not readable, or not UTF-8 text.
     #[error("cannot read config {path}: {source}")]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is not valid TOML, or a key is unknown, missing or of the
+    /// wrong type.
     #[error("config {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The TOML parser's message, with the line and column.
+        message: String,
+    },
+    /// A value cannot be used: out of bounds, in the wrong unit, an unknown
+    /// name, or missing where this side needs it.
     #[error("config {path}: {field}: {message}")]
     Field {
+        /// The config file.
         path: PathBuf,
+        /// The key at fault, as `section.key`.
         field: &'static str,
+        /// What is wrong with its value.
         message: String,
     },
 }
@@ -63,6 +78,8 @@ pub struct VolumeSection {
     pub id: String,
     /// Bytes in the volume, e.g. `"10GiB"`.
     pub size: String,
+    /// `volume.block_size`: bytes per block, a power of two from 512 B to
+    /// 64 KiB (default 4096).
     #[serde(default = "default_block_size")]
     pub block_size: u32,
     /// File holding the 256-bit sealing key (64 hex digits). Without it,
@@ -79,7 +96,9 @@ fn default_block_size() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IdentitySection {
+    /// `identity.cert`: this side's certificate (PEM), as `dtu init` writes it.
     pub cert: PathBuf,
+    /// `identity.key`: this side's private key (PEM), mode 0600.
     pub key: PathBuf,
     /// `sha256:` + 64 hex digits of the peer's certificate.
     pub peer_fingerprint: String,
@@ -146,7 +165,10 @@ impl Default for LinkSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NvbufSection {
+    /// `nvbuf.path`: the nvbuf file, preallocated and memory-mapped; no
+    /// default.
     pub path: PathBuf,
+    /// `nvbuf.size`: bytes of the nvbuf file, 4 MiB to 1 TiB (default 1 GiB).
     #[serde(default = "default_nvbuf_size")]
     pub size: String,
     /// The changed-block map (with a local copy); default: `<path>.map`.
@@ -195,7 +217,7 @@ fn checkpoint_is_default(s: &CheckpointSection) -> bool {
 }
 
 /// Shortest `checkpoint.every`: each checkpoint begins an undo era, and
-/// the catalog holds at most [`crate::undo::MAX_CHECKPOINTS`].
+/// the catalog holds at most [`MAX_CHECKPOINTS`](crate::MAX_CHECKPOINTS).
 pub const MIN_CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// Longest `checkpoint.every` (a year).
 pub const MAX_CHECKPOINT_EVERY: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -211,8 +233,12 @@ pub struct PipelineSection {
     /// Encode (primary) or decode (remote) workers; 0 = one per core.
     #[serde(default)]
     pub workers: usize,
+    /// `pipeline.chunk_size`: writes are cut into chunks of this many bytes,
+    /// encoded in parallel; 4 KiB to 1 MiB (default 64 KiB).
     #[serde(default = "default_chunk")]
     pub chunk_size: String,
+    /// `pipeline.compress`: compress chunks with snap, kept only where it
+    /// saves at least 1/8 (default true).
     #[serde(default = "default_true")]
     pub compress: bool,
 }
@@ -241,8 +267,12 @@ pub struct PolicySection {
     /// received | buffered | sent | remote-received | remote-stored
     #[serde(default = "default_trigger")]
     pub trigger: String,
+    /// `policy.delay`: how long the answer is held after the trigger, up to
+    /// 60 s (default 0 ms).
     #[serde(default = "default_zero")]
     pub delay: String,
+    /// `policy.spoofing`: allow answers before `remote-stored`; `false`
+    /// makes every write wait for `remote-stored` (default true).
     #[serde(default = "default_true")]
     pub spoofing: bool,
     /// Spoof only while the host's dirty % is at or above this.
@@ -281,6 +311,7 @@ pub struct NbdSection {
     /// Unix socket path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unix: Option<PathBuf>,
+    /// `nbd.export`: the export name NBD clients ask for (default `dtu`).
     #[serde(default = "default_export")]
     pub export: String,
     /// Primary only: keep a local copy of the volume too (reads are served
@@ -337,6 +368,7 @@ pub struct AdminSection {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaSection {
+    /// `replica.path`: the replica, a file or a block device; no default.
     pub path: PathBuf,
     /// State file; defaults to the replica path plus `.state`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -505,8 +537,9 @@ impl std::str::FromStr for SplitBrainPolicy {
     }
 }
 
-/// Shortest and longest `roles.fence_timeout`.
+/// Shortest `roles.fence_timeout`.
 pub const MIN_FENCE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest `roles.fence_timeout` (an hour).
 pub const MAX_FENCE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The `[roles]` section, parsed.
@@ -514,8 +547,14 @@ pub const MAX_FENCE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub struct Roles {
     /// The config of this site's other role.
     pub other: Option<PathBuf>,
+    /// `roles.fence`: the command run by `sh -c` before a promotion or
+    /// demotion takes effect; `None` when unset or blank.
     pub fence: Option<String>,
+    /// `roles.fence_timeout`: the fence command is killed and the change
+    /// aborted after this, 1 s to 1 h (default 60 s).
     pub fence_timeout: Duration,
+    /// `roles.split_brain`: what the remote does on a split brain (default
+    /// `disconnect`; always the default in a primary's config).
     pub split_brain: SplitBrainPolicy,
 }
 
@@ -562,21 +601,34 @@ fn roles(c: &Ctx<'_>, r: &RolesSection, is_primary: bool) -> Result<Roles, Confi
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PrimaryFile {
+    /// `[volume]`: the mirrored volume, the same as in the remote's config.
     pub volume: VolumeSection,
+    /// `[identity]`: this side's certificate and key, the remote's fingerprint.
     pub identity: IdentitySection,
+    /// `[link]`: the remote's address and the link's rate, RTT and
+    /// congestion control.
     pub link: LinkSection,
+    /// `[nvbuf]`: the non-volatile buffer and what happens when it is full.
     pub nvbuf: NvbufSection,
+    /// `[pipeline]`: encode workers, chunk size, compression (optional).
     #[serde(default)]
     pub pipeline: PipelineSection,
+    /// `[policy]`: when the host is answered (default: at `buffered`).
     #[serde(default)]
     pub policy: PolicySection,
+    /// `[nbd]`: the NBD front end the host uses, and the local copy.
     #[serde(default)]
     pub nbd: NbdSection,
+    /// `[sync]`: initial sync, resync and verify (optional).
     #[serde(default, skip_serializing_if = "sync_is_default")]
     pub sync: SyncSection,
+    /// `[checkpoint]`: timer checkpoints (default: none).
     #[serde(default, skip_serializing_if = "checkpoint_is_default")]
     pub checkpoint: CheckpointSection,
+    /// `[admin]`: the control socket and the metrics endpoint.
     pub admin: AdminSection,
+    /// `[roles]`: the config this site runs once demoted, and the fence
+    /// command (optional).
     #[serde(default, skip_serializing_if = "roles_is_default")]
     pub roles: RolesSection,
 }
@@ -589,10 +641,16 @@ fn sync_is_default(s: &SyncSection) -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteFile {
+    /// `[volume]`: the mirrored volume, the same as in the primary's config.
     pub volume: VolumeSection,
+    /// `[identity]`: this side's certificate and key, the primary's fingerprint.
     pub identity: IdentitySection,
+    /// `[link]`: the address to listen on and the link's rate, RTT and
+    /// congestion control.
     pub link: LinkSection,
+    /// `[replica]`: the replica and its state file.
     pub replica: ReplicaSection,
+    /// `[pipeline]`: decode workers (optional).
     #[serde(default)]
     pub pipeline: PipelineSection,
     /// Read-only export of the replica.
@@ -601,7 +659,10 @@ pub struct RemoteFile {
     /// Checkpoints and the undo journal.
     #[serde(default, skip_serializing_if = "undo_is_default")]
     pub undo: UndoSection,
+    /// `[admin]`: the control socket and the metrics endpoint.
     pub admin: AdminSection,
+    /// `[roles]`: the config this site runs once promoted, the fence
+    /// command and the split-brain policy (optional).
     #[serde(default, skip_serializing_if = "roles_is_default")]
     pub roles: RolesSection,
 }
@@ -610,36 +671,58 @@ pub struct RemoteFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CongestionChoice {
+    /// `bbr`: paces by the measured bandwidth and RTT rather than by loss;
+    /// the one to use on lossy links.
     Bbr,
+    /// `cubic` (the default): backs off on loss, grows back by a cubic curve.
     Cubic,
+    /// `newreno`: the classic loss-based controller; halves its window on loss.
     NewReno,
 }
 
 /// A link section, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Link {
+    /// `link.remote` (primary: where it connects) or `link.listen` (remote:
+    /// where it listens), UDP.
     pub addr: SocketAddr,
+    /// `link.server_name`: the name in the remote's certificate (default
+    /// `dtu-remote`).
     pub server_name: String,
+    /// `link.rate` in bits per second; 0 for `unlimited` (rate unknown).
     pub rate_bps: u64,
+    /// `link.rtt`: the round-trip time, up to 10 s (default 20 ms).
     pub rtt: Duration,
+    /// `link.congestion` (default `cubic`).
     pub congestion: CongestionChoice,
+    /// `link.lanes`: parallel QUIC streams carrying writes, 1 to 64
+    /// (default 4).
     pub lanes: usize,
 }
 
 /// The volume, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Volume {
+    /// `volume.id`: both sides and the nvbuf must agree on it.
     pub id: VolumeId,
+    /// `volume.size` in bytes: a multiple of `block_size`, up to 1 PiB.
     pub size: u64,
+    /// `volume.block_size` in bytes: a power of two from 512 B to 64 KiB.
     pub block_size: u32,
+    /// The 256-bit key read from the `volume.key` file; `None`: payloads
+    /// are not sealed.
     pub key: Option<[u8; 32]>,
 }
 
 /// A pipeline section, parsed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pipeline {
+    /// Encode (primary) or decode (remote) workers; `pipeline.workers = 0`
+    /// is resolved here to one per core.
     pub workers: usize,
+    /// `pipeline.chunk_size` in bytes, 4 KiB to 1 MiB.
     pub chunk_size: usize,
+    /// `pipeline.compress`: compress chunks with snap.
     pub compress: bool,
 }
 
@@ -901,10 +984,14 @@ pub fn policy_delay(s: &str) -> Result<Duration, UnitError> {
 /// be used; each names the setting.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
+    /// The trigger is not one of `received`, `buffered`, `sent`,
+    /// `remote-received`, `remote-stored`.
     #[error("trigger: {0}")]
     Trigger(#[from] dtu_proto::policy::UnknownTrigger),
+    /// The delay is not a duration, or is negative or longer than 60 s.
     #[error("delay: {0}")]
     Delay(UnitError),
+    /// The dirty threshold is not a percentage from 0 to 100.
     #[error("dirty_threshold: {0}")]
     DirtyThreshold(#[from] dtu_proto::policy::PolicyError),
 }
@@ -955,6 +1042,7 @@ pub fn policy(p: &PolicySection) -> Result<AckPolicy, PolicyError> {
 /// The NBD listener's TLS, parsed.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NbdTlsConfig {
+    /// `nbd.tls`: `off`, `on` or `require` (default `off`).
     pub mode: crate::nbd::tls::TlsMode,
     /// Set whenever `mode` is not `off`.
     pub dir: Option<PathBuf>,
@@ -975,21 +1063,39 @@ fn nbd_tls(c: &Ctx<'_>, n: &NbdSection) -> Result<NbdTlsConfig, ConfigError> {
 /// Everything `dtu primary` needs, parsed and with absolute paths.
 #[derive(Debug, Clone)]
 pub struct PrimaryConfig {
+    /// `[volume]`, parsed.
     pub volume: Volume,
+    /// `identity.cert`: this side's certificate (PEM).
     pub cert: PathBuf,
+    /// `identity.key`: this side's private key (PEM).
     pub key: PathBuf,
+    /// `identity.peer_fingerprint`: `sha256:` and the hex digest of the
+    /// peer's certificate, as written; parsed when the DTU starts.
     pub peer_fingerprint: String,
+    /// `[link]`, parsed.
     pub link: Link,
+    /// `nvbuf.path`: the nvbuf file.
     pub nvbuf_path: PathBuf,
+    /// `nvbuf.size` in bytes, 4 MiB to 1 TiB (default 1 GiB).
     pub nvbuf_size: u64,
+    /// `[pipeline]`, parsed.
     pub pipeline: Pipeline,
+    /// `[policy]`: when the host is answered.
     pub policy: AckPolicy,
+    /// `nbd.tcp`: the NBD front end's TCP address, if any.
     pub nbd_tcp: Option<SocketAddr>,
+    /// `nbd.unix`: the NBD front end's unix socket, if any.
     pub nbd_unix: Option<PathBuf>,
+    /// `nbd.export`: the export name (default `dtu`).
     pub export: String,
+    /// `nbd.local`: the local copy of the volume; `None`: reads go to the
+    /// remote.
     pub local: Option<PathBuf>,
+    /// `nbd.tls` and `nbd.tls_dir`, parsed.
     pub nbd_tls: NbdTlsConfig,
+    /// `admin.control`: the control socket.
     pub control: PathBuf,
+    /// `admin.metrics`: the Prometheus endpoint, if any.
     pub metrics: Option<SocketAddr>,
     /// The changed-block map, sync, overflow and verify.
     pub mirror: MirrorOptions,
@@ -1002,19 +1108,34 @@ pub struct PrimaryConfig {
 /// Everything `dtu remote` needs, parsed and with absolute paths.
 #[derive(Debug, Clone)]
 pub struct RemoteConfig {
+    /// `[volume]`, parsed.
     pub volume: Volume,
+    /// `identity.cert`: this side's certificate (PEM).
     pub cert: PathBuf,
+    /// `identity.key`: this side's private key (PEM).
     pub key: PathBuf,
+    /// `identity.peer_fingerprint`: `sha256:` and the hex digest of the
+    /// peer's certificate, as written; parsed when the DTU starts.
     pub peer_fingerprint: String,
+    /// `[link]`, parsed.
     pub link: Link,
+    /// `replica.path`: the replica, a file or a block device.
     pub replica: PathBuf,
+    /// `replica.state`: the replica's state file (default `<replica.path>.state`).
     pub state: PathBuf,
+    /// `[pipeline]`, parsed.
     pub pipeline: Pipeline,
+    /// `nbd.tcp`: TCP address of the replica's read-only export, if any.
     pub nbd_tcp: Option<SocketAddr>,
+    /// `nbd.unix`: unix socket of the replica's read-only export, if any.
     pub nbd_unix: Option<PathBuf>,
+    /// `nbd.export`: the export name (default `dtu`).
     pub export: String,
+    /// `nbd.tls` and `nbd.tls_dir`, parsed.
     pub nbd_tls: NbdTlsConfig,
+    /// `admin.control`: the control socket.
     pub control: PathBuf,
+    /// `admin.metrics`: the Prometheus endpoint, if any.
     pub metrics: Option<SocketAddr>,
     /// `None` when `undo.enabled = false`.
     pub undo: Option<crate::remote::UndoOptions>,
@@ -1024,11 +1145,14 @@ pub struct RemoteConfig {
 }
 
 impl PrimaryConfig {
+    /// Reads `primary.toml` at `path` and checks every field.
     pub fn load(path: &Path) -> Result<PrimaryConfig, ConfigError> {
         let f: PrimaryFile = read_toml(path)?;
         Self::from_file(path, &f)
     }
 
+    /// Checks an already parsed file: relative paths are resolved against
+    /// `path`'s directory, and errors name `path`.
     pub fn from_file(path: &Path, f: &PrimaryFile) -> Result<PrimaryConfig, ConfigError> {
         let c = ctx(path);
         let remote = f
@@ -1082,11 +1206,14 @@ impl PrimaryConfig {
 }
 
 impl RemoteConfig {
+    /// Reads `remote.toml` at `path` and checks every field.
     pub fn load(path: &Path) -> Result<RemoteConfig, ConfigError> {
         let f: RemoteFile = read_toml(path)?;
         Self::from_file(path, &f)
     }
 
+    /// Checks an already parsed file: relative paths are resolved against
+    /// `path`'s directory, and errors name `path`.
     pub fn from_file(path: &Path, f: &RemoteFile) -> Result<RemoteConfig, ConfigError> {
         let c = ctx(path);
         let listen = f

@@ -18,26 +18,55 @@ use sha2::{Digest, Sha256};
 /// Why an identity cannot be made, read or parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// The key pair or the self-signed certificate could not be generated.
     #[error("cannot generate a key pair and certificate for {name:?}: {message}")]
-    Generate { name: String, message: String },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot read {what} from {path}: {message}")]
-    Read {
-        what: &'static str,
-        path: PathBuf,
+    Generate {
+        /// The name the certificate was to carry.
+        name: String,
+        /// What the generator reported.
         message: String,
     },
+    /// A certificate or key file cannot be created or written, or the key
+    /// file's mode cannot be set to 0600.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A certificate or key file cannot be read, holds no PEM section of
+    /// the expected kind, or holds a key rustls cannot sign with.
+    #[error("cannot read {what} from {path}: {message}")]
+    Read {
+        /// What the file should hold, e.g. "a PEM certificate".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O, PEM or key error.
+        message: String,
+    },
+    /// The private key does not belong to the certificate, e.g. the two
+    /// files come from different `dtu init` runs.
     #[error("the private key in {key} does not belong to the certificate in {cert}")]
-    KeyMismatch { cert: PathBuf, key: PathBuf },
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// A fingerprint (such as `identity.peer_fingerprint`) is not
+    /// `sha256:` followed by 64 hex digits.
     #[error(
         "{input:?} is not a certificate fingerprint: {why}; expected sha256: followed by \
          64 hex digits (colon-separated pairs are accepted too)"
     )]
-    Fingerprint { input: String, why: &'static str },
+    Fingerprint {
+        /// The text as given.
+        input: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 /// A DTU's certificate and private key (both DER), with their PEM text.

@@ -82,9 +82,12 @@ pub use remote::{
 pub use replica::{FileReplica, MemReplica, Replica, ReplicaError, Span};
 pub use status::{
     ByTrigger, ConnectionState, LatencyStats, MirrorStatus, PrimaryStatus, Progress, QuicStatus,
-    RemoteStatus, Status, SyncStatus,
+    RemoteStatus, Status, SyncStatus, LATENCY_BUCKETS_S,
 };
-pub use transport::{Congestion, LinkTuning};
+pub use transport::{
+    Congestion, LinkTuning, INFLIGHT_CAP, INFLIGHT_FLOOR, MAX_RTT, UNKNOWN_RATE_BPS,
+};
+pub use undo::MAX_CHECKPOINTS;
 
 /// Human units (`1GiB`, `1.544Mbit`, `40ms`); they live in `dtu-proto`
 /// (pure code, shared with the link emulator).

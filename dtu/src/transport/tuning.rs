@@ -52,6 +52,7 @@ pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(600);
 /// and not yet stored): the floor fills a slow link for a few round trips
 /// plus the remote's sync; the cap bounds the remote's reorder memory.
 pub const INFLIGHT_FLOOR: u64 = 16 << 20;
+/// See [`INFLIGHT_FLOOR`].
 pub const INFLIGHT_CAP: u64 = 512 << 20;
 /// quinn's default initial congestion window for Cubic/NewReno (10 packets
 /// of 1472 bytes, RFC 9002 §7.2); the floor of ours.

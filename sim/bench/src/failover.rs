@@ -148,7 +148,9 @@ fn drill(size: u64, seed: u64) -> Result<Drill> {
 
     // B is promoted; its primary role answers the first host write.
     let t0 = Instant::now();
-    let p = b.promote(false, || Ok::<(), std::convert::Infallible>(())).map_err(BenchError::dtu)?;
+    let p = b
+        .promote(false, || Ok::<(), std::convert::Infallible>(()))
+        .map_err(BenchError::dtu)?;
     b.shutdown();
     let mut b_opts = primary_opts(&setup, true, port_a, &dir_b, "replica.img");
     b_opts.nvbuf_path = dir_b.join("promoted.nvbuf");
