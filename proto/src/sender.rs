@@ -163,6 +163,10 @@ pub struct Sender {
     inflight_bytes: u64,
     connected: bool,
     dirty: Option<f64>,
+    /// The highest seq answered before the replica stored it while the
+    /// dirty threshold (or a dead link) called for it. Until the replica
+    /// stores it, spoofing stays on: see [`Sender::draining_spoofed`].
+    spoofed_upto: Seq,
     answers: VecDeque<Answer>,
     transmits: VecDeque<Frame>,
     answer_timer: Option<Instant>,
@@ -193,6 +197,7 @@ impl Sender {
             inflight_bytes: 0,
             connected: false,
             dirty: None,
+            spoofed_upto: 0,
             answers: VecDeque::new(),
             transmits: VecDeque::new(),
             answer_timer: None,
@@ -561,9 +566,32 @@ impl Sender {
         self.dirty
     }
 
-    /// Whether spoof acks are in force right now.
+    /// Whether spoof acks are in force right now: the dirty threshold is
+    /// reached, or the backlog spoofed while it was is still draining.
     pub fn spoofing_active(&self) -> bool {
-        self.cfg.policy.spoofing_active(self.dirty)
+        self.cfg.policy.spoofing_active(self.dirty) || self.draining_spoofed()
+    }
+
+    /// Spoofing stays on after the dirty % falls below the threshold until
+    /// the replica has stored every write answered early because of it (or
+    /// because the link was down). Without this hold, the first write after
+    /// the fall waits for `remote-stored` behind the whole spoofed backlog
+    /// still on the link: seconds on a slow line, longer than with spoofing
+    /// off. Writes answered during the hold do not extend it, so it ends
+    /// once that backlog is stored even while the host keeps writing.
+    pub fn draining_spoofed(&self) -> bool {
+        let p = &self.cfg.policy;
+        p.spoofing && p.trigger.is_spoof() && self.spoofed_upto > self.stored_upto
+    }
+
+    /// The trigger and delay that answer host operations now.
+    pub fn effective(&self) -> (Trigger, Duration) {
+        let p = &self.cfg.policy;
+        if self.draining_spoofed() {
+            (p.trigger, p.delay.min(crate::policy::MAX_DELAY))
+        } else {
+            p.effective(self.dirty)
+        }
     }
 
     /// Answers host operations, in seq order, whose trigger has been reached.
@@ -619,9 +647,13 @@ impl Sender {
     fn advance(&mut self, now: Instant) {
         self.clock(now);
         self.answer_timer = None;
-        let (mut trigger, mut delay) = self.cfg.policy.effective(self.dirty);
+        let (mut trigger, mut delay) = self.effective();
+        // Whether an early answer now starts (or extends) a backlog the
+        // hold must drain: the threshold or the dead link calls for it.
+        let mut counts = self.cfg.policy.spoofing_active(self.dirty);
         if trigger > Trigger::Buffered && self.degraded(now) {
             (trigger, delay) = (Trigger::Buffered, Duration::ZERO);
+            counts = true;
         }
         while self.answered_upto < self.highest_seq() {
             let seq = self.answered_upto + 1;
@@ -640,6 +672,7 @@ impl Sender {
                     break;
                 }
                 op.answered = true;
+                let early = counts && op.stage_at[Trigger::RemoteStored].is_none();
                 let done = Answer {
                     seq,
                     kind: op.kind,
@@ -651,6 +684,9 @@ impl Sender {
                 self.stats.answer_latency.record(done.latency);
                 self.stats.answer_latency_by_trigger[trigger].record(done.latency);
                 self.answers.push_back(done);
+                if early {
+                    self.spoofed_upto = self.spoofed_upto.max(seq);
+                }
             }
             self.answered_upto = seq;
         }

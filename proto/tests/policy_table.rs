@@ -171,8 +171,92 @@ fn a_policy_change_applies_to_unanswered_writes() {
     );
     assert_eq!(s.poll_answer().map(|c| c.seq), Some(b));
     assert!(s.spoofing_active());
+    // Below the threshold again: a and b are answered but not stored, so
+    // spoofing holds until the replica has them.
     s.report_dirty(10.0, now);
+    assert!(s.spoofing_active() && s.draining_spoofed());
+    assert_eq!(s.effective().0, Trigger::Buffered);
+    store_upto(&mut s, b, now);
     assert!(!s.spoofing_active());
+    assert_eq!(s.effective().0, Trigger::RemoteStored);
+}
+
+/// Sends every queued seq and acks all up to `upto` as received and stored.
+fn store_upto(s: &mut Sender, upto: u64, now: Instant) {
+    while let Some(seq) = s.poll_send(now) {
+        s.on_sent(seq, now);
+    }
+    for kind in [AckKind::Received, AckKind::Stored] {
+        s.on_frame(&Frame::Ack(Ack { kind, upto }), now).unwrap();
+    }
+}
+
+#[test]
+fn the_spoofing_hold_ends_once_the_spoofed_backlog_is_stored() {
+    let now = Instant::now();
+    let mut s = sender(AckPolicy::default(), now); // buffered at dirty >= 75 %
+    s.report_dirty(90.0, now);
+    let w1 = s.submit(OpKind::Write, 10, now);
+    s.on_buffered(w1, now);
+    assert_eq!(s.poll_answer().map(|c| c.trigger), Some(Trigger::Buffered));
+    // The cache drains below the threshold while w1 is still on the link:
+    // the next write is answered from the nvbuf, not queued behind w1.
+    s.report_dirty(10.0, now);
+    let w2 = s.submit(OpKind::Write, 10, now);
+    s.on_buffered(w2, now);
+    assert_eq!(
+        s.poll_answer().map(|c| (c.seq, c.trigger)),
+        Some((w2, Trigger::Buffered))
+    );
+    // w2, answered during the hold, does not extend it: once w1 is stored
+    // the hold ends although w2 is not.
+    store_upto(&mut s, w1, now);
+    assert!(!s.draining_spoofed() && !s.spoofing_active());
+    let w3 = s.submit(OpKind::Write, 10, now);
+    s.on_buffered(w3, now);
+    assert!(s.poll_answer().is_none(), "w3 waits for remote-stored");
+    store_upto(&mut s, w3, now);
+    assert_eq!(
+        s.poll_answer().map(|c| (c.seq, c.trigger)),
+        Some((w3, Trigger::RemoteStored))
+    );
+}
+
+#[test]
+fn answers_at_buffered_while_the_link_is_down_are_drained_before_remote_stored_resumes() {
+    let now = Instant::now();
+    let mut s = Sender::new(
+        SenderConfig {
+            policy: AckPolicy {
+                dirty_threshold: 100.0,
+                ..AckPolicy::default()
+            },
+            degrade_after: Some(Duration::from_secs(5)),
+            ..SenderConfig::default()
+        },
+        1,
+        1,
+        now,
+    );
+    s.report_dirty(0.0, now);
+    // No link for longer than degrade_after: answered at buffered.
+    let later = now + Duration::from_secs(6);
+    let w1 = s.submit(OpKind::Write, 10, later);
+    s.on_buffered(w1, later);
+    s.handle_timeout(later);
+    assert_eq!(s.poll_answer().map(|c| c.trigger), Some(Trigger::Buffered));
+    // The link is back: w1 is not stored yet, so the hold answers the next
+    // write from the nvbuf rather than behind the backlog.
+    s.on_connected(0, later).unwrap();
+    assert!(s.draining_spoofed());
+    let w2 = s.submit(OpKind::Write, 10, later);
+    s.on_buffered(w2, later);
+    assert_eq!(
+        s.poll_answer().map(|c| (c.seq, c.trigger)),
+        Some((w2, Trigger::Buffered))
+    );
+    store_upto(&mut s, w1, later);
+    assert!(!s.draining_spoofed());
 }
 
 #[test]

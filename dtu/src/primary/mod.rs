@@ -1240,11 +1240,11 @@ impl crate::control::Controlled for Primary {
                     };
                 }
                 self.report_dirty(pct);
-                let p = self.policy();
+                let active = self.core.lock().sender.spoofing_active();
                 Response::Ok {
                     message: format!(
                         "dirty {pct}%: spoofing {}",
-                        if p.spoofing_active(Some(pct)) {
+                        if active {
                             "active"
                         } else {
                             "inactive"

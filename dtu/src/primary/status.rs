@@ -25,7 +25,7 @@ pub(super) fn build(p: &Primary) -> PrimaryStatus {
         .unwrap_or_default();
     let on_demand = p.core.restore.as_ref().map_or(0, |r| r.on_demand_bytes());
     // Copy out under the lock; summarise the histograms after it.
-    let (progress, stats, rtt, policy, dirty, oldest, link, failed, mirror, degraded) = {
+    let (progress, stats, rtt, policy, dirty, oldest, link, failed, mirror, degraded, answering) = {
         let st = p.core.lock();
         let s = &st.sender;
         let map = p.core.map.as_deref();
@@ -59,8 +59,10 @@ pub(super) fn build(p: &Primary) -> PrimaryStatus {
             st.failed.as_ref().map(ToString::to_string),
             mirror,
             s.degraded(now),
+            (s.effective().0, s.spoofing_active(), s.draining_spoofed()),
         )
     };
+    let (effective, spoofing_active, draining) = answering;
     let (connection, peer, detail) = match link {
         LinkState::Connecting {
             attempts,
@@ -108,14 +110,16 @@ pub(super) fn build(p: &Primary) -> PrimaryStatus {
         records_per_flush: nv.records_per_flush(),
         oldest_unreplicated_s: oldest.map(|d| d.as_secs_f64()),
         trigger: policy.trigger.to_string(),
-        effective_trigger: if degraded && policy.effective(dirty).0 > Trigger::Buffered {
+        effective_trigger: if degraded && effective > Trigger::Buffered {
             "buffered (the link is down)".to_string()
+        } else if draining && !policy.spoofing_active(dirty) {
+            format!("{effective} (until the backlog spoofed above the dirty threshold is stored)")
         } else {
-            policy.effective(dirty).0.to_string()
+            effective.to_string()
         },
         delay_ms: policy.delay.as_secs_f64() * 1e3,
         spoofing_enabled: policy.spoofing,
-        spoofing_active: policy.spoofing_active(dirty),
+        spoofing_active,
         dirty_threshold_pct: policy.dirty_threshold,
         dirty_pct: dirty,
         answered: ByTrigger::from_array(stats.answered_by.0),
