@@ -421,6 +421,8 @@ struct World {
     /// (only those views must equal the host's volume at their seq).
     views: BTreeMap<Seq, bool>,
     connected: bool,
+    /// The QUIC connection in use: counts connects.
+    session: u64,
     reconnect_at: u64,
     link_down_until: u64,
     up: Link,
@@ -471,25 +473,31 @@ fn link_config(rng: &mut ChaCha8Rng) -> LinkConfig {
 
 /// A frame as it crosses the link: QUIC's AEAD means a damaged packet is
 /// discarded, never delivered, so the link carries a checksum we check.
-fn wrap(f: &Frame) -> Vec<u8> {
+/// It carries its session too: a packet of an ended QUIC connection never
+/// reaches a newer one's streams, however late it arrives.
+fn wrap(session: u64, f: &Frame) -> Vec<u8> {
     let mut b = BytesMut::new();
     f.encode(&mut b);
-    wrap_bytes(&b)
+    wrap_bytes(session, &b)
 }
 
-fn wrap_bytes(frame: &[u8]) -> Vec<u8> {
-    let mut v = frame.to_vec();
+fn wrap_bytes(session: u64, frame: &[u8]) -> Vec<u8> {
+    let mut v = session.to_be_bytes().to_vec();
+    v.extend_from_slice(frame);
     v.extend_from_slice(&crc32fast::hash(&v).to_be_bytes());
     v
 }
 
-fn unwrap_packet(v: &[u8]) -> Option<Frame> {
+/// The session and frame of an intact packet.
+fn unwrap_packet(v: &[u8]) -> Option<(u64, Frame)> {
     let (body, crc) = v.split_at(v.len().checked_sub(4)?);
     if crc32fast::hash(body).to_be_bytes() != crc {
         return None;
     }
+    let (session, body) = body.split_at_checked(8)?;
+    let session = u64::from_be_bytes(session.try_into().ok()?);
     let (f, _) = frame::decode_slice(body, frame::DEFAULT_MAX_FRAME).ok()??;
-    Some(f)
+    Some((session, f))
 }
 
 /// A site's directory for the files dtu keeps as real files.
@@ -600,6 +608,7 @@ impl World {
             undo_max,
             views: BTreeMap::new(),
             connected: false,
+            session: 0,
             reconnect_at: 0,
             link_down_until: 0,
             up,
@@ -2150,6 +2159,7 @@ impl World {
         self.event(format!("decision: {explained}"));
         self.after_failover = false;
         self.connected = true;
+        self.session += 1;
         self.event(format!(
             "connected; remote stored through {}",
             accepted.remote_stored
@@ -2318,6 +2328,7 @@ impl World {
     fn primary_step(&mut self) -> Result<(), Violation> {
         let now = self.now();
         let vnow = self.vnow();
+        let session = self.session;
         let link_up = self.link_down_until <= self.step && self.connected;
         let Some(p) = &mut self.primary else {
             return Ok(());
@@ -2463,12 +2474,12 @@ impl World {
                     Err(e) => panic!("seed {}: nvbuf read: {e}", self.seed),
                 };
                 for (_, payload) in records {
-                    let _ = self.up.send(vnow, wrap_bytes(&payload));
+                    let _ = self.up.send(vnow, wrap_bytes(session, &payload));
                 }
                 p.sender.on_sent(seq, now);
             }
             while let Some(f) = p.sender.poll_transmit() {
-                let _ = self.up.send(vnow, wrap(&f));
+                let _ = self.up.send(vnow, wrap(session, &f));
             }
         }
         // The sync engine learns what the replica stored.
@@ -2537,9 +2548,12 @@ impl World {
             if down || !self.connected {
                 continue;
             }
-            let Some(f) = unwrap_packet(&d.data) else {
+            let Some((session, f)) = unwrap_packet(&d.data) else {
                 continue;
             };
+            if session != self.session {
+                continue;
+            }
             let Some(r) = &mut self.remote else { continue };
             if let Inbound::Decode(w) = r.receiver.on_frame(f, now) {
                 r.decoding.push(w);
@@ -2549,9 +2563,12 @@ impl World {
             if down || !self.connected {
                 continue;
             }
-            let Some(f) = unwrap_packet(&d.data) else {
+            let Some((session, f)) = unwrap_packet(&d.data) else {
                 continue;
             };
+            if session != self.session {
+                continue;
+            }
             let Some(p) = &mut self.primary else { continue };
             if let Frame::DigestResponse(d) = &f {
                 let Some(map) = &p.map else { continue };
@@ -2592,6 +2609,7 @@ impl World {
         let mut crash_mid_batch = false;
         let now = self.now();
         let vnow = self.vnow();
+        let session = self.session;
         let link_up = self.link_down_until <= self.step && self.connected;
         let Some(r) = &mut self.remote else {
             return Ok(());
@@ -2734,7 +2752,7 @@ impl World {
         }
         while let Some(f) = r.receiver.poll_transmit() {
             if link_up {
-                let _ = self.down.send(vnow, wrap(&f));
+                let _ = self.down.send(vnow, wrap(session, &f));
             }
         }
         Ok(())
