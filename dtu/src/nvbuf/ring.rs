@@ -442,8 +442,18 @@ impl<S: NvStore> Nvbuf<S> {
             file_size: sb.file_size,
             max_payload: max_payload(ring_len),
         };
-        // Erase the header slot where the log now ends, so a torn or dropped
-        // tail is reported once, not again on every later open.
+        // Erase the dropped tail (the chunks of an incomplete seq, and any
+        // intact records the scan could not reach), so that it is reported
+        // once, not again on every later open: left in place, its chunks
+        // vouch for a durable frontier past where the next open's log ends,
+        // and a crash before the next write would read as lost writes.
+        erase_log(
+            &mut *wlock(&nv.store),
+            ring_len,
+            sc.end_lsn,
+            sc.stop_lsn.max(ev.end_beyond),
+        );
+        // And the header slot where the log now ends.
         {
             let pos = sc.end_lsn % ring_len;
             let at = if ring_len - pos < REC_HEADER_LEN as u64 {
