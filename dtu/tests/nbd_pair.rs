@@ -238,9 +238,11 @@ fn nbdinfo_map_shows_the_holes_of_a_sparse_image_written_through_the_pair() {
 #[test]
 fn a_flush_on_one_connection_covers_writes_answered_on_another() {
     // Writes are answered at `received` while the host reports a full
-    // cache (spoofing); the flush comes once it reports an empty one, so
-    // it must wait for the true ack: the remote has stored every earlier
-    // write, whichever connection it came on.
+    // cache (spoofing); the flush comes once spoofing is turned off, so it
+    // must wait for the true ack: the remote has stored every earlier
+    // write, whichever connection it came on. (An empty cache alone would
+    // not do: spoofing holds until the backlog it answered early is
+    // stored.)
     let policy = AckPolicy {
         trigger: Trigger::Received,
         spoofing: true,
@@ -261,6 +263,10 @@ fn a_flush_on_one_connection_covers_writes_answered_on_another() {
         written.push((at, data));
     }
     pair.primary().report_dirty(0.0);
+    pair.primary().set_policy(AckPolicy {
+        spoofing: false,
+        ..policy
+    });
     // B's flush cannot be answered while nothing is stored.
     b.s.set_timeout(Duration::from_secs(2));
     b.request(CMD_FLUSH, 0, 99, 0, 0);

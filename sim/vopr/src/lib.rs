@@ -899,7 +899,14 @@ impl World {
         ))
     }
 
+    /// Everything the primary holds is stored on the replica, through a
+    /// session the remote accepted: a demoted site that has not yet met the
+    /// promoted one (and its resync of what only the demoted side holds)
+    /// is not drained, however empty the new primary's stream is.
     fn drained(&self) -> bool {
+        if !self.connected || self.after_failover {
+            return false;
+        }
         match (&self.primary, &self.remote) {
             (Some(p), Some(r)) => {
                 let prog = p.sender.progress();
