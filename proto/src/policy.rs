@@ -174,7 +174,14 @@ impl AckPolicy {
     /// chosen trigger; the fallback to `remote-stored` below the threshold
     /// answers as soon as the replica has the write.
     pub fn effective(&self, dirty_pct: Option<f64>) -> (Trigger, Duration) {
-        if self.spoofing_active(dirty_pct) || self.trigger == Trigger::RemoteStored {
+        self.answer_when(self.spoofing_active(dirty_pct))
+    }
+
+    /// The stage that answers a write and the delay after it, with spoof
+    /// acks in force or not (the sender also keeps them in force while a
+    /// spoofed backlog drains).
+    pub fn answer_when(&self, spoofing: bool) -> (Trigger, Duration) {
+        if spoofing || self.trigger == Trigger::RemoteStored {
             (self.trigger, self.delay.min(MAX_DELAY))
         } else {
             (Trigger::RemoteStored, Duration::ZERO)

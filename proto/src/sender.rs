@@ -586,12 +586,7 @@ impl Sender {
 
     /// The trigger and delay that answer host operations now.
     pub fn effective(&self) -> (Trigger, Duration) {
-        let p = &self.cfg.policy;
-        if self.draining_spoofed() {
-            (p.trigger, p.delay.min(crate::policy::MAX_DELAY))
-        } else {
-            p.effective(self.dirty)
-        }
+        self.cfg.policy.answer_when(self.spoofing_active())
     }
 
     /// Answers host operations, in seq order, whose trigger has been reached.

@@ -380,13 +380,6 @@ impl<S: NvStore> Nvbuf<S> {
                     .grow(sb.file_size as usize)
                     .map_err(io(&label, "extend the truncated file"))?;
             }
-            // Erase what follows the intact prefix, so that the evidence of
-            // the accepted loss does not refuse every later open.
-            let upto = ev
-                .durable_frontier
-                .max(ev.end_beyond)
-                .min(sc.stop_lsn + sb.ring_len);
-            erase_log(&mut store, sb.ring_len, sc.stop_lsn, upto);
         }
         let len = store.len() as u64;
         let epoch = sb
@@ -442,16 +435,17 @@ impl<S: NvStore> Nvbuf<S> {
             file_size: sb.file_size,
             max_payload: max_payload(ring_len),
         };
-        // Erase the dropped tail (the chunks of an incomplete seq, and any
-        // intact records the scan could not reach), so that it is reported
-        // once, not again on every later open: left in place, its chunks
-        // vouch for a durable frontier past where the next open's log ends,
-        // and a crash before the next write would read as lost writes.
+        // Erase the dropped tail (the chunks of an incomplete seq, any
+        // intact records the scan could not reach, and up to the frontier
+        // of an accepted loss), so that it is reported once, not again on
+        // every later open: left in place, its records vouch for a durable
+        // frontier past where the next open's log ends, and a crash before
+        // the next write would read as lost writes.
         erase_log(
             &mut *wlock(&nv.store),
             ring_len,
             sc.end_lsn,
-            sc.stop_lsn.max(ev.end_beyond),
+            sc.stop_lsn.max(ev.end_beyond).max(ev.durable_frontier),
         );
         // And the header slot where the log now ends.
         {

@@ -287,6 +287,12 @@ impl From<NvbufError> for PrimaryError {
     }
 }
 
+impl From<Halt> for PrimaryError {
+    fn from(h: Halt) -> Self {
+        PrimaryError::Failed(h)
+    }
+}
+
 impl StartError {
     pub(crate) fn spawn(what: &'static str) -> impl FnOnce(io::Error) -> StartError {
         move |e| StartError::Spawn {

@@ -263,16 +263,16 @@ impl Ingest {
         epoch: Epoch,
         offset: u64,
         data: Bytes,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), Halt> {
         for job in encode_jobs(seq, epoch, offset, &data, self.settings.chunk_size) {
-            self.encode.submit(job).map_err(|_| "encode workers")?;
+            self.encode.submit(job).map_err(|_| Halt::Stopped("encode workers"))?;
         }
         Ok(())
     }
 
     /// Queues a ready record (flush, trim, checkpoint).
-    pub fn submit_record(&self, rec: Record) -> Result<(), &'static str> {
-        self.records.send(rec).map_err(|_| "appender")
+    pub fn submit_record(&self, rec: Record) -> Result<(), Halt> {
+        self.records.send(rec).map_err(|_| Halt::Stopped("appender"))
     }
 
     /// Waits for the appender to finish (after shutdown was flagged).

@@ -730,8 +730,7 @@ impl Primary {
             .fetch_add(len, Ordering::Relaxed);
         self.core.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.ingest
-            .submit_write(seq, self.epoch, offset, data)
-            .map_err(|what| PrimaryError::Failed(Halt::Stopped(what)))?;
+            .submit_write(seq, self.epoch, offset, data)?;
         Ok(Pending { rx })
     }
 
@@ -756,8 +755,7 @@ impl Primary {
                 0,
                 0,
                 &frame,
-            ))
-            .map_err(|what| PrimaryError::Failed(Halt::Stopped(what)))?;
+            ))?;
         Ok(Pending { rx })
     }
 
@@ -786,8 +784,7 @@ impl Primary {
                 offset,
                 len,
                 &frame,
-            ))
-            .map_err(|what| PrimaryError::Failed(Halt::Stopped(what)))?;
+            ))?;
         Ok(Pending { rx })
     }
 
@@ -857,8 +854,7 @@ impl Primary {
                 0,
                 0,
                 &frame,
-            ))
-            .map_err(|what| PrimaryError::Failed(Halt::Stopped(what)))?;
+            ))?;
         Ok(Pending { rx })
     }
 
