@@ -123,7 +123,7 @@ pub struct LinkSection {
     /// Round-trip time, e.g. `"40ms"`.
     #[serde(default = "default_rtt")]
     pub rtt: String,
-    /// `bbr`, `cubic` or `newreno`.
+    /// `rate` (the default), `bbr`, `cubic` or `newreno`.
     #[serde(default = "default_congestion")]
     pub congestion: String,
     /// Parallel QUIC streams carrying writes.
@@ -141,7 +141,7 @@ fn default_rtt() -> String {
     "20ms".into()
 }
 fn default_congestion() -> String {
-    "cubic".into()
+    "rate".into()
 }
 fn default_lanes() -> usize {
     4
@@ -671,10 +671,15 @@ pub struct RemoteFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CongestionChoice {
+    /// `rate` (the default): paces at `link.rate`, rides through random
+    /// loss, backs off when the round trip shows a queue building or a
+    /// round loses more than 5 %; for a dedicated line whose rate is
+    /// stated. With `link.rate = "unlimited"` it is `cubic`.
+    Rate,
     /// `bbr`: paces by the measured bandwidth and RTT rather than by loss;
     /// the one to use on lossy links.
     Bbr,
-    /// `cubic` (the default): backs off on loss, grows back by a cubic curve.
+    /// `cubic`: backs off on loss, grows back by a cubic curve.
     Cubic,
     /// `newreno`: the classic loss-based controller; halves its window on loss.
     NewReno,
@@ -693,7 +698,7 @@ pub struct Link {
     pub rate_bps: u64,
     /// `link.rtt`: the round-trip time, up to 10 s (default 20 ms).
     pub rtt: Duration,
-    /// `link.congestion` (default `cubic`).
+    /// `link.congestion` (default `rate`).
     pub congestion: CongestionChoice,
     /// `link.lanes`: parallel QUIC streams carrying writes, 1 to 64
     /// (default 4).
@@ -853,13 +858,14 @@ fn link(
     let rate_bps = link_rate(&l.rate).map_err(|e| c.err("link.rate", e))?;
     let rtt = link_rtt(&l.rtt).map_err(|e| c.err("link.rtt", e))?;
     let congestion = match l.congestion.as_str() {
+        "rate" => CongestionChoice::Rate,
         "bbr" => CongestionChoice::Bbr,
         "cubic" => CongestionChoice::Cubic,
         "newreno" => CongestionChoice::NewReno,
         other => {
             return Err(c.err(
                 "link.congestion",
-                format!("{other:?}: expected bbr, cubic or newreno"),
+                format!("{other:?}: expected rate, bbr, cubic or newreno"),
             ))
         }
     };

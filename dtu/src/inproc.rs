@@ -99,13 +99,14 @@ impl PairSetup {
 }
 
 /// What the DTUs are told about a preset's link: the up direction's rate
-/// and the round trip of both delays (at least 1 ms), cubic.
+/// and the round trip of both delays (at least 1 ms), the default `rate`
+/// controller (cubic on an unlimited preset).
 pub fn preset_tuning(preset: &Preset) -> LinkTuning {
     let rtt = preset.up.delay + preset.down.delay;
     LinkTuning {
         rate_bps: preset.up.rate_bps,
         rtt: rtt.max(Duration::from_millis(1)),
-        congestion: CongestionChoice::Cubic,
+        congestion: CongestionChoice::Rate,
         ..LinkTuning::default()
     }
 }

@@ -70,6 +70,21 @@ pub fn all() -> Vec<Preset> {
         c.loss_burst = Some(3.0);
         (c.clone(), c)
     };
+    // Two bonded 50 Mbit/s lines: a tenth of the packets take the slower
+    // member and arrive 4 ms behind the ones sent after them.
+    let bonded = {
+        let mut c = LinkConfig::new(100 * M, ms(10));
+        c.reorder = 0.1;
+        c.reorder_delay = ms(4);
+        (c.clone(), c)
+    };
+    // A noisy copper or radio segment: 1 % of packets arrive with a bit
+    // flipped (QUIC's AEAD drops them; TCP's checksum does too).
+    let corrupt = {
+        let mut c = LinkConfig::new(100 * M, ms(10));
+        c.corrupt = 0.01;
+        (c.clone(), c)
+    };
     vec![
         p(
             "analog-56k",
@@ -139,6 +154,24 @@ pub fn all() -> Vec<Preset> {
             "lossy-wan",
             "100 Mbit/s WAN, 30 ms RTT, 1 ms jitter, 1% bursty loss (mean burst 3)",
             lossy,
+        ),
+        p(
+            "bonded-reorder",
+            "two bonded lines, 100 Mbit/s, 20 ms RTT: a tenth of the packets 4 ms late (reordered)",
+            bonded,
+        ),
+        p(
+            "corrupt-wan",
+            "100 Mbit/s WAN, 20 ms RTT, 1% of packets corrupted (one bit flipped)",
+            corrupt,
+        ),
+        p(
+            "thin-return",
+            "asymmetric: 20 Mbit/s out, 128 kbit/s back (an ISDN return path), 40 ms RTT",
+            (
+                LinkConfig::new(20 * M, ms(20)),
+                LinkConfig::new(128 * K, ms(20)),
+            ),
         ),
         p(
             "satellite",

@@ -12,6 +12,7 @@
 
 mod backoff;
 mod frames;
+mod line_rate;
 mod pin;
 mod tuning;
 
@@ -24,6 +25,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 pub use backoff::Backoff;
 pub use frames::{write_bytes, write_frame, FrameStream};
+pub use line_rate::{LineRate, LineRateConfig};
 pub use tuning::{
     congestion_factory, transport_config, Congestion, LinkTuning, INFLIGHT_CAP, INFLIGHT_FLOOR,
     MAX_KEEP_ALIVE, MAX_RTT, RECEIVE_WINDOW_FLOOR, SEND_WINDOW_FLOOR, UNKNOWN_RATE_BPS, WINDOW_CAP,

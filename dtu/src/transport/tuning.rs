@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::congestion::ControllerFactory;
-use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use quinn::{AckFrequencyConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 
 pub use crate::config::CongestionChoice as Congestion;
+use super::line_rate::LineRateConfig;
 use crate::config::Link;
 
 /// Windows are this many bandwidth-delay products. One BDP only fills the
@@ -54,6 +55,23 @@ pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(600);
 pub const INFLIGHT_FLOOR: u64 = 16 << 20;
 /// See [`INFLIGHT_FLOOR`].
 pub const INFLIGHT_CAP: u64 = 512 << 20;
+/// Reordering the loss detection rides through: a packet overtaken by
+/// packets sent up to this much later is not yet lost.
+pub const REORDER_TOLERANCE: Duration = Duration::from_millis(5);
+/// Largest packet threshold: bounds how long a real loss goes unrepaired
+/// on a fast line (2048 packets are 25 ms at 1 Gbit/s).
+const MAX_REORDER_PACKETS: u32 = 2048;
+/// Largest time threshold, in RTTs.
+const MAX_TIME_THRESHOLD: f32 = 2.0;
+/// Acks per round trip the receiver is asked for at most (one per
+/// `ack_every` packets): enough to clock the window out smoothly, few
+/// enough that acks neither cost the CPU a packet each nor fill a thin
+/// return path (a modem line back carries about 100 small packets a
+/// second).
+const ACKS_PER_RTT: u64 = 32;
+/// Largest `ack_every`.
+const MAX_ACK_EVERY: u32 = 32;
+
 /// quinn's default initial congestion window for Cubic/NewReno (10 packets
 /// of 1472 bytes, RFC 9002 §7.2); the floor of ours.
 const MIN_INITIAL_CWND: u64 = 14_720;
@@ -80,12 +98,13 @@ pub struct LinkTuning {
 }
 
 impl Default for LinkTuning {
-    /// 1 Gbit/s, 50 ms, cubic, keep-alive 2 s, idle timeout 15 s.
+    /// 1 Gbit/s, 50 ms, the `rate` controller, keep-alive 2 s, idle
+    /// timeout 15 s.
     fn default() -> Self {
         LinkTuning {
             rate_bps: 1_000_000_000,
             rtt: Duration::from_millis(50),
-            congestion: Congestion::Cubic,
+            congestion: Congestion::Rate,
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(15),
             mtu_discovery: true,
@@ -96,8 +115,13 @@ impl Default for LinkTuning {
 impl LinkTuning {
     /// Tuning from a config file's `[link]` section; an unknown rate (0)
     /// becomes [`UNKNOWN_RATE_BPS`] so that callers sizing their own
-    /// buffers from `rate_bps` see the same assumption.
+    /// buffers from `rate_bps` see the same assumption, and the `rate`
+    /// controller, which needs a stated rate, becomes cubic.
     pub fn from_link(l: &Link) -> LinkTuning {
+        let congestion = match l.congestion {
+            Congestion::Rate if l.rate_bps == 0 => Congestion::Cubic,
+            c => c,
+        };
         LinkTuning {
             rate_bps: if l.rate_bps == 0 {
                 UNKNOWN_RATE_BPS
@@ -105,7 +129,7 @@ impl LinkTuning {
                 l.rate_bps
             },
             rtt: l.rtt,
-            congestion: l.congestion,
+            congestion,
             ..LinkTuning::default()
         }
     }
@@ -170,6 +194,39 @@ impl LinkTuning {
             .clamp(INFLIGHT_FLOOR, INFLIGHT_CAP)
     }
 
+    /// Packets the line carries in [`REORDER_TOLERANCE`] (at least 3, RFC
+    /// 9002's packet threshold; at most [`MAX_REORDER_PACKETS`]); an
+    /// unknown rate gets 3.
+    pub fn reorder_packets(&self) -> u32 {
+        if self.rate_bps == 0 || self.rate_bps >= UNKNOWN_RATE_BPS {
+            return 3;
+        }
+        let packets = bytes_in(self.rate_bps, REORDER_TOLERANCE) / 1500;
+        u32::try_from(packets)
+            .unwrap_or(u32::MAX)
+            .clamp(3, MAX_REORDER_PACKETS)
+    }
+
+    /// Loss delay in RTTs: RFC 9002's 9/8, or enough to cover
+    /// [`REORDER_TOLERANCE`] on top of the RTT, at most 2.
+    pub fn reorder_time_threshold(&self) -> f32 {
+        let rtt = self.sizing_rtt().as_secs_f32();
+        (1.0 + REORDER_TOLERANCE.as_secs_f32() / rtt).clamp(9.0 / 8.0, MAX_TIME_THRESHOLD)
+    }
+
+    /// Ack-eliciting packets per ack asked of the peer: 2 (QUIC's
+    /// default) up to [`MAX_ACK_EVERY`], so that a round trip of packets
+    /// at the line's rate draws about [`ACKS_PER_RTT`] acks.
+    pub fn ack_every(&self) -> u32 {
+        if self.rate_bps == 0 || self.rate_bps >= UNKNOWN_RATE_BPS {
+            return 2;
+        }
+        let packets_per_rtt = self.bdp() / 1500;
+        u32::try_from(packets_per_rtt / ACKS_PER_RTT)
+            .unwrap_or(u32::MAX)
+            .clamp(2, MAX_ACK_EVERY)
+    }
+
     /// How long the primary waits for a connection: four round trips, at
     /// least 5 s.
     pub fn connect_timeout(&self) -> Duration {
@@ -210,23 +267,40 @@ pub fn transport_config(t: &LinkTuning) -> TransportConfig {
     // dtu uses streams only; unreliable datagrams would just reserve memory.
     c.datagram_receive_buffer_size(None);
     c.congestion_controller_factory(congestion_factory(t));
+    // A line that reorders (bonded links deliver a tenth of the packets a
+    // few ms late) must not read reordering as loss: each spurious loss is
+    // a retransmission the line carries twice and, for cubic, a halved
+    // window. Loss is declared only once a packet is REORDER_TOLERANCE
+    // older than the newest acked one, in packets at the line's rate and
+    // in time; a real loss costs that much longer to repair.
+    c.packet_threshold(t.reorder_packets());
+    c.time_threshold(t.reorder_time_threshold());
+    let mut ack = AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(t.ack_every().saturating_sub(1)));
+    ack.reordering_threshold(VarInt::from_u32(t.reorder_packets().saturating_sub(1)));
+    c.ack_frequency_config(Some(ack));
     c
 }
 
 /// The congestion controller for a link, starting at [`LinkTuning::initial_cwnd`].
 ///
-/// quinn's BBR is an experimental BBRv1; cubic is the default for that
-/// reason, and BBR stays selectable for lossy links where loss-based control
-/// collapses.
+/// `rate` (see [`LineRate`](super::line_rate::LineRate)) needs the line's
+/// rate; with none stated (`rate_bps` 0) it is cubic. quinn's BBR is an
+/// experimental BBRv1 and stays selectable, as do cubic and NewReno for
+/// paths shared with other traffic.
 pub fn congestion_factory(t: &LinkTuning) -> Arc<dyn ControllerFactory + Send + Sync> {
     let initial = t.initial_cwnd();
     match t.congestion {
+        Congestion::Rate if t.rate_bps != 0 => Arc::new(LineRateConfig {
+            rate_bps: t.rate_bps,
+            rtt: t.sizing_rtt(),
+        }),
         Congestion::Bbr => {
             let mut cc = quinn::congestion::BbrConfig::default();
             cc.initial_window(initial);
             Arc::new(cc)
         }
-        Congestion::Cubic => {
+        Congestion::Cubic | Congestion::Rate => {
             let mut cc = quinn::congestion::CubicConfig::default();
             cc.initial_window(initial);
             Arc::new(cc)

@@ -21,55 +21,42 @@ use super::report::{f, mbit};
 use super::tools::{iperf3_tcp, own_cpu_seconds, Iperf3Server};
 use super::{Opts, Report, Result, Table, Target};
 
-/// A link and how much to send over it (full run, quick run).
+/// A link, how much to send over it (full run, quick run), the share of the
+/// line wanted with the default configuration, and whether cubic and BBR
+/// also run on it (the links where the controller's reaction to loss or
+/// reordering decides the result).
 struct Case {
     preset: &'static str,
     full: u64,
     quick: u64,
-    lossy: bool,
+    goal: f64,
+    peers: bool,
 }
 
 const MIB: u64 = 1 << 20;
 
+const fn case(preset: &'static str, full: u64, quick: u64, goal: f64, peers: bool) -> Case {
+    Case {
+        preset,
+        full,
+        quick,
+        goal,
+        peers,
+    }
+}
+
 const CASES: &[Case] = &[
-    Case {
-        preset: "t1",
-        full: 4 * MIB,
-        quick: MIB,
-        lossy: false,
-    },
-    Case {
-        preset: "e1",
-        full: 4 * MIB,
-        quick: MIB,
-        lossy: false,
-    },
-    Case {
-        preset: "bridged-10m",
-        full: 32 * MIB,
-        quick: 4 * MIB,
-        lossy: false,
-    },
-    Case {
-        preset: "wan-100m-40ms",
-        full: 256 * MIB,
-        quick: 32 * MIB,
-        lossy: false,
-    },
-    Case {
-        preset: "wan-1g-10ms",
-        full: 1024 * MIB,
-        quick: 128 * MIB,
-        lossy: false,
-    },
-    Case {
-        // Loss-based cubic runs at a tenth of the line here: 64 MiB keeps
-        // it to about a minute.
-        preset: "lossy-wan",
-        full: 64 * MIB,
-        quick: 32 * MIB,
-        lossy: true,
-    },
+    case("t1", 4 * MIB, MIB, 0.95, false),
+    case("e1", 4 * MIB, MIB, 0.95, false),
+    case("bridged-10m", 32 * MIB, 4 * MIB, 0.95, false),
+    case("wan-100m-40ms", 256 * MIB, 32 * MIB, 0.95, false),
+    case("wan-1g-10ms", 1024 * MIB, 128 * MIB, 0.85, false),
+    // Loss-based cubic runs at a tenth of the line here: 64 MiB keeps its
+    // peer run to about a minute.
+    case("lossy-wan", 64 * MIB, 32 * MIB, 0.90, true),
+    case("bonded-reorder", 64 * MIB, 16 * MIB, 0.80, true),
+    case("corrupt-wan", 64 * MIB, 16 * MIB, 0.80, true),
+    case("thin-return", 32 * MIB, 8 * MIB, 0.80, false),
 ];
 
 /// One transfer of `bytes` of `ratio`:1 data over `preset`, measured.
@@ -185,15 +172,21 @@ pub fn run(o: &Opts) -> Result<Report> {
             iperf3_tcp(pair.link_addr(), secs)?
         };
         let iperf_ratio = iperf / pair.preset.as_ref().map_or(1.0, |p| p.up.rate_bps as f64);
-        // On a lossy link, cubic (the default) and BBR (the `congestion`
-        // setting a user of such a link would pick) both run.
-        let mut runs = vec![("cubic", transfer(&pair, bytes, 1.0, o.seed)?)];
+        // Where loss or reordering decides, cubic and BBR (what a user of
+        // such a link would otherwise pick) run too.
+        let mut runs = vec![("rate", transfer(&pair, bytes, 1.0, o.seed)?)];
         pair.shutdown()?;
-        if c.lossy {
-            let pair = start(Some(Congestion::Bbr))?;
-            runs.push(("bbr", transfer(&pair, bytes, 1.0, o.seed)?));
-            pair.shutdown()?;
+        if c.peers {
+            for (name, cc) in [("cubic", Congestion::Cubic), ("bbr", Congestion::Bbr)] {
+                let pair = start(Some(cc))?;
+                runs.push((name, transfer(&pair, bytes, 1.0, o.seed)?));
+                pair.shutdown()?;
+            }
         }
+        let best_peer = runs[1..]
+            .iter()
+            .map(|(_, x)| x.ratio)
+            .fold(0.0_f64, f64::max);
         for (cc, x) in &runs {
             let label = if runs.len() > 1 {
                 format!("{} ({cc})", c.preset)
@@ -214,30 +207,26 @@ pub fn run(o: &Opts) -> Result<Report> {
                 f(x.goodput_bps / iperf, 2),
                 f(x.cpu_s_per_gb, 1),
             ]);
-            if c.lossy {
+            if *cc == "rate" {
                 r.target(Target::new(
-                    format!("{label}: goodput at or above iperf3 TCP"),
-                    "≥ 1.0 × TCP",
-                    format!(
-                        "{:.2} × TCP ({:.3} vs {:.3} of the line)",
-                        x.goodput_bps / iperf,
-                        x.ratio,
-                        iperf_ratio
-                    ),
-                    x.goodput_bps >= iperf,
-                ));
-            } else {
-                r.target(Target::new(
-                    format!("{label}: goodput / line rate"),
-                    "≥ 0.95",
+                    format!("{}: goodput / line rate, default configuration", c.preset),
+                    format!("≥ {:.2}", c.goal),
                     f(x.ratio, 3),
-                    x.ratio >= 0.95,
+                    x.ratio >= c.goal,
                 ));
+                if c.peers {
+                    r.target(Target::new(
+                        format!("{}: default over the better of cubic and BBR", c.preset),
+                        "≥ 0.9 ×",
+                        format!("{:.2} × ({:.3} vs {best_peer:.3})", x.ratio / best_peer, x.ratio),
+                        x.ratio >= 0.9 * best_peer,
+                    ));
+                }
             }
             rows.push(json!({ "label": label, "congestion": cc, "dtu": x, "iperf3_bps": iperf, "iperf3_ratio": iperf_ratio }));
             eprintln!(
-                "  {label}: dtu {} Mbit/s ({:.3} of the line, link busy {:.3}, payload share {:.3}); iperf3 {} Mbit/s ({:.3})",
-                mbit(x.goodput_bps), x.ratio, x.link_busy, x.payload_share, mbit(iperf), iperf_ratio
+                "  {label}: dtu {} Mbit/s ({:.3} of the line, link busy {:.3}, payload share {:.3}, lost {} / queue-dropped {}, retransmits {}, {:.1} CPU-s/GB); iperf3 {} Mbit/s ({:.3})",
+                mbit(x.goodput_bps), x.ratio, x.link_busy, x.payload_share, x.lost, x.queue_drops, x.retransmits, x.cpu_s_per_gb, mbit(iperf), iperf_ratio
             );
         }
     }
@@ -275,7 +264,7 @@ pub fn run(o: &Opts) -> Result<Report> {
                     col(&|v| v["dtu"]["link_busy"].as_f64()),
                 ),
             ],
-            guides: vec![(0.95, "target 0.95".into())],
+            guides: vec![(0.95, "target 0.95".into()), (0.8, "0.8".into())],
             log_y: false,
             digits: Some(2),
         },
