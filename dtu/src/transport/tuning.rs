@@ -227,6 +227,12 @@ impl LinkTuning {
             .clamp(2, MAX_ACK_EVERY)
     }
 
+    /// The longest delayed-ack wait asked of the peer: an eighth of the
+    /// RTT, between 1 and 25 ms.
+    pub fn max_ack_delay(&self) -> Duration {
+        (self.sizing_rtt() / 8).clamp(Duration::from_millis(1), Duration::from_millis(25))
+    }
+
     /// How long the primary waits for a connection: four round trips, at
     /// least 5 s.
     pub fn connect_timeout(&self) -> Duration {
@@ -278,6 +284,11 @@ pub fn transport_config(t: &LinkTuning) -> TransportConfig {
     let mut ack = AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(VarInt::from_u32(t.ack_every().saturating_sub(1)));
     ack.reordering_threshold(VarInt::from_u32(t.reorder_packets().saturating_sub(1)));
+    // A delayed ack waits at most an eighth of the RTT (QUIC's default is
+    // 25 ms): at a low rate, where `ack_every` packets take long to come,
+    // a 25 ms wait would make a reordered packet look lost and every RTT
+    // sample look like a queue.
+    ack.max_ack_delay(Some(t.max_ack_delay()));
     c.ack_frequency_config(Some(ack));
     c
 }
@@ -376,6 +387,7 @@ mod tests {
 
     #[test]
     fn congestion_choice_picks_the_controller_and_its_initial_window() {
+        use super::super::LineRate;
         use quinn::congestion::{Bbr, Cubic, NewReno};
         let t = |congestion| LinkTuning {
             congestion,
@@ -392,6 +404,38 @@ mod tests {
             .into_any()
             .downcast::<NewReno>()
             .is_ok());
+        // `rate` at the stated rate: a window of 1.25 BDPs from the start.
+        let rate = build(&t(Congestion::Rate));
+        assert_eq!(rate.initial_window(), 7_812_500);
+        assert!(rate.into_any().downcast::<LineRate>().is_ok());
+        // No stated rate: cubic.
+        let unknown = LinkTuning {
+            rate_bps: 0,
+            ..t(Congestion::Rate)
+        };
+        assert!(build(&unknown).into_any().downcast::<Cubic>().is_ok());
+    }
+
+    #[test]
+    fn loss_detection_rides_through_a_few_ms_of_reordering() {
+        // 100 Mbit/s carries 41 full packets in 5 ms; at 20 ms RTT the time
+        // threshold covers 5 ms on top of the RTT.
+        let bonded = link(100_000_000, 20);
+        assert_eq!(bonded.reorder_packets(), 41);
+        assert!((bonded.reorder_time_threshold() - 1.25).abs() < 1e-6);
+        // Long links keep RFC 9002's 9/8; short ones stop at 2 RTTs.
+        assert!((link(100_000_000, 80).reorder_time_threshold() - 1.125).abs() < 1e-6);
+        assert!((link(100_000_000, 1).reorder_time_threshold() - 2.0).abs() < 1e-6);
+        // Slow or unknown links keep QUIC's 3 packets and an ack every 2.
+        assert_eq!(link(1_544_000, 20).reorder_packets(), 3);
+        assert_eq!(link(0, 20).reorder_packets(), 3);
+        assert_eq!(link(0, 20).ack_every(), 2);
+        assert_eq!(link(u64::MAX, 20).reorder_packets(), 3);
+        // 100 Mbit/s × 40 ms is 333 packets: an ack per 10 of them.
+        assert_eq!(link(100_000_000, 40).ack_every(), 10);
+        assert_eq!(link(10_000_000_000 - 1, 100).ack_every(), MAX_ACK_EVERY);
+        assert_eq!(link(1_000_000_000, 10).reorder_packets(), 416);
+        assert_eq!(link(9_000_000_000, 10).reorder_packets(), MAX_REORDER_PACKETS);
     }
 
     #[test]

@@ -18,8 +18,10 @@ use dtu::transport::Congestion;
 use super::inproc::{write_stream, Blocks, InprocPair, PairConfig};
 use super::plot::{bars, Bars};
 use super::report::{f, mbit};
-use super::tools::{iperf3_tcp, own_cpu_seconds, Iperf3Server};
-use super::{Opts, Report, Result, Table, Target};
+use super::tools::{
+    fio, fio_nbd, iperf3_tcp, nbd_tcp_uri, own_cpu_seconds, Iperf3Server, Nbdkit,
+};
+use super::{BenchError, Opts, Report, Result, Table, Target};
 
 /// A link, how much to send over it (full run, quick run), the share of the
 /// line wanted with the default configuration, and whether cubic and BBR
@@ -137,13 +139,43 @@ pub fn transfer(pair: &InprocPair, bytes: u64, ratio: f64, seed: u64) -> Result<
     })
 }
 
+/// What a user scripts today: NBD over TCP through the same relay to
+/// `nbdkit file` at the remote's address (md RAID1 with a remote NBD leg
+/// sees this), fio writing `bytes` sequentially in 1 MiB blocks at queue
+/// depth 8 and flushing at the end. Goodput in bit/s, from fio's start to
+/// its exit.
+fn nbdkit_tcp_peer(pair: &InprocPair, bytes: u64) -> Result<f64> {
+    let dir = pair.dir.path();
+    let img = dir.join("nbdkit-peer.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(bytes))
+        .map_err(|e| BenchError::io("nbdkit image", e))?;
+    let _kit = Nbdkit::start_tcp(&img, dir, pair.remote_port)?;
+    let mut a = fio_nbd("nbdkit-tcp", &nbd_tcp_uri(pair.link_addr()));
+    a.extend([
+        "--rw=write".into(),
+        "--bs=1M".into(),
+        "--iodepth=8".into(),
+        format!("--size={bytes}"),
+        "--end_fsync=1".into(),
+    ]);
+    let line = pair.preset.as_ref().map_or(1e9, |p| p.up.rate_bps as f64);
+    let limit = Duration::from_secs_f64((bytes as f64 * 8.0 / line * 40.0).max(120.0));
+    let t0 = std::time::Instant::now();
+    let r = fio(&a, dir, limit)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&img);
+    Ok(r.io_bytes as f64 * 8.0 / secs)
+}
+
 pub fn run(o: &Opts) -> Result<Report> {
     let mut r = Report::new("link-efficiency", o.quick);
     let mut t = Table::new(
         "goodput of incompressible 64 KiB writes over the line rate, and iperf3 TCP through the same relay",
         &[
             "link", "line Mbit/s", "payload", "dtu Mbit/s", "dtu / line", "link busy", "payload share",
-            "lost / queue-dropped", "iperf3 Mbit/s", "iperf3 / line", "dtu / iperf3", "CPU s/GB",
+            "lost / queue-dropped", "iperf3 Mbit/s", "iperf3 / line", "dtu / iperf3",
+            "nbdkit TCP / line", "CPU s/GB",
         ],
     );
     let mut rows = Vec::new();
@@ -172,6 +204,8 @@ pub fn run(o: &Opts) -> Result<Report> {
             iperf3_tcp(pair.link_addr(), secs)?
         };
         let iperf_ratio = iperf / pair.preset.as_ref().map_or(1.0, |p| p.up.rate_bps as f64);
+        let kit = nbdkit_tcp_peer(&pair, bytes)?;
+        let kit_ratio = kit / pair.preset.as_ref().map_or(1.0, |p| p.up.rate_bps as f64);
         // Where loss or reordering decides, cubic and BBR (what a user of
         // such a link would otherwise pick) run too.
         let mut runs = vec![("rate", transfer(&pair, bytes, 1.0, o.seed)?)];
@@ -205,6 +239,7 @@ pub fn run(o: &Opts) -> Result<Report> {
                 mbit(iperf),
                 f(iperf_ratio, 3),
                 f(x.goodput_bps / iperf, 2),
+                f(kit_ratio, 3),
                 f(x.cpu_s_per_gb, 1),
             ]);
             if *cc == "rate" {
@@ -213,6 +248,12 @@ pub fn run(o: &Opts) -> Result<Report> {
                     format!("≥ {:.2}", c.goal),
                     f(x.ratio, 3),
                     x.ratio >= c.goal,
+                ));
+                r.target(Target::new(
+                    format!("{}: above NBD over TCP to nbdkit", c.preset),
+                    "> 1.0 ×",
+                    format!("{:.2} × ({:.3} vs {kit_ratio:.3})", x.ratio / kit_ratio, x.ratio),
+                    x.ratio > kit_ratio,
                 ));
                 if c.peers {
                     r.target(Target::new(
@@ -223,7 +264,7 @@ pub fn run(o: &Opts) -> Result<Report> {
                     ));
                 }
             }
-            rows.push(json!({ "label": label, "congestion": cc, "dtu": x, "iperf3_bps": iperf, "iperf3_ratio": iperf_ratio }));
+            rows.push(json!({ "label": label, "congestion": cc, "dtu": x, "iperf3_bps": iperf, "iperf3_ratio": iperf_ratio, "nbdkit_tcp_bps": kit, "nbdkit_tcp_ratio": kit_ratio }));
             eprintln!(
                 "  {label}: dtu {} Mbit/s ({:.3} of the line, link busy {:.3}, payload share {:.3}, lost {} / queue-dropped {}, retransmits {}, {:.1} CPU-s/GB); iperf3 {} Mbit/s ({:.3})",
                 mbit(x.goodput_bps), x.ratio, x.link_busy, x.payload_share, x.lost, x.queue_drops, x.retransmits, x.cpu_s_per_gb, mbit(iperf), iperf_ratio
@@ -258,6 +299,10 @@ pub fn run(o: &Opts) -> Result<Report> {
                 (
                     "iperf3 TCP goodput".into(),
                     col(&|v| v["iperf3_ratio"].as_f64()),
+                ),
+                (
+                    "NBD over TCP to nbdkit".into(),
+                    col(&|v| v["nbdkit_tcp_ratio"].as_f64()),
                 ),
                 (
                     "dtu link busy (wire bits)".into(),

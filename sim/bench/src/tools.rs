@@ -162,24 +162,40 @@ pub fn fio_nbd(name: &str, uri: &str) -> Vec<String> {
 /// nbdkit serving a file on a unix socket, killed when dropped.
 pub struct Nbdkit {
     proc: Proc,
-    pub socket: PathBuf,
+    at: NbdkitAt,
+}
+
+/// Where an nbdkit listens.
+enum NbdkitAt {
+    Unix(PathBuf),
+    Tcp(u16),
 }
 
 impl Nbdkit {
     /// `nbdkit --foreground -U SOCKET file FILE`; waits for the socket.
     pub fn start(file: &Path, dir: &Path) -> Result<Nbdkit> {
-        require("nbdkit")?;
         let socket = dir.join("nbdkit.sock");
         // A killed nbdkit leaves its socket behind; the next one in the
         // same directory would refuse to bind it.
         let _ = std::fs::remove_file(&socket);
+        Nbdkit::spawn(file, dir, NbdkitAt::Unix(socket))
+    }
+
+    /// `nbdkit -i 127.0.0.1 -p PORT file FILE`: the remote leg a user
+    /// scripts today (md RAID1 over an NBD device), reached over TCP.
+    pub fn start_tcp(file: &Path, dir: &Path, port: u16) -> Result<Nbdkit> {
+        Nbdkit::spawn(file, dir, NbdkitAt::Tcp(port))
+    }
+
+    fn spawn(file: &Path, dir: &Path, at: NbdkitAt) -> Result<Nbdkit> {
+        require("nbdkit")?;
         let mut cmd = Command::new("nbdkit");
-        cmd.arg("--foreground")
-            .arg("--exit-with-parent")
-            .arg("-U")
-            .arg(&socket)
-            .arg("file")
-            .arg(format!("file={}", file.display()));
+        cmd.arg("--foreground").arg("--exit-with-parent");
+        match &at {
+            NbdkitAt::Unix(socket) => cmd.arg("-U").arg(socket),
+            NbdkitAt::Tcp(port) => cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()]),
+        };
+        cmd.arg("file").arg(format!("file={}", file.display()));
         let mut proc = Proc::spawn("nbdkit", cmd, dir.join("nbdkit.log"));
         wait_for("nbdkit's socket", Duration::from_secs(20), || {
             if !proc.is_running() {
@@ -188,18 +204,30 @@ impl Nbdkit {
                     detail: proc.log_text(),
                 });
             }
-            Ok(std::os::unix::net::UnixStream::connect(&socket).is_ok())
+            Ok(match &at {
+                NbdkitAt::Unix(socket) => std::os::unix::net::UnixStream::connect(socket).is_ok(),
+                NbdkitAt::Tcp(port) => std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok(),
+            })
         })?;
-        Ok(Nbdkit { proc, socket })
+        Ok(Nbdkit { proc, at })
     }
 
     pub fn pid(&self) -> u32 {
         self.proc.pid().unwrap_or(0)
     }
 
+    /// The URI of the export, to reach it directly.
     pub fn uri(&self) -> String {
-        format!("nbd+unix:///?socket={}", self.socket.display())
+        match &self.at {
+            NbdkitAt::Unix(socket) => format!("nbd+unix:///?socket={}", socket.display()),
+            NbdkitAt::Tcp(port) => format!("nbd://127.0.0.1:{port}/"),
+        }
     }
+}
+
+/// The URI of an NBD export reached over TCP at `addr` (through a relay).
+pub fn nbd_tcp_uri(addr: SocketAddr) -> String {
+    format!("nbd://{addr}/")
 }
 
 /// Polls `f` every 20 ms until it says yes, fails, or `limit` passes.
