@@ -81,6 +81,12 @@ pub struct Transfer {
     pub lost: u64,
     pub queue_drops: u64,
     pub retransmits: u64,
+    /// QUIC packets declared lost (spurious ones included), and the times
+    /// the congestion controller was told of a loss.
+    pub quic_lost: u64,
+    pub quic_congestion_events: u64,
+    /// QUIC's smoothed RTT at the end, ms.
+    pub quic_rtt_ms: Option<f64>,
     pub compression: f64,
     /// CPU seconds of this whole process (primary, remote and relay) per GB of payload.
     pub cpu_s_per_gb: f64,
@@ -93,6 +99,7 @@ pub fn transfer(pair: &InprocPair, bytes: u64, ratio: f64, seed: u64) -> Result<
     let line_bps = preset.up.rate_bps as f64;
     let mut blocks = Blocks::new(64 << 10, ratio, 64, seed);
     let before = pair.relay_stats().expect("a relay");
+    let quic0 = pair.status().quic;
     let cpu0 = own_cpu_seconds();
     let ideal = bytes as f64 * 8.0 / ratio / line_bps;
     let w = write_stream(pair.primary(), &mut blocks, bytes, 64)?;
@@ -134,6 +141,9 @@ pub fn transfer(pair: &InprocPair, bytes: u64, ratio: f64, seed: u64) -> Result<
         lost: l1 - l0,
         queue_drops: q1 - q0,
         retransmits: s.retransmits,
+        quic_lost: s.quic.lost_packets - quic0.lost_packets,
+        quic_congestion_events: s.quic.congestion_events - quic0.congestion_events,
+        quic_rtt_ms: s.quic.rtt_ms,
         compression: s.compression_ratio,
         cpu_s_per_gb: cpu / (bytes as f64 / 1e9),
     })
@@ -266,8 +276,8 @@ pub fn run(o: &Opts) -> Result<Report> {
             }
             rows.push(json!({ "label": label, "congestion": cc, "dtu": x, "iperf3_bps": iperf, "iperf3_ratio": iperf_ratio, "nbdkit_tcp_bps": kit, "nbdkit_tcp_ratio": kit_ratio }));
             eprintln!(
-                "  {label}: dtu {} Mbit/s ({:.3} of the line, link busy {:.3}, payload share {:.3}, lost {} / queue-dropped {}, retransmits {}, {:.1} CPU-s/GB); iperf3 {} Mbit/s ({:.3})",
-                mbit(x.goodput_bps), x.ratio, x.link_busy, x.payload_share, x.lost, x.queue_drops, x.retransmits, x.cpu_s_per_gb, mbit(iperf), iperf_ratio
+                "  {label}: dtu {} Mbit/s ({:.3} of the line, link busy {:.3}, payload share {:.3}, lost {} / queue-dropped {}, QUIC lost {} in {} congestion events, RTT {:?} ms, {:.1} CPU-s/GB); iperf3 {} Mbit/s ({:.3}), nbdkit over TCP {} Mbit/s ({:.3})",
+                mbit(x.goodput_bps), x.ratio, x.link_busy, x.payload_share, x.lost, x.queue_drops, x.quic_lost, x.quic_congestion_events, x.quic_rtt_ms, x.cpu_s_per_gb, mbit(iperf), iperf_ratio, mbit(kit), kit_ratio
             );
         }
     }
