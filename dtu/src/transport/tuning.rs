@@ -65,10 +65,12 @@ const MAX_REORDER_PACKETS: u32 = 2048;
 const MAX_TIME_THRESHOLD: f32 = 2.0;
 /// Acks per round trip the receiver is asked for at most (one per
 /// `ack_every` packets): enough to clock the window out smoothly, few
-/// enough that acks neither cost the CPU a packet each nor fill a thin
-/// return path (a modem line back carries about 100 small packets a
-/// second).
+/// enough that acks do not cost the CPU a packet each.
 const ACKS_PER_RTT: u64 = 32;
+/// Acks per second the receiver is asked for at most, at the line's rate:
+/// a thin return path (an ISDN line back carries about 200 small packets a
+/// second) must not queue acks, or every RTT sample grows with that queue.
+const ACKS_PER_SECOND: u64 = 100;
 /// Largest `ack_every`.
 const MAX_ACK_EVERY: u32 = 32;
 
@@ -215,22 +217,24 @@ impl LinkTuning {
     }
 
     /// Ack-eliciting packets per ack asked of the peer: 2 (QUIC's
-    /// default) up to [`MAX_ACK_EVERY`], so that a round trip of packets
-    /// at the line's rate draws about [`ACKS_PER_RTT`] acks.
+    /// default) up to [`MAX_ACK_EVERY`], so that at the line's rate a
+    /// round trip draws at most [`ACKS_PER_RTT`] acks and a second at most
+    /// [`ACKS_PER_SECOND`].
     pub fn ack_every(&self) -> u32 {
         if self.rate_bps == 0 || self.rate_bps >= UNKNOWN_RATE_BPS {
             return 2;
         }
-        let packets_per_rtt = self.bdp() / 1500;
-        u32::try_from(packets_per_rtt / ACKS_PER_RTT)
+        let per_rtt = self.bdp() / 1500 / ACKS_PER_RTT;
+        let per_second = self.rate_bps / 8 / 1500 / ACKS_PER_SECOND;
+        u32::try_from(per_rtt.max(per_second))
             .unwrap_or(u32::MAX)
             .clamp(2, MAX_ACK_EVERY)
     }
 
-    /// The longest delayed-ack wait asked of the peer: an eighth of the
+    /// The longest delayed-ack wait asked of the peer: a quarter of the
     /// RTT, between 1 and 25 ms.
     pub fn max_ack_delay(&self) -> Duration {
-        (self.sizing_rtt() / 8).clamp(Duration::from_millis(1), Duration::from_millis(25))
+        (self.sizing_rtt() / 4).clamp(Duration::from_millis(1), Duration::from_millis(25))
     }
 
     /// How long the primary waits for a connection: four round trips, at
@@ -284,7 +288,7 @@ pub fn transport_config(t: &LinkTuning) -> TransportConfig {
     let mut ack = AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(VarInt::from_u32(t.ack_every().saturating_sub(1)));
     ack.reordering_threshold(VarInt::from_u32(t.reorder_packets().saturating_sub(1)));
-    // A delayed ack waits at most an eighth of the RTT (QUIC's default is
+    // A delayed ack waits at most a quarter of the RTT (QUIC's default is
     // 25 ms): at a low rate, where `ack_every` packets take long to come,
     // a 25 ms wait would make a reordered packet look lost and every RTT
     // sample look like a queue.
@@ -431,8 +435,11 @@ mod tests {
         assert_eq!(link(0, 20).reorder_packets(), 3);
         assert_eq!(link(0, 20).ack_every(), 2);
         assert_eq!(link(u64::MAX, 20).reorder_packets(), 3);
-        // 100 Mbit/s × 40 ms is 333 packets: an ack per 10 of them.
-        assert_eq!(link(100_000_000, 40).ack_every(), 10);
+        // 100 Mbit/s is 8,333 packets a second: an ack per 32 of them
+        // (260 a second); 20 Mbit/s, 1,666: an ack per 16.
+        assert_eq!(link(100_000_000, 40).ack_every(), 32);
+        assert_eq!(link(20_000_000, 40).ack_every(), 16);
+        assert_eq!(link(1_544_000, 20).ack_every(), 2);
         assert_eq!(link(10_000_000_000 - 1, 100).ack_every(), MAX_ACK_EVERY);
         assert_eq!(link(1_000_000_000, 10).reorder_packets(), 416);
         assert_eq!(link(9_000_000_000, 10).reorder_packets(), MAX_REORDER_PACKETS);

@@ -75,6 +75,14 @@ fn run_one(name: &str, o: &Opts) -> Result<Report> {
 
 fn main() -> ExitCode {
     let a = Args::parse();
+    // The in-process pairs log through tracing; RUST_LOG=dtu=debug shows
+    // them (the congestion controller's back-offs among them).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if a.scenario == "list" {
         for s in SCENARIOS {
             println!("{:<22} {}", s.name, s.about);
