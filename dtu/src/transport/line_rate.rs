@@ -69,6 +69,11 @@ const GROWTH: f64 = 1.05;
 const MIN_ROUND_PACKETS: u64 = 8;
 /// Smallest window, in packets.
 const MIN_WINDOW_PACKETS: u64 = 4;
+/// The window covers at least this much time at the rate. On a LAN or
+/// loopback the base RTT is 0.1 ms while a busy receiver's batching holds
+/// packets for a millisecond or more, and a window of 1.25 × 0.1 ms of
+/// 10 Gbit/s (156 KB) then caps the pipeline at a tenth of the rate.
+const MIN_WINDOW_RTT: Duration = Duration::from_millis(2);
 /// If every round for this long has seen a queue, the path itself has
 /// changed (a longer route): its RTT becomes the new base.
 const BASE_REFRESH: Duration = Duration::from_secs(10);
@@ -294,7 +299,7 @@ impl Controller for LineRate {
     }
 
     fn window(&self) -> u64 {
-        let bdp = self.rate * self.base_rtt.as_secs_f64() * GAIN;
+        let bdp = self.rate * self.base_rtt.max(MIN_WINDOW_RTT).as_secs_f64() * GAIN;
         (bdp as u64).max(MIN_WINDOW_PACKETS * u64::from(self.mtu))
     }
 
@@ -329,6 +334,16 @@ mod tests {
     /// A 100 Mbit/s, 40 ms line.
     fn line(now: Instant) -> LineRate {
         LineRate::new(100_000_000, BASE, now, MTU)
+    }
+
+    #[test]
+    fn a_sub_millisecond_path_still_gets_two_ms_of_window() {
+        let mut now = Instant::now();
+        let mut c = LineRate::new(10_000_000_000, Duration::from_millis(1), now, MTU);
+        now += Duration::from_millis(1);
+        c.ack(now, now - Duration::from_micros(100), u64::from(MTU), false);
+        // 1.25 GB/s × 2 ms × 1.25.
+        assert_eq!(c.window(), 3_125_000);
     }
 
     /// One round trip: `packets` full packets acked `sample` after they

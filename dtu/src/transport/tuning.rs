@@ -200,7 +200,7 @@ impl LinkTuning {
     /// 9002's packet threshold; at most [`MAX_REORDER_PACKETS`]); an
     /// unknown rate gets 3.
     pub fn reorder_packets(&self) -> u32 {
-        if self.rate_bps == 0 || self.rate_bps >= UNKNOWN_RATE_BPS {
+        if self.rate_bps == 0 {
             return 3;
         }
         let packets = bytes_in(self.rate_bps, REORDER_TOLERANCE) / 1500;
@@ -221,7 +221,7 @@ impl LinkTuning {
     /// round trip draws at most [`ACKS_PER_RTT`] acks and a second at most
     /// [`ACKS_PER_SECOND`].
     pub fn ack_every(&self) -> u32 {
-        if self.rate_bps == 0 || self.rate_bps >= UNKNOWN_RATE_BPS {
+        if self.rate_bps == 0 {
             return 2;
         }
         let per_rtt = self.bdp() / 1500 / ACKS_PER_RTT;
@@ -434,7 +434,7 @@ mod tests {
         assert_eq!(link(1_544_000, 20).reorder_packets(), 3);
         assert_eq!(link(0, 20).reorder_packets(), 3);
         assert_eq!(link(0, 20).ack_every(), 2);
-        assert_eq!(link(u64::MAX, 20).reorder_packets(), 3);
+        assert_eq!(link(u64::MAX, 20).reorder_packets(), MAX_REORDER_PACKETS);
         // 100 Mbit/s is 8,333 packets a second: an ack per 32 of them
         // (260 a second); 20 Mbit/s, 1,666: an ack per 16.
         assert_eq!(link(100_000_000, 40).ack_every(), 32);
