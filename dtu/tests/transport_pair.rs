@@ -179,8 +179,8 @@ async fn frames_cross_uni_and_bidi_streams_and_come_back_equal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_congestion_controller_is_used_and_carries_data() {
-    use quinn::congestion::{Bbr, Cubic, NewReno};
     use dtu::transport::LineRate;
+    use quinn::congestion::{Bbr, Cubic, NewReno};
     for cc in [
         Congestion::Rate,
         Congestion::Bbr,

@@ -248,13 +248,23 @@ pub struct Link {
 }
 
 impl Link {
+    /// A UDP relay (dtu's QUIC).
     pub fn start(dir: &Path, listen_port: u16, forward: SocketAddr, args: &[&str]) -> Link {
+        Link::spawn(dir, listen_port, forward, "--no-tcp", args)
+    }
+
+    /// A TCP relay with the same link model (a peer's NBD over TCP).
+    pub fn start_tcp(dir: &Path, listen_port: u16, forward: SocketAddr, args: &[&str]) -> Link {
+        Link::spawn(dir, listen_port, forward, "--no-udp", args)
+    }
+
+    fn spawn(dir: &Path, listen_port: u16, forward: SocketAddr, only: &str, args: &[&str]) -> Link {
         let mut cmd = Command::new(linkemu_bin());
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{listen_port}"))
             .arg("--forward")
             .arg(forward.to_string())
-            .args(["--no-tcp", "--report-interval", "0"])
+            .args([only, "--report-interval", "0"])
             .args(args);
         let mut proc = Proc::spawn(
             "linkemu",

@@ -399,7 +399,7 @@ mod tests {
     fn a_building_queue_backs_off_until_it_drains() {
         let mut now = Instant::now();
         let mut c = line(now);
-        round(&mut c, &mut now, |c| per_round(c), 0, BASE);
+        round(&mut c, &mut now, per_round, 0, BASE);
         // The path really carries 10 Mbit/s: acks come back at that rate,
         // and the queue adds more than a round trip.
         let slow = 10_000_000 / 8 * BASE.as_millis() as u64 / 1000 / u64::from(MTU);
@@ -483,7 +483,7 @@ mod tests {
     fn a_longer_path_becomes_the_base_after_ten_seconds_of_queue() {
         let mut now = Instant::now();
         let mut c = line(now);
-        round(&mut c, &mut now, |c| per_round(c), 0, BASE);
+        round(&mut c, &mut now, per_round, 0, BASE);
         // The route changes to 100 ms: every round looks queued.
         for _ in 0..300 {
             round(&mut c, &mut now, |c| per_round(c).max(8), 0, Duration::from_millis(100));

@@ -5,7 +5,10 @@
 //! through `linkemu` adding 5 or 25 ms each way (RTT 10 and 50 ms). Beside
 //! it, on the same disk: fio with `--fdatasync=1` on a local file (a
 //! durable local write = the write plus its fdatasync), and fio against
-//! `nbdkit file` (plain writes, and writes each followed by a flush).
+//! `nbdkit file` (plain writes, and writes each followed by a flush), and
+//! at each RTT the peer a user would script today: NBD over TCP through a
+//! TCP `linkemu` with the same delay to `nbdkit file` (md RAID1 with a
+//! remote NBD leg), write + flush at QD1.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,9 +17,9 @@ use serde_json::json;
 
 use super::plot::{bars, Bars};
 use super::report::f;
-use super::tools::{fio, fio_nbd, Fio, Lat, Nbdkit};
+use super::tools::{fio, fio_nbd, free_port_pair, nbd_tcp_uri, Fio, Lat, Nbdkit};
 use super::{BenchError, Opts, Report, Result, Table, Target};
-use dtu_tests::Pair;
+use dtu_tests::{Link, Pair};
 
 const TRIGGERS: [&str; 5] = [
     "received",
@@ -51,6 +54,47 @@ fn local_fdatasync(dir: &Path, ops: u32) -> Result<(Fio, Lat)> {
     })?;
     let durable = r.write.plus(sync);
     Ok((r, durable))
+}
+
+/// The peer a user scripts today: md RAID1 with a remote NBD leg, whose
+/// writes and flushes cross the link to `nbdkit file` over TCP. fio's
+/// write + flush at QD1 through a TCP `linkemu` with `link` (none at RTT
+/// 0: straight to nbdkit's port).
+fn nbdkit_tcp_qd1(dir: &Path, ops: u32, link: &[&str]) -> Result<Lat> {
+    let img = dir.join("nbdkit-tcp.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(64 << 20))
+        .map_err(|e| BenchError::io("nbdkit image", e))?;
+    let port = free_port_pair()?;
+    let kit = Nbdkit::start_tcp(&img, dir, port)?;
+    let relay = if link.is_empty() {
+        None
+    } else {
+        let forward = ([127, 0, 0, 1], port).into();
+        Some(Link::start_tcp(dir, free_port_pair()?, forward, link))
+    };
+    let uri = relay
+        .as_ref()
+        .map_or_else(|| kit.uri(), |l| nbd_tcp_uri(l.addr));
+    let mut a = fio_nbd("nbdkit-tcp", &uri);
+    a.extend(qd1("nbdkit-tcp", ops).into_iter().skip(1));
+    a.push("--fsync=1".into());
+    let r = fio(&a, dir, Duration::from_secs(600))?;
+    drop(relay);
+    let _ = std::fs::remove_file(&img);
+    let sync = r.sync.ok_or_else(|| BenchError::Tool {
+        tool: "fio".into(),
+        detail: "no flush latency in the report".into(),
+    })?;
+    Ok(r.write.plus(sync))
+}
+
+/// Writes in a run whose writes wait a round trip each: a time budget
+/// over the RTT, 40 to `max` (all of `max` at RTT 0).
+fn round_trip_ops(o: &Opts, rtt: u32, max: u32) -> u32 {
+    o.pick(20_000u32, 3_000)
+        .checked_div(rtt)
+        .map_or(max, |n| n.clamp(40, max))
 }
 
 fn nbdkit_qd1(dir: &Path, ops: u32, flush: bool) -> Result<Fio> {
@@ -101,6 +145,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         ],
     );
     let mut lat: Vec<(String, u32, Lat)> = Vec::new();
+    let mut peer: Vec<(u32, Lat)> = Vec::new();
     let mut quic_rtt = Vec::new();
     for rtt in RTTS {
         let link: Vec<String> = if rtt == 0 {
@@ -124,9 +169,8 @@ pub fn run(o: &Opts) -> Result<Report> {
         for trig in TRIGGERS {
             let remote = trig.starts_with("remote");
             // Remote triggers cost a round trip each: fewer writes at long RTTs.
-            let ops = if remote && rtt > 0 {
-                let budget_ms = o.pick(20_000, 3_000);
-                (budget_ms / rtt).clamp(40, spoof_ops)
+            let ops = if remote {
+                round_trip_ops(o, rtt, spoof_ops)
             } else {
                 spoof_ops
             };
@@ -148,6 +192,22 @@ pub fn run(o: &Opts) -> Result<Report> {
         }
         let s = pair.primary_status();
         quic_rtt.push(json!({ "rtt_ms": rtt, "quic_rtt_ms": s.rtt_ms }));
+        drop(pair);
+        let ops = round_trip_ops(o, rtt, spoof_ops);
+        eprintln!(
+            "ack-latency: RTT {rtt} ms, NBD over TCP to nbdkit, write + flush ({ops} writes)"
+        );
+        let x = nbdkit_tcp_qd1(scratch.path(), ops, &link_ref)?;
+        t.row(vec![
+            "nbdkit over TCP, write + flush".into(),
+            rtt.to_string(),
+            x.n.to_string(),
+            f(x.p50_ms, 3),
+            f(x.p99_ms, 3),
+            f(x.mean_ms, 3),
+            f(x.p99_ms / local.p99_ms, 2),
+        ]);
+        peer.push((rtt, x));
     }
     for (name, x) in [
         ("local file, write + fdatasync", local),
@@ -196,6 +256,23 @@ pub fn run(o: &Opts) -> Result<Report> {
             change.abs() < 0.10,
         ));
     }
+    for (rtt, kit) in &peer {
+        if let Some(s) = get("remote-stored", *rtt) {
+            r.target(Target::new(
+                format!(
+                    "remote-stored p50 at RTT {rtt} ms vs NBD over TCP to nbdkit, write + flush"
+                ),
+                "≤ 1.1 ×",
+                format!(
+                    "{:.3} ms vs {:.3} ms = {:.2} ×",
+                    s.p50_ms,
+                    kit.p50_ms,
+                    s.p50_ms / kit.p50_ms
+                ),
+                s.p50_ms <= 1.1 * kit.p50_ms,
+            ));
+        }
+    }
     for rtt in RTTS {
         if let Some(s) = get("remote-stored", rtt) {
             let floor = rtt as f64 + local.p50_ms;
@@ -227,6 +304,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         "local fdatasync".into(),
         "nbdkit".into(),
         "nbdkit + flush".into(),
+        "nbdkit over TCP + flush".into(),
     ]);
     let base = [local, kit.write, kit_flush.write];
     let mut series = Vec::new();
@@ -236,6 +314,7 @@ pub fn run(o: &Opts) -> Result<Report> {
             let mut vals: Vec<Option<f64>> =
                 TRIGGERS.iter().map(|tr| get(tr, rtt).and_then(v)).collect();
             vals.extend(base.iter().map(|b| if rtt == 0 { v(*b) } else { None }));
+            vals.push(peer.iter().find(|p| p.0 == rtt).and_then(|p| v(p.1)));
             series.push((format!("{q}, RTT {rtt} ms"), vals));
         }
     }
@@ -255,6 +334,7 @@ pub fn run(o: &Opts) -> Result<Report> {
         "local_fdatasync": local,
         "nbdkit": kit,
         "nbdkit_flush": kit_flush,
+        "nbdkit_tcp_write_flush": peer.iter().map(|(rtt, l)| json!({ "rtt_ms": rtt, "lat": l })).collect::<Vec<_>>(),
         "dtu": lat.iter().map(|(t, rtt, l)| json!({ "trigger": t, "rtt_ms": rtt, "lat": l })).collect::<Vec<_>>(),
         "quic_rtt": quic_rtt,
     });

@@ -18,9 +18,7 @@ use dtu::transport::Congestion;
 use super::inproc::{write_stream, Blocks, InprocPair, PairConfig};
 use super::plot::{bars, Bars};
 use super::report::{f, mbit};
-use super::tools::{
-    fio, fio_nbd, iperf3_tcp, nbd_tcp_uri, own_cpu_seconds, Iperf3Server, Nbdkit,
-};
+use super::tools::{fio, fio_nbd, iperf3_tcp, nbd_tcp_uri, own_cpu_seconds, Iperf3Server, Nbdkit};
 use super::{BenchError, Opts, Report, Result, Table, Target};
 
 /// A link, how much to send over it (full run, quick run), the share of the
@@ -262,14 +260,22 @@ pub fn run(o: &Opts) -> Result<Report> {
                 r.target(Target::new(
                     format!("{}: above NBD over TCP to nbdkit", c.preset),
                     "> 1.0 ×",
-                    format!("{:.2} × ({:.3} vs {kit_ratio:.3})", x.ratio / kit_ratio, x.ratio),
+                    format!(
+                        "{:.2} × ({:.3} vs {kit_ratio:.3})",
+                        x.ratio / kit_ratio,
+                        x.ratio
+                    ),
                     x.ratio > kit_ratio,
                 ));
                 if c.peers {
                     r.target(Target::new(
                         format!("{}: default over the better of cubic and BBR", c.preset),
                         "≥ 0.9 ×",
-                        format!("{:.2} × ({:.3} vs {best_peer:.3})", x.ratio / best_peer, x.ratio),
+                        format!(
+                            "{:.2} × ({:.3} vs {best_peer:.3})",
+                            x.ratio / best_peer,
+                            x.ratio
+                        ),
                         x.ratio >= 0.9 * best_peer,
                     ));
                 }
