@@ -45,7 +45,9 @@ pub struct InitArgs {
     /// Size of the primary's nvbuf.
     #[arg(long, default_value = "1GiB")]
     pub nvbuf_size: String,
-    /// Link rate, sizes QUIC's windows (e.g. 1.544Mbit, 100Mbit, 1Gbit).
+    /// Link rate (e.g. 1.544Mbit, 100Mbit, 1Gbit): the default `rate`
+    /// congestion controller paces at it, and it sizes QUIC's windows;
+    /// `unlimited` if unknown (the controller is then cubic).
     #[arg(long, default_value = "1Gbit")]
     pub link_rate: String,
     /// Link round-trip time (e.g. 40ms).
