@@ -199,8 +199,8 @@ impl LinkTuning {
             .clamp(INFLIGHT_FLOOR, INFLIGHT_CAP)
     }
 
-    /// Packets the line carries in [`REORDER_TOLERANCE`] (at least 3, RFC
-    /// 9002's packet threshold; at most [`MAX_REORDER_PACKETS`]); an
+    /// Packets the line carries in `REORDER_TOLERANCE` (at least 3, RFC
+    /// 9002's packet threshold; at most `MAX_REORDER_PACKETS`); an
     /// unknown rate gets 3.
     pub fn reorder_packets(&self) -> u32 {
         if self.rate_bps == 0 {
@@ -224,16 +224,16 @@ impl LinkTuning {
     }
 
     /// Loss delay in RTTs: RFC 9002's 9/8, or enough to cover
-    /// [`REORDER_TOLERANCE`] on top of the RTT, at most 2.
+    /// `REORDER_TOLERANCE` on top of the RTT, at most 2.
     pub fn reorder_time_threshold(&self) -> f32 {
         let rtt = self.sizing_rtt().as_secs_f32();
         (1.0 + REORDER_TOLERANCE.as_secs_f32() / rtt).clamp(9.0 / 8.0, MAX_TIME_THRESHOLD)
     }
 
     /// Ack-eliciting packets per ack asked of the peer: 2 (QUIC's
-    /// default) up to [`MAX_ACK_EVERY`], so that at the line's rate a
-    /// round trip draws at most [`ACKS_PER_RTT`] acks and a second at most
-    /// [`ACKS_PER_SECOND`].
+    /// default) up to `MAX_ACK_EVERY`, so that at the line's rate a
+    /// round trip draws at most `ACKS_PER_RTT` acks and a second at most
+    /// `ACKS_PER_SECOND`.
     pub fn ack_every(&self) -> u32 {
         if self.rate_bps == 0 {
             return 2;
