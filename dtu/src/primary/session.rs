@@ -289,11 +289,12 @@ async fn session_inner(
         let send = conn.open_uni().await?;
         lanes.spawn(lane(core.clone(), send));
     }
+    // `biased`, the shutdown first: a stopping primary wakes its lanes too,
+    // and a lane that saw the shutdown and ended first must not end the
+    // session before the goodbye is written (a switchover's goodbye is what
+    // makes the remote promote; without it both sites stay remotes).
     let result = tokio::select! {
-        r = control_writer(core, &mut ctl_send) => r,
-        r = control_reader(core, &mut frames) => r,
-        Some(r) = lanes.join_next() => r.unwrap_or_else(|e| Err(SessionEnd::Protocol(format!("lane task failed: {e}")))),
-        e = conn.closed() => Err(SessionEnd::Connection(e)),
+        biased;
         _ = wait_shutdown(core) => {
             if core.handover.load(Ordering::SeqCst) {
                 hand_over(core, &conn, &mut ctl_send).await;
@@ -305,6 +306,10 @@ async fn session_inner(
             }
             Err(SessionEnd::Shutdown)
         }
+        r = control_writer(core, &mut ctl_send) => r,
+        r = control_reader(core, &mut frames) => r,
+        Some(r) = lanes.join_next() => r.unwrap_or_else(|e| Err(SessionEnd::Protocol(format!("lane task failed: {e}")))),
+        e = conn.closed() => Err(SessionEnd::Connection(e)),
     };
     lanes.abort_all();
     result
