@@ -123,7 +123,7 @@ pub struct LinkSection {
     /// Round-trip time, e.g. `"40ms"`.
     #[serde(default = "default_rtt")]
     pub rtt: String,
-    /// `cubic` (the default), `rate`, `bbr` or `newreno`.
+    /// `rate` (the default), `bbr`, `cubic` or `newreno`.
     #[serde(default = "default_congestion")]
     pub congestion: String,
     /// Parallel QUIC streams carrying writes.
@@ -141,7 +141,7 @@ fn default_rtt() -> String {
     "20ms".into()
 }
 fn default_congestion() -> String {
-    "cubic".into()
+    "rate".into()
 }
 fn default_lanes() -> usize {
     4
@@ -671,8 +671,7 @@ pub struct RemoteFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CongestionChoice {
-    /// `rate` (recommended for a dedicated line, not yet the default, see
-    /// the README): paces at `link.rate`, rides through random
+    /// `rate` (the default): paces at `link.rate`, rides through random
     /// loss, backs off when the round trip shows a queue building or a
     /// round loses more than 5 %; for a dedicated line whose rate is
     /// stated. With `link.rate = "unlimited"` it is `cubic`.
@@ -680,7 +679,7 @@ pub enum CongestionChoice {
     /// `bbr`: paces by the measured bandwidth and RTT rather than by loss;
     /// the one to use on lossy links.
     Bbr,
-    /// `cubic` (the default): backs off on loss, grows back by a cubic curve.
+    /// `cubic`: backs off on loss, grows back by a cubic curve.
     Cubic,
     /// `newreno`: the classic loss-based controller; halves its window on loss.
     NewReno,
@@ -699,7 +698,7 @@ pub struct Link {
     pub rate_bps: u64,
     /// `link.rtt`: the round-trip time, up to 10 s (default 20 ms).
     pub rtt: Duration,
-    /// `link.congestion` (default `cubic`).
+    /// `link.congestion` (default `rate`).
     pub congestion: CongestionChoice,
     /// `link.lanes`: parallel QUIC streams carrying writes, 1 to 64
     /// (default 4).

@@ -508,7 +508,9 @@ impl Drop for Pair {
             r.stop(Duration::from_secs(5));
         }
         self.stop_link();
-        if std::thread::panicking() {
+        // DTU_TEST_LOGS=1 shows them after a passing test too: a slow pass
+        // is a finding.
+        if std::thread::panicking() || std::env::var_os("DTU_TEST_LOGS").is_some() {
             for entry in std::fs::read_dir(self.dir.path())
                 .into_iter()
                 .flatten()

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::congestion::ControllerFactory;
-use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use quinn::{AckFrequencyConfig, IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 
 pub use crate::config::CongestionChoice as Congestion;
 use super::line_rate::LineRateConfig;
@@ -103,12 +103,13 @@ pub struct LinkTuning {
 }
 
 impl Default for LinkTuning {
-    /// 1 Gbit/s, 50 ms, cubic, keep-alive 2 s, idle timeout 15 s.
+    /// 1 Gbit/s, 50 ms, the `rate` controller, keep-alive 2 s, idle
+    /// timeout 15 s.
     fn default() -> Self {
         LinkTuning {
             rate_bps: 1_000_000_000,
             rtt: Duration::from_millis(50),
-            congestion: Congestion::Cubic,
+            congestion: Congestion::Rate,
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(15),
             mtu_discovery: true,
@@ -298,12 +299,15 @@ pub fn transport_config(t: &LinkTuning) -> TransportConfig {
     // in time; a real loss costs that much longer to repair.
     c.packet_threshold(t.packet_threshold());
     c.time_threshold(t.reorder_time_threshold());
-    // Thinner acks (`ack_every`, `max_ack_delay`) through QUIC's
-    // ACK-frequency extension carried a thin return path (thin-return: 0.93
-    // of the line against 0.29) but are off: with them, the remote's stop
-    // during a planned switchover hung in the failover test
-    // (`a_planned_switchover_loses_nothing...`), every run; to be
-    // understood before they are enabled again.
+    let mut ack = AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(t.ack_every().saturating_sub(1)));
+    ack.reordering_threshold(VarInt::from_u32(t.packet_threshold().saturating_sub(1)));
+    // A delayed ack waits at most a quarter of the RTT (QUIC's default is
+    // 25 ms): at a low rate, where `ack_every` packets take long to come,
+    // a 25 ms wait would make a reordered packet look lost and every RTT
+    // sample look like a queue.
+    ack.max_ack_delay(Some(t.max_ack_delay()));
+    c.ack_frequency_config(Some(ack));
     c
 }
 
