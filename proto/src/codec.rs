@@ -2,11 +2,18 @@
 //! write and the wire, and back.
 //!
 //! Encoding checksums the plaintext (crc32), compresses it with snap when that
-//! saves at least an eighth, and seals it with XChaCha20-Poly1305 under the
-//! volume key. The 24-byte nonce is built from (epoch, seq, chunk index), which
-//! never repeat under one key because seq is dense and increasing within an
-//! epoch and the epoch grows on every restart; a retransmit resends the same
-//! sealed bytes rather than sealing again. The chunk's place (seq, epoch,
+//! saves at least an eighth, and seals it under the volume key: with
+//! AES-256-GCM where the CPU has AES and carry-less multiply instructions
+//! (8.5 GB/s against XChaCha20-Poly1305's 1 GB/s on the benchmark machine:
+//! the seal was a fifth of a DTU's CPU per GB), else with XChaCha20-Poly1305.
+//! Each chunk's flags say which, and both sides open both, so a pair of
+//! machines with different CPUs, and records buffered by an older build, work.
+//! The nonce comes from (epoch, seq, chunk index), which never repeat under
+//! one key because seq is dense and increasing within an epoch and the epoch
+//! grows on every restart: XChaCha20 takes all three as its 24-byte nonce;
+//! AES-GCM's 12-byte nonce holds (seq, index) under a key of its own per
+//! epoch, derived from the volume key with BLAKE3. A retransmit resends the
+//! same sealed bytes rather than sealing again. The chunk's place (seq, epoch,
 //! index, volume offset, length, flags) is bound in as associated data, so a
 //! sealed chunk cannot be replayed at another offset. An all-zero chunk is
 //! sent as a zero-run with no payload (with sealing, just an authentication
@@ -26,6 +33,7 @@
 use bytes::Bytes;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 use crate::{Epoch, Seq};
 
@@ -46,7 +54,10 @@ impl ChunkFlags {
     pub const SEALED: ChunkFlags = ChunkFlags(2);
     /// The chunk is all zeros; no data travels.
     pub const ZERO: ChunkFlags = ChunkFlags(4);
-    const ALL: u8 = 7;
+    /// Sealed with AES-256-GCM under the epoch's derived key rather than
+    /// with XChaCha20-Poly1305 (only with `SEALED`).
+    pub const AES_GCM: ChunkFlags = ChunkFlags(8);
+    const ALL: u8 = 15;
 
     pub const fn empty() -> Self {
         ChunkFlags(0)
@@ -57,7 +68,10 @@ impl ChunkFlags {
     /// `None` if unknown bits or an impossible combination are set.
     pub fn from_bits(bits: u8) -> Option<Self> {
         let f = ChunkFlags(bits);
-        if bits & !Self::ALL != 0 || (f.contains(Self::ZERO) && f.contains(Self::COMPRESSED)) {
+        if bits & !Self::ALL != 0
+            || (f.contains(Self::ZERO) && f.contains(Self::COMPRESSED))
+            || (f.contains(Self::AES_GCM) && !f.contains(Self::SEALED))
+        {
             None
         } else {
             Some(f)
@@ -96,6 +110,10 @@ pub struct EncodedChunk {
 #[derive(Clone)]
 pub struct Key {
     cipher: XChaCha20Poly1305,
+    /// The root the AES-GCM keys of each epoch are derived from.
+    aes_root: [u8; 32],
+    /// Seal new chunks with AES-256-GCM (the CPU does it in hardware).
+    aes: bool,
     id: u32,
     fingerprint: u64,
 }
@@ -124,9 +142,40 @@ impl Key {
         let fingerprint = u64::from_be_bytes(probe[0..8].try_into().expect("the tag is 16 bytes"));
         Key {
             cipher,
+            aes_root: blake3::derive_key("dtu 2026-12 chunk seal: AES-256-GCM root", bytes),
+            aes: aes_in_hardware(),
             id,
             fingerprint,
         }
+    }
+
+    /// The same key sealing new chunks with XChaCha20-Poly1305 (`false`) or
+    /// AES-256-GCM (`true`) whatever the CPU; either opens both.
+    pub fn sealing_with_aes(mut self, aes: bool) -> Key {
+        self.aes = aes;
+        self
+    }
+
+    /// Whether new chunks are sealed with AES-256-GCM.
+    pub fn seals_with_aes(&self) -> bool {
+        self.aes
+    }
+
+    fn seal_flags(&self) -> ChunkFlags {
+        if self.aes {
+            ChunkFlags::SEALED.with(ChunkFlags::AES_GCM)
+        } else {
+            ChunkFlags::SEALED
+        }
+    }
+
+    /// The AES-256-GCM key of one epoch: a nonce is (seq, index), unique
+    /// only within an epoch.
+    fn aes_key(&self, epoch: Epoch) -> LessSafeKey {
+        let k = blake3::keyed_hash(&self.aes_root, &epoch.to_be_bytes());
+        LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, k.as_bytes()).expect("AES-256 takes a 32-byte key"),
+        )
     }
 
     /// A short public fingerprint of the key, carried in every sealed chunk.
@@ -168,6 +217,70 @@ pub enum CodecError {
     Length { claimed: usize, actual: usize },
     #[error("chunk claims {0} bytes of plaintext, more than the {MAX_CHUNK}-byte maximum")]
     TooLarge(usize),
+}
+
+/// AES-GCM is the faster seal only with AES and carry-less multiply in
+/// hardware; without them XChaCha20-Poly1305 is faster and constant-time.
+fn aes_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+fn aes_nonce(id: ChunkId) -> Nonce {
+    let mut n = [0u8; 12];
+    n[0..8].copy_from_slice(&id.seq.to_be_bytes());
+    n[8..12].copy_from_slice(&id.index.to_be_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+/// Seals `buf` in place and appends the tag.
+fn seal(key: &Key, id: ChunkId, aad: &[u8], flags: ChunkFlags, buf: &mut Vec<u8>) {
+    if flags.contains(ChunkFlags::AES_GCM) {
+        key.aes_key(id.epoch)
+            .seal_in_place_append_tag(aes_nonce(id), Aad::from(aad), buf)
+            .expect("a chunk is far below AES-GCM's length limit");
+    } else {
+        use chacha20poly1305::aead::AeadInPlace;
+        key.cipher
+            .encrypt_in_place(&nonce(id), aad, buf)
+            .expect("a chunk is far below XChaCha20-Poly1305's length limit");
+    }
+}
+
+/// Opens a sealed payload: the plaintext, or `Unsealed`.
+fn open(
+    key: &Key,
+    id: ChunkId,
+    aad: &[u8],
+    flags: ChunkFlags,
+    payload: &[u8],
+) -> Result<Vec<u8>, CodecError> {
+    if flags.contains(ChunkFlags::AES_GCM) {
+        let mut buf = payload.to_vec();
+        let n = key
+            .aes_key(id.epoch)
+            .open_in_place(aes_nonce(id), Aad::from(aad), &mut buf)
+            .map_err(|_| CodecError::Unsealed)?
+            .len();
+        buf.truncate(n);
+        Ok(buf)
+    } else {
+        key.cipher
+            .decrypt(&nonce(id), Payload { msg: payload, aad })
+            .map_err(|_| CodecError::Unsealed)
+    }
 }
 
 fn nonce(id: ChunkId) -> XNonce {
@@ -226,17 +339,9 @@ pub fn encode_chunk(
         let mut flags = ChunkFlags::ZERO;
         let (payload, key_id, crc) = match opts.key {
             Some(key) => {
-                flags = flags.with(ChunkFlags::SEALED);
-                let tag = key
-                    .cipher
-                    .encrypt(
-                        &nonce(id),
-                        Payload {
-                            msg: b"",
-                            aad: &aad(id, offset, plain_len, flags),
-                        },
-                    )
-                    .expect("sealing cannot fail");
+                flags = flags.with(key.seal_flags());
+                let mut tag = Vec::with_capacity(TAG_LEN);
+                seal(key, id, &aad(id, offset, plain_len, flags), flags, &mut tag);
                 let crc = crc32fast::hash(&tag);
                 (Bytes::from(tag), key.id, crc)
             }
@@ -276,21 +381,18 @@ pub fn encode_chunk(
             },
         },
         Some(key) => {
-            flags = flags.with(ChunkFlags::SEALED);
+            flags = flags.with(key.seal_flags());
             let body: &[u8] = compressed.as_deref().unwrap_or(plain);
-            let mut boxed = Vec::with_capacity(4 + body.len() + TAG_LEN);
-            boxed.extend_from_slice(&plain_crc.to_be_bytes());
-            boxed.extend_from_slice(body);
-            let sealed = key
-                .cipher
-                .encrypt(
-                    &nonce(id),
-                    Payload {
-                        msg: &boxed,
-                        aad: &aad(id, offset, plain_len, flags),
-                    },
-                )
-                .expect("sealing cannot fail");
+            let mut sealed = Vec::with_capacity(4 + body.len() + TAG_LEN);
+            sealed.extend_from_slice(&plain_crc.to_be_bytes());
+            sealed.extend_from_slice(body);
+            seal(
+                key,
+                id,
+                &aad(id, offset, plain_len, flags),
+                flags,
+                &mut sealed,
+            );
             EncodedChunk {
                 flags,
                 plain_len,
@@ -331,16 +433,13 @@ pub fn decode_chunk(
                 ours: key.id,
             });
         }
-        let opened = key
-            .cipher
-            .decrypt(
-                &nonce(id),
-                Payload {
-                    msg: &chunk.payload,
-                    aad: &aad(id, offset, chunk.plain_len, chunk.flags),
-                },
-            )
-            .map_err(|_| CodecError::Unsealed)?;
+        let opened = open(
+            key,
+            id,
+            &aad(id, offset, chunk.plain_len, chunk.flags),
+            chunk.flags,
+            &chunk.payload,
+        )?;
         if chunk.flags.contains(ChunkFlags::ZERO) {
             if !opened.is_empty() {
                 return Err(CodecError::Unsealed);
@@ -489,9 +588,13 @@ mod tests {
 
     #[test]
     fn wrong_key_flipped_bit_and_forgery_are_told_apart() {
+        for aes in [false, true] {
+            told_apart(key(1).sealing_with_aes(aes), key(2).sealing_with_aes(aes));
+        }
+    }
+
+    fn told_apart(k1: Key, k2: Key) {
         let data = b"mirror me".repeat(100);
-        let k1 = key(1);
-        let k2 = key(2);
         let opts = EncodeOptions {
             compress: true,
             key: Some(&k1),
@@ -585,5 +688,71 @@ mod tests {
     fn key_ids_differ_between_keys() {
         assert_ne!(key(1).id(), key(2).id());
         assert_eq!(key(1).id(), key(1).id());
+        // The AES-GCM seal does not change what the peers compare.
+        assert_eq!(
+            key(1).sealing_with_aes(true).id(),
+            key(1).sealing_with_aes(false).id()
+        );
+    }
+
+    #[test]
+    fn either_seal_opens_with_either_setting_and_says_which_it_used() {
+        let data = b"one seal or the other".repeat(300);
+        for (seal_aes, open_aes) in [(false, false), (false, true), (true, false), (true, true)] {
+            let sealer = key(7).sealing_with_aes(seal_aes);
+            let opener = key(7).sealing_with_aes(open_aes);
+            for plain in [&data[..], &[0u8; 4096][..]] {
+                let c = encode_chunk(
+                    plain,
+                    ID,
+                    0,
+                    &EncodeOptions {
+                        compress: true,
+                        key: Some(&sealer),
+                    },
+                );
+                assert_eq!(c.flags.contains(ChunkFlags::AES_GCM), seal_aes);
+                assert!(c.payload.len() >= TAG_LEN);
+                assert_eq!(decode_chunk(&c, ID, 0, Some(&opener)).unwrap(), plain);
+                // Claiming the other seal (flags are bound in) fails it.
+                let mut other = c.clone();
+                other.flags = ChunkFlags(c.flags.bits() ^ ChunkFlags::AES_GCM.bits());
+                assert_eq!(
+                    decode_chunk(&other, ID, 0, Some(&opener)),
+                    Err(CodecError::Unsealed)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_aes_sealed_chunk_is_bound_to_its_epoch() {
+        let k = key(9).sealing_with_aes(true);
+        let opts = EncodeOptions {
+            compress: false,
+            key: Some(&k),
+        };
+        let c = encode_chunk(&[5u8; 8192], ID, 0, &opts);
+        let later = ChunkId {
+            epoch: ID.epoch + 1,
+            ..ID
+        };
+        assert_eq!(
+            decode_chunk(&c, later, 0, Some(&k)),
+            Err(CodecError::Unsealed)
+        );
+        // The same (seq, index) in two epochs gives two different ciphertexts:
+        // each epoch has a key of its own.
+        let again = encode_chunk(&[5u8; 8192], later, 0, &opts);
+        assert_ne!(c.payload, again.payload);
+    }
+
+    #[test]
+    fn the_aes_flag_needs_the_sealed_flag() {
+        assert!(ChunkFlags::from_bits(ChunkFlags::AES_GCM.bits()).is_none());
+        assert!(
+            ChunkFlags::from_bits(ChunkFlags::AES_GCM.bits() | ChunkFlags::SEALED.bits()).is_some()
+        );
+        assert!(ChunkFlags::from_bits(16).is_none());
     }
 }
