@@ -23,6 +23,17 @@
 //! window holds at most 1.25 × stated rate × base RTT in flight, so the
 //! queue stays under one base round trip.
 //!
+//! The window grows past [`GAIN`] when the line runs short for want of
+//! it: a round that was never short of data, lost nothing and showed no
+//! queue beyond the window's own, yet delivered under
+//! [`HEADROOM_SHORTFALL`] of the rate, was waiting for acks the RTT samples
+//! do not show (delayed acks, a receiver or relay descheduled on a busy
+//! host). Each such round adds [`HEADROOM_STEP`] of a base round trip to the
+//! window, up to [`HEADROOM_MAX`]; each round whose queue exceeds half the
+//! base round trip takes a step back. On the contended test host a 100
+//! Mbit/s, 40 ms line ran at 0.70–0.95 of the line with the fixed window,
+//! idle up to a quarter of the time with nothing lost and no queue.
+//!
 //! Why not quinn's BBR, which also paces by rate: it is an experimental
 //! BBRv1 port whose startup and probing overshoot (18,000 tail drops in one
 //! 256 MiB run on wan-100m-40ms), and a dedicated line's rate does not need
@@ -77,6 +88,14 @@ const MIN_WINDOW_PACKETS: u64 = 8;
 /// packets for a millisecond or more, and a window of 1.25 × 0.1 ms of
 /// 10 Gbit/s (156 KB) then caps the pipeline at a tenth of the rate.
 const MIN_WINDOW_RTT: Duration = Duration::from_millis(2);
+/// A full, calm round that delivered less than this share of the rate was
+/// short of window: see the module header.
+pub const HEADROOM_SHORTFALL: f64 = 0.95;
+/// Window added (or taken back) per round, as a share of the base RTT at the
+/// rate.
+pub const HEADROOM_STEP: f64 = 0.05;
+/// The most window added: the window stays within (GAIN + this) × the BDP.
+pub const HEADROOM_MAX: f64 = 1.0;
 /// If every round for this long has seen a queue, the path itself has
 /// changed (a longer route): its RTT becomes the new base.
 const BASE_REFRESH: Duration = Duration::from_secs(10);
@@ -111,6 +130,8 @@ pub struct LineRate {
     /// Since when every round has seen a queue (for [`BASE_REFRESH`]).
     queued_since: Option<Instant>,
     backoffs: u64,
+    /// Window beyond [`GAIN`], as a share of the BDP (0 to [`HEADROOM_MAX`]).
+    headroom: f64,
 }
 
 /// What one round trip's acks and losses showed.
@@ -154,7 +175,13 @@ impl LineRate {
             round: Round::new(now),
             queued_since: None,
             backoffs: 0,
+            headroom: 0.0,
         }
+    }
+
+    /// Window beyond [`GAIN`] now, as a share of the BDP.
+    pub fn headroom(&self) -> f64 {
+        self.headroom
     }
 
     /// The current rate, bits per second.
@@ -260,8 +287,26 @@ impl LineRate {
                 rate_mbit = self.rate * 8e-6,
                 "rate controller backs off"
             );
-        } else if full && self.rate < self.max_rate {
-            self.rate = (self.rate * GROWTH).min(self.max_rate);
+        } else if full {
+            if self.rate < self.max_rate {
+                self.rate = (self.rate * GROWTH).min(self.max_rate);
+            }
+            self.adjust_headroom(&r, delivered);
+        }
+    }
+
+    /// Grows the window where a calm round fell short for want of it, and
+    /// gives it back where a queue builds; see the module header.
+    fn adjust_headroom(&mut self, r: &Round, delivered: f64) {
+        let Some(min_rtt) = r.min_rtt else { return };
+        let standing = min_rtt.saturating_sub(self.base_rtt);
+        if standing > self.base_rtt / 2 {
+            self.headroom = (self.headroom - HEADROOM_STEP).max(0.0);
+        } else if delivered < HEADROOM_SHORTFALL * self.rate
+            && r.lost == 0
+            && standing <= self.base_rtt.mul_f64(GAIN - 1.0)
+        {
+            self.headroom = (self.headroom + HEADROOM_STEP).min(HEADROOM_MAX);
         }
     }
 }
@@ -302,7 +347,8 @@ impl Controller for LineRate {
     }
 
     fn window(&self) -> u64 {
-        let bdp = self.rate * self.base_rtt.max(MIN_WINDOW_RTT).as_secs_f64() * GAIN;
+        let bdp =
+            self.rate * self.base_rtt.max(MIN_WINDOW_RTT).as_secs_f64() * (GAIN + self.headroom);
         (bdp as u64).max(MIN_WINDOW_PACKETS * u64::from(self.mtu))
     }
 
@@ -396,6 +442,53 @@ mod tests {
         }
         assert_eq!(c.rate_bps(), 100_000_000);
         assert_eq!(c.backoffs(), 0);
+    }
+
+    #[test]
+    fn a_round_short_of_window_grows_it_and_a_queue_takes_it_back() {
+        let mut now = Instant::now();
+        let mut c = line(now);
+        round(&mut c, &mut now, per_round, 0, BASE);
+        // Acks held back (a descheduled receiver): the window delivers 0.7
+        // of the rate with no queue and nothing lost.
+        for _ in 0..40 {
+            round(&mut c, &mut now, |c| per_round(c) * 7 / 10, 0, BASE + Duration::from_millis(2));
+        }
+        assert_eq!(c.backoffs(), 0);
+        assert_eq!(c.rate_bps(), 100_000_000);
+        assert!(c.headroom() > 0.5, "headroom {}", c.headroom());
+        assert!(c.window() <= 625_000 * 225 / 125, "window {}", c.window());
+        // Full rounds at the rate say nothing either way.
+        let grown = c.window();
+        for _ in 0..10 {
+            round(&mut c, &mut now, per_round, 0, BASE + Duration::from_millis(5));
+        }
+        assert_eq!(c.window(), grown);
+        // A queue of more than half the base RTT gives the window back, step
+        // by step, down to GAIN × the BDP.
+        for _ in 0..40 {
+            round(&mut c, &mut now, per_round, 0, BASE + Duration::from_millis(25));
+        }
+        assert_eq!(c.headroom(), 0.0);
+        assert_eq!(c.window(), 625_000);
+        assert_eq!(c.backoffs(), 0);
+    }
+
+    #[test]
+    fn a_lossy_or_queued_shortfall_is_not_a_reason_to_grow() {
+        let mut now = Instant::now();
+        let mut c = line(now);
+        for _ in 0..20 {
+            // Short and losing 2 % (under the tolerance): the loss, not the
+            // window, is why.
+            round(&mut c, &mut now, |c| per_round(c) * 7 / 10, 2, BASE);
+        }
+        assert_eq!(c.headroom(), 0.0);
+        for _ in 0..20 {
+            // Short with a queue of 15 ms (beyond the window's own 10 ms).
+            round(&mut c, &mut now, |c| per_round(c) * 7 / 10, 0, BASE + Duration::from_millis(15));
+        }
+        assert_eq!(c.headroom(), 0.0);
     }
 
     #[test]
