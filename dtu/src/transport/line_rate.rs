@@ -20,8 +20,9 @@
 //! its next window from the rate the inflated round delivered spiralled
 //! down to 0.04 of the line. A rate stated up to 1.6 times too high
 //! therefore goes unnoticed on a deep buffer; what it costs is bounded: the
-//! window holds at most 1.25 × stated rate × base RTT in flight, so the
-//! queue stays under one base round trip.
+//! window holds at most 1.25 × stated rate × base RTT in flight (plus the
+//! headroom below, which only grows while the queue is under a quarter of
+//! the base RTT), so the queue stays under one base round trip.
 //!
 //! The window grows past [`GAIN`] when the line runs short for want of
 //! it: a round that was never short of data, lost nothing and showed no
